@@ -1,0 +1,4 @@
+//! The seed's flow through the real trio, in one process on free ports:
+//! main-service → sidecar (with `config/demo.toml`'s policies) → user-service.
+
+mod seed_flow;

@@ -1,0 +1,16 @@
+//! The one place where the host's bindings to `wit/policy.wit` are generated.
+//!
+//! Everything else in the host uses the types re-exported here, so a change of
+//! the contract shows up as compile errors in exactly the code that must change.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "policy",
+});
+
+pub use exports::sidecar::policy::handler::{Decision, Request, Response};
+pub use sidecar::policy::types::Header;
+pub use sidecar::policy::{clock, kv, log};
+
+/// The contract version this host implements; `policy check` reports it.
+pub const CONTRACT: &str = "sidecar:policy@0.1.0";

@@ -1,0 +1,307 @@
+//! The `kv` capability: a host-side key-value store with TTLs.
+//!
+//! Entries live in the host, so they outlive the per-request instance (this is
+//! the cache policy's storage). Every policy gets its own namespace (its name
+//! in the sidecar config): one policy cannot read or overwrite another's keys.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use super::Clock;
+use crate::bindings::kv::{self as wit};
+use crate::wasm::HostState;
+
+/// Why a write was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A key-value store shared by all policy instances. Keys are scoped by
+/// `namespace` (the policy's name).
+pub trait KvStore: Send + Sync + 'static {
+    fn get(&self, namespace: &str, key: &str) -> Option<Vec<u8>>;
+    fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), KvError>;
+    fn delete(&self, namespace: &str, key: &str) -> bool;
+}
+
+/// Bounds on what one store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLimits {
+    /// Entries across all namespaces; the oldest entry is evicted beyond it.
+    pub max_entries: usize,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            max_key_bytes: 1024,
+            max_value_bytes: 1024 * 1024,
+        }
+    }
+}
+
+struct Entry {
+    value: Vec<u8>,
+    /// Absolute expiry in clock microseconds; `None` keeps it until evicted.
+    expires_at: Option<u64>,
+    /// Insertion order, to evict the oldest entry when full.
+    seq: u64,
+}
+
+/// The default store: in memory, bounded, expiring by the given clock.
+pub struct MemoryKv {
+    clock: Arc<dyn Clock>,
+    limits: KvLimits,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<(String, String), Entry>,
+    next_seq: u64,
+}
+
+impl MemoryKv {
+    pub fn new(clock: Arc<dyn Clock>, limits: KvLimits) -> Self {
+        Self {
+            clock,
+            limits,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Number of live (unexpired) entries.
+    pub fn len(&self) -> usize {
+        let now = self.clock.now_micros();
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.entries.values().filter(|e| !e.expired(now)).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave an entry half-written
+        // (every mutation is a single map operation), so the data stays valid.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Entry {
+    fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+impl KvStore for MemoryKv {
+    fn get(&self, namespace: &str, key: &str) -> Option<Vec<u8>> {
+        let now = self.clock.now_micros();
+        let mut inner = self.lock();
+        let k = (namespace.to_owned(), key.to_owned());
+        match inner.entries.get(&k) {
+            Some(e) if !e.expired(now) => Some(e.value.clone()),
+            Some(_) => {
+                inner.entries.remove(&k);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), KvError> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(KvError::TooLarge(format!(
+                "key is {} bytes, the limit is {}",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        if value.len() > self.limits.max_value_bytes {
+            return Err(KvError::TooLarge(format!(
+                "value is {} bytes, the limit is {}",
+                value.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        let now = self.clock.now_micros();
+        let expires_at = ttl.map(|t| now.saturating_add(t.as_micros() as u64));
+        let mut inner = self.lock();
+        let k = (namespace.to_owned(), key.to_owned());
+        if !inner.entries.contains_key(&k) && inner.entries.len() >= self.limits.max_entries {
+            inner.entries.retain(|_, e| !e.expired(now));
+            if inner.entries.len() >= self.limits.max_entries {
+                // Full of live entries: drop the oldest. O(n), but only when
+                // the store is at capacity.
+                if let Some(oldest) = inner
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.seq)
+                    .map(|(k, _)| k.clone())
+                {
+                    inner.entries.remove(&oldest);
+                }
+            }
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.entries.insert(
+            k,
+            Entry {
+                value,
+                expires_at,
+                seq,
+            },
+        );
+        Ok(())
+    }
+
+    fn delete(&self, namespace: &str, key: &str) -> bool {
+        let now = self.clock.now_micros();
+        let mut inner = self.lock();
+        inner
+            .entries
+            .remove(&(namespace.to_owned(), key.to_owned()))
+            .is_some_and(|e| !e.expired(now))
+    }
+}
+
+/// Per-instance state of the capability: the shared store and the namespace.
+pub struct KvState {
+    pub(crate) store: Arc<dyn KvStore>,
+    pub(crate) namespace: Arc<str>,
+}
+
+impl wit::Host for KvState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.store.get(&self.namespace, &key)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), wit::Error> {
+        self.store
+            .set(
+                &self.namespace,
+                &key,
+                value,
+                ttl_ms.map(Duration::from_millis),
+            )
+            .map_err(|e| match e {
+                KvError::TooLarge(m) => wit::Error::TooLarge(m),
+                KvError::Other(m) => wit::Error::Other(m),
+            })
+    }
+
+    fn delete(&mut self, key: String) -> bool {
+        self.store.delete(&self.namespace, &key)
+    }
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<HostState, HasSelf<KvState>>(linker, |s| &mut s.kv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::ManualClock;
+
+    fn store(limits: KvLimits) -> (Arc<ManualClock>, MemoryKv) {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        (clock.clone(), MemoryKv::new(clock, limits))
+    }
+
+    #[test]
+    fn entry_expires_when_clock_passes_ttl() {
+        let (clock, kv) = store(KvLimits::default());
+        kv.set("p", "k", b"v".to_vec(), Some(Duration::from_secs(10)))
+            .unwrap();
+        clock.advance(Duration::from_secs(9));
+        assert_eq!(kv.get("p", "k").as_deref(), Some(&b"v"[..]));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(kv.get("p", "k"), None);
+    }
+
+    #[test]
+    fn namespaces_do_not_see_each_other() {
+        let (_, kv) = store(KvLimits::default());
+        kv.set("a", "k", b"1".to_vec(), None).unwrap();
+        assert_eq!(kv.get("b", "k"), None);
+        assert!(!kv.delete("b", "k"));
+        assert!(kv.delete("a", "k"));
+        assert_eq!(kv.get("a", "k"), None);
+    }
+
+    #[test]
+    fn refuses_oversized_keys_and_values() {
+        let limits = KvLimits {
+            max_key_bytes: 4,
+            max_value_bytes: 4,
+            ..KvLimits::default()
+        };
+        let (_, kv) = store(limits);
+        assert!(matches!(
+            kv.set("p", "too-long", vec![], None),
+            Err(KvError::TooLarge(_))
+        ));
+        assert!(matches!(
+            kv.set("p", "k", vec![0; 5], None),
+            Err(KvError::TooLarge(_))
+        ));
+        assert!(kv.is_empty());
+    }
+
+    #[test]
+    fn full_store_evicts_expired_then_oldest() {
+        let limits = KvLimits {
+            max_entries: 2,
+            ..KvLimits::default()
+        };
+        let (clock, kv) = store(limits);
+        kv.set("p", "short", vec![1], Some(Duration::from_secs(1)))
+            .unwrap();
+        kv.set("p", "old", vec![2], None).unwrap();
+        clock.advance(Duration::from_secs(2));
+        kv.set("p", "new", vec![3], None).unwrap();
+        assert_eq!(
+            kv.get("p", "old"),
+            Some(vec![2]),
+            "expired entry goes first"
+        );
+        kv.set("p", "newest", vec![4], None).unwrap();
+        assert_eq!(kv.get("p", "old"), None, "then the oldest live entry");
+        assert_eq!(kv.get("p", "newest"), Some(vec![4]));
+        assert_eq!(kv.len(), 2);
+    }
+
+    #[test]
+    fn overwriting_a_key_replaces_value_and_ttl() {
+        let (clock, kv) = store(KvLimits::default());
+        kv.set("p", "k", vec![1], Some(Duration::from_secs(1)))
+            .unwrap();
+        kv.set("p", "k", vec![2], None).unwrap();
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(kv.get("p", "k"), Some(vec![2]));
+    }
+}

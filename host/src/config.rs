@@ -1,0 +1,413 @@
+//! The sidecar's TOML config: parsed, then validated into [`Config`], with
+//! every error naming the file and the field (`sidecar.toml: route[1].upstream: …`).
+//!
+//! ```toml
+//! listen = "127.0.0.1:4000"
+//!
+//! [[route]]
+//! name = "users"
+//! prefix = "/user-service"
+//! upstream = "http://127.0.0.1:3002"
+//! rewrite = "/"
+//! policies = ["logging", "auth"]      # request hooks in this order
+//!
+//! [policy.auth]
+//! wasm = "policies/auth.wasm"         # relative to this file
+//! failure = "closed"                  # or "open"
+//! config = { secret = "${JWT_SECRET:-Secreto}" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use http::Uri;
+use serde::Deserialize;
+
+use crate::capabilities::KvLimits;
+use crate::wasm::{EngineSettings, FailureMode, PolicyLimits};
+
+/// A validated config. Paths are absolute (resolved against the file's folder).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    pub proxy: ProxySettings,
+    pub engine: EngineSettings,
+    pub kv: KvLimits,
+    pub routes: Vec<RouteConfig>,
+    pub policies: BTreeMap<String, PolicyConfig>,
+}
+
+/// Limits of the HTTP side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Larger request bodies are refused with 413 before any policy runs.
+    pub max_body_bytes: usize,
+    /// Larger upstream responses become 502 (policies see whole bodies).
+    pub max_response_bytes: usize,
+    /// Default upstream timeout (headers and body), per route overridable.
+    pub upstream_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_response_bytes: 10 * 1024 * 1024,
+            upstream_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Path prefix, matched on whole segments; the longest match wins.
+    pub prefix: String,
+    /// `scheme://authority` of the service; `None` for routes answered by
+    /// policies alone (a request that gets past them is a 404).
+    pub upstream: Option<Uri>,
+    /// Replaces `prefix` in the forwarded path (`/user-service/login` with
+    /// rewrite `/` → `/login`). `None` forwards the path unchanged.
+    pub rewrite: Option<String>,
+    pub timeout: Duration,
+    /// Policy names, in request-hook order.
+    pub policies: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub wasm: PathBuf,
+    pub failure: FailureMode,
+    pub limits: PolicyLimits,
+    /// The policy's `config` table as a JSON object, env references expanded.
+    pub config_json: String,
+}
+
+/// Reads and validates a config file.
+///
+/// # Errors
+/// A message naming the file and the field at fault.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Validates config `text` as if read from `path` (relative paths resolve
+/// against its folder); `env` looks up `${VAR}` references.
+///
+/// # Errors
+/// As [`load`].
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Config> {
+    let file = path.display().to_string();
+    let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow!("{file}: {e}"))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    validate(raw, path, base, env).map_err(|e| anyhow!("{file}: {e:#}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    wasm: RawWasm,
+    #[serde(default)]
+    kv: RawKv,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+    #[serde(default, rename = "policy")]
+    policies: BTreeMap<String, RawPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    max_body_bytes: Option<usize>,
+    max_response_bytes: Option<usize>,
+    upstream_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWasm {
+    /// Engine-wide ceiling for any policy's memory cap.
+    max_memory_mb: Option<usize>,
+    max_instances: Option<u32>,
+    /// Defaults for policies that set none.
+    deadline_ms: Option<u64>,
+    memory_mb: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKv {
+    max_entries: Option<usize>,
+    max_key_bytes: Option<usize>,
+    max_value_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    prefix: String,
+    upstream: Option<String>,
+    rewrite: Option<String>,
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    policies: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    wasm: PathBuf,
+    #[serde(default)]
+    failure: FailureMode,
+    deadline_ms: Option<u64>,
+    memory_mb: Option<usize>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+const MB: usize = 1024 * 1024;
+
+fn validate(
+    raw: RawConfig,
+    path: &Path,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Config> {
+    let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:4000");
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|e| anyhow!("listen: `{listen}` is not an address like 127.0.0.1:4000 ({e})"))?;
+
+    let defaults = ProxySettings::default();
+    let proxy = ProxySettings {
+        max_body_bytes: positive("proxy.max_body_bytes", raw.proxy.max_body_bytes)?
+            .unwrap_or(defaults.max_body_bytes),
+        max_response_bytes: positive("proxy.max_response_bytes", raw.proxy.max_response_bytes)?
+            .unwrap_or(defaults.max_response_bytes),
+        upstream_timeout: positive("proxy.upstream_timeout_ms", raw.proxy.upstream_timeout_ms)?
+            .map_or(defaults.upstream_timeout, Duration::from_millis),
+    };
+
+    let engine_defaults = EngineSettings::default();
+    let engine = EngineSettings {
+        max_memory_bytes: positive("wasm.max_memory_mb", raw.wasm.max_memory_mb)?
+            .map_or(engine_defaults.max_memory_bytes, |mb| mb * MB),
+        max_instances: positive("wasm.max_instances", raw.wasm.max_instances)?
+            .unwrap_or(engine_defaults.max_instances),
+    };
+    let limit_defaults = PolicyLimits {
+        deadline: positive("wasm.deadline_ms", raw.wasm.deadline_ms)?
+            .map_or(PolicyLimits::default().deadline, Duration::from_millis),
+        memory_bytes: positive("wasm.memory_mb", raw.wasm.memory_mb)?
+            .map_or(PolicyLimits::default().memory_bytes, |mb| mb * MB)
+            .min(engine.max_memory_bytes),
+    };
+
+    let kv_defaults = KvLimits::default();
+    let kv = KvLimits {
+        max_entries: positive("kv.max_entries", raw.kv.max_entries)?
+            .unwrap_or(kv_defaults.max_entries),
+        max_key_bytes: positive("kv.max_key_bytes", raw.kv.max_key_bytes)?
+            .unwrap_or(kv_defaults.max_key_bytes),
+        max_value_bytes: positive("kv.max_value_bytes", raw.kv.max_value_bytes)?
+            .unwrap_or(kv_defaults.max_value_bytes),
+    };
+
+    let mut policies = BTreeMap::new();
+    for (name, p) in raw.policies {
+        let field = format!("policy.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("{field}: policy names use only letters, digits, `-` and `_`");
+        }
+        let memory_bytes = positive(&format!("{field}.memory_mb"), p.memory_mb)?
+            .map_or(limit_defaults.memory_bytes, |mb| mb * MB);
+        if memory_bytes > engine.max_memory_bytes {
+            bail!(
+                "{field}.memory_mb: {} MiB is above wasm.max_memory_mb ({} MiB)",
+                memory_bytes / MB,
+                engine.max_memory_bytes / MB
+            );
+        }
+        let limits = PolicyLimits {
+            deadline: positive(&format!("{field}.deadline_ms"), p.deadline_ms)?
+                .map_or(limit_defaults.deadline, Duration::from_millis),
+            memory_bytes,
+        };
+        let mut json = serde_json::to_value(&p.config)
+            .with_context(|| format!("{field}.config: cannot be expressed as JSON"))?;
+        expand_env(&mut json, &format!("{field}.config"), env)?;
+        policies.insert(
+            name,
+            PolicyConfig {
+                wasm: base.join(&p.wasm),
+                failure: p.failure,
+                limits,
+                config_json: json.to_string(),
+            },
+        );
+    }
+
+    let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let field = format!("route[{i}]");
+        let prefix = r.prefix;
+        if !prefix.starts_with('/') {
+            bail!("{field}.prefix: `{prefix}` must start with `/`");
+        }
+        let prefix = if prefix.len() > 1 {
+            prefix.trim_end_matches('/').to_owned()
+        } else {
+            prefix
+        };
+        let name = r.name.unwrap_or_else(|| prefix.clone());
+        if let Some(other) = routes.iter().find(|o| o.prefix == prefix || o.name == name) {
+            bail!("{field}: same prefix or name as route `{}`", other.name);
+        }
+        let upstream = r
+            .upstream
+            .map(|u| parse_upstream(&u).map_err(|e| anyhow!("{field}.upstream: {e}")))
+            .transpose()?;
+        if let Some(rewrite) = &r.rewrite {
+            if !rewrite.starts_with('/') {
+                bail!("{field}.rewrite: `{rewrite}` must start with `/`");
+            }
+        }
+        for (j, p) in r.policies.iter().enumerate() {
+            if !policies.contains_key(p) {
+                let known: Vec<&str> = policies.keys().map(String::as_str).collect();
+                bail!(
+                    "{field}.policies[{j}]: no policy named `{p}` (defined: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+        }
+        if upstream.is_none() && r.policies.is_empty() {
+            bail!("{field}: needs an `upstream`, `policies`, or both");
+        }
+        routes.push(RouteConfig {
+            name,
+            prefix,
+            upstream,
+            rewrite: r.rewrite,
+            timeout: positive(&format!("{field}.timeout_ms"), r.timeout_ms)?
+                .map_or(proxy.upstream_timeout, Duration::from_millis),
+            policies: r.policies,
+        });
+    }
+    if routes.is_empty() {
+        bail!("route: no routes defined (add a [[route]] table)");
+    }
+
+    Ok(Config {
+        source: path.to_owned(),
+        listen,
+        proxy,
+        engine,
+        kv,
+        routes,
+        policies,
+    })
+}
+
+fn positive<T: PartialEq + Default + Copy>(field: &str, v: Option<T>) -> anyhow::Result<Option<T>> {
+    match v {
+        Some(x) if x == T::default() => bail!("{field}: must be greater than 0"),
+        other => Ok(other),
+    }
+}
+
+fn parse_upstream(s: &str) -> anyhow::Result<Uri> {
+    let uri: Uri = s.parse().map_err(|e| anyhow!("`{s}` is not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => bail!("`{s}`: scheme `{other}` is not supported (use http)"),
+        None => bail!("`{s}` needs a scheme, like http://127.0.0.1:3002"),
+    }
+    if uri.authority().is_none() {
+        bail!("`{s}` needs a host");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        bail!("`{s}`: give only scheme://host:port; use `rewrite` for a path");
+    }
+    Ok(uri)
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of a policy's
+/// config, so secrets can come from the environment instead of the file.
+fn expand_env(
+    v: &mut serde_json::Value,
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    match v {
+        serde_json::Value::String(s) => {
+            *s = expand_str(s, env).map_err(|e| anyhow!("{field}: {e}"))?;
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(item, &format!("{field}[{i}]"), env)?;
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                expand_env(item, &format!("{field}.{k}"), env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| anyhow!("unclosed `${{` in `{s}`"))?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        match (env(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => bail!(
+                "environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"
+            ),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+use super::*;
+
+fn parse_str(text: &str) -> anyhow::Result<Config> {
+    parse(text, Path::new("/etc/sidecar/sidecar.toml"), &|name| {
+        (name == "SECRET").then(|| "from-env".to_owned())
+    })
+}
+
+fn err(text: &str) -> String {
+    format!("{:#}", parse_str(text).unwrap_err())
+}
+
+const MINIMAL: &str = r#"
+[[route]]
+prefix = "/api"
+upstream = "http://127.0.0.1:3002"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse_str(MINIMAL).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:4000".parse().unwrap());
+    assert_eq!(c.routes[0].name, "/api");
+    assert_eq!(
+        c.routes[0].timeout,
+        ProxySettings::default().upstream_timeout
+    );
+    assert_eq!(c.proxy, ProxySettings::default());
+}
+
+#[test]
+fn policy_paths_resolve_against_the_config_folder_and_env_expands() {
+    let c = parse_str(
+        r#"
+[[route]]
+prefix = "/api/"
+upstream = "http://127.0.0.1:3002"
+rewrite = "/"
+policies = ["auth"]
+
+[policy.auth]
+wasm = "policies/auth.wasm"
+failure = "open"
+deadline_ms = 5
+config = { secret = "${SECRET}", other = "${MISSING:-fallback}", list = ["a${SECRET}"] }
+"#,
+    )
+    .unwrap();
+    let p = &c.policies["auth"];
+    assert_eq!(p.wasm, Path::new("/etc/sidecar/policies/auth.wasm"));
+    assert_eq!(p.failure, FailureMode::Open);
+    assert_eq!(p.limits.deadline, Duration::from_millis(5));
+    let json: serde_json::Value = serde_json::from_str(&p.config_json).unwrap();
+    assert_eq!(json["secret"], "from-env");
+    assert_eq!(json["other"], "fallback");
+    assert_eq!(json["list"][0], "afrom-env");
+    assert_eq!(c.routes[0].prefix, "/api", "trailing slash trimmed");
+}
+
+#[test]
+fn errors_name_the_file_and_the_field() {
+    let e = err("listen = \"nope\"\n[[route]]\nprefix = \"/\"\nupstream = \"http://h:1\"\n");
+    assert!(e.starts_with("/etc/sidecar/sidecar.toml: listen:"), "{e}");
+
+    let e = err("[[route]]\nprefix = \"/\"\nupstream = \"ftp://h\"\n");
+    assert!(e.contains("route[0].upstream"), "{e}");
+
+    let e = err("[[route]]\nprefix = \"/a\"\npolicies = [\"ghost\"]\n");
+    assert!(
+        e.contains("route[0].policies[0]: no policy named `ghost`"),
+        "{e}"
+    );
+
+    let e = err("[[route]]\nprefix = \"nope\"\nupstream = \"http://h:1\"\n");
+    assert!(e.contains("route[0].prefix"), "{e}");
+
+    let e = err(
+        "[[route]]\nprefix = \"/a\"\npolicies = [\"p\"]\n[policy.p]\nwasm = \"p.wasm\"\nconfig = { k = \"${UNSET}\" }\n",
+    );
+    assert!(
+        e.contains("policy.p.config.k: environment variable `UNSET`"),
+        "{e}"
+    );
+
+    let e = err("[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\ntimeout_ms = 0\n");
+    assert!(
+        e.contains("route[0].timeout_ms: must be greater than 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_fields_and_bad_types_are_refused_with_their_name() {
+    let e = err("[[route]]\nprefix = \"/a\"\nupstrem = \"http://h:1\"\n");
+    assert!(e.contains("unknown field `upstrem`"), "{e}");
+    assert!(e.starts_with("/etc/sidecar/sidecar.toml"), "{e}");
+
+    let e = err(
+        "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n[policy.p]\nwasm = \"x\"\nfailure = \"sideways\"\n",
+    );
+    assert!(e.contains("sideways"), "{e}");
+}
+
+#[test]
+fn duplicate_routes_and_empty_configs_are_refused() {
+    let e = err(
+        "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n[[route]]\nprefix = \"/a/\"\nupstream = \"http://h:2\"\n",
+    );
+    assert!(e.contains("route[1]: same prefix"), "{e}");
+    assert!(err("").contains("no routes defined"));
+    assert!(err("[[route]]\nprefix = \"/a\"\n").contains("needs an `upstream`"));
+}
+
+#[test]
+fn policy_memory_cap_cannot_exceed_engine_maximum() {
+    let e = err(
+        "[wasm]\nmax_memory_mb = 8\n[[route]]\nprefix = \"/a\"\npolicies = [\"p\"]\n[policy.p]\nwasm = \"p.wasm\"\nmemory_mb = 16\n",
+    );
+    assert!(e.contains("policy.p.memory_mb"), "{e}");
+}

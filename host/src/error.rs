@@ -1,0 +1,118 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every error a client can see is JSON: `{"error": "<message>", "code":
+//! "<code>"}`. Policy failures say which policy failed but never carry trap
+//! text: that goes to the log.
+
+use axum::response::IntoResponse;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::bindings::{Header, Response};
+use crate::upstream::UpstreamError;
+use crate::wasm::PolicyError;
+
+/// Everything that can stop a request inside the sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("no route matches this path")]
+    NoRoute,
+    #[error("route `{route}` has no upstream and no policy answered")]
+    NoUpstream { route: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("policies of route `{route}` produced an invalid {what}: {detail}")]
+    BadPolicyOutput {
+        route: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl SidecarError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute | Self::NoUpstream { .. } => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Policy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadPolicyOutput { .. } => StatusCode::BAD_GATEWAY,
+            Self::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::NoUpstream { .. } => "not_found",
+            Self::BadRequest(_) => "bad_request",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::Policy(_) => "policy_failed",
+            Self::BadPolicyOutput { .. } => "bad_policy_output",
+            Self::Upstream(UpstreamError::Unavailable(_)) => "upstream_unavailable",
+            Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
+            Self::Upstream(UpstreamError::ResponseTooLarge { .. }) => "upstream_response_too_large",
+            Self::Upstream(UpstreamError::BadResponse(_)) => "upstream_bad_response",
+        }
+    }
+
+    /// What the client is told: enough to act on, nothing internal.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Policy(e) => {
+                let policy = match e {
+                    PolicyError::TimedOut { policy, .. }
+                    | PolicyError::MemoryCap { policy, .. }
+                    | PolicyError::Trapped { policy, .. }
+                    | PolicyError::ConfigRefused { policy, .. }
+                    | PolicyError::Unavailable { policy, .. } => policy,
+                };
+                format!("policy `{policy}` failed; the request was not forwarded")
+            }
+            Self::BadPolicyOutput { route, what, .. } => {
+                format!("policies of route `{route}` produced an invalid {what}")
+            }
+            Self::Upstream(UpstreamError::Unavailable(_)) => "upstream is unavailable".into(),
+            Self::Upstream(UpstreamError::BadResponse(_)) => {
+                "upstream sent an invalid response".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn body(&self) -> Vec<u8> {
+        serde_json::json!({ "error": self.public_message(), "code": self.code() })
+            .to_string()
+            .into_bytes()
+    }
+
+    /// The error as a response that response hooks can still see (so an
+    /// access log records a 502 or a 503 like any other answer).
+    pub fn to_policy_response(&self) -> Response {
+        Response {
+            status: self.status().as_u16(),
+            headers: vec![Header {
+                name: "content-type".into(),
+                value: "application/json".into(),
+            }],
+            body: self.body(),
+        }
+    }
+}
+
+impl IntoResponse for SidecarError {
+    fn into_response(self) -> axum::response::Response {
+        let mut resp = (self.status(), self.body()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}

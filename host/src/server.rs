@@ -1,0 +1,222 @@
+//! The sidecar's HTTP server and the request path, top to bottom:
+//!
+//! accept → route → body (bounded) → request hooks in chain order →
+//! upstream (unless a policy answered) → response hooks in reverse → reply.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
+use http::{HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Limited};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::capabilities::Services;
+use crate::config::Config;
+use crate::convert;
+use crate::error::SidecarError;
+use crate::gateway::{Gateway, Route};
+use crate::upstream::UpstreamClient;
+use crate::wasm::Runtime;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every request handler shares.
+pub struct AppState {
+    /// The current routes and policies. A request reads it once and keeps
+    /// that version to the end, so a swap never mixes two configs.
+    gateway: watch::Receiver<Arc<Gateway>>,
+    upstream: UpstreamClient,
+}
+
+/// A ready-to-serve sidecar: runtime, gateway, and the channel to swap it.
+pub struct Sidecar {
+    pub runtime: Arc<Runtime>,
+    gateway: watch::Sender<Arc<Gateway>>,
+    state: Arc<AppState>,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecar")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sidecar {
+    /// Builds the runtime and loads every policy of `config`.
+    ///
+    /// # Errors
+    /// A message naming the config file and the field or policy at fault.
+    pub fn new(config: &Config, services: Services) -> anyhow::Result<Self> {
+        let runtime = Runtime::new(config.engine, services)?;
+        let gateway = Arc::new(Gateway::build(config, &runtime)?);
+        let (tx, rx) = watch::channel(gateway);
+        let state = Arc::new(AppState {
+            gateway: rx,
+            upstream: UpstreamClient::new(config.proxy.max_response_bytes),
+        });
+        Ok(Self {
+            runtime,
+            gateway: tx,
+            state,
+        })
+    }
+
+    /// The routes and policies now serving.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.borrow().clone()
+    }
+
+    pub fn router(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then lets in-flight
+    /// requests finish.
+    ///
+    /// # Errors
+    /// I/O errors of the listener.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")
+    }
+}
+
+/// The sidecar's router: every path goes through [`handle`].
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    req: http::Request<Body>,
+) -> axum::response::Response {
+    let request_id = request_id(&req);
+    let mut resp = match proxy(&state, client, req, &request_id).await {
+        Ok(resp) => resp,
+        Err(error) => {
+            tracing::warn!(%request_id, %error, "request refused");
+            error.into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+async fn proxy(
+    state: &AppState,
+    client: SocketAddr,
+    req: http::Request<Body>,
+    request_id: &Arc<str>,
+) -> Result<http::Response<Body>, SidecarError> {
+    let gateway = state.gateway.borrow().clone();
+
+    // Route. Paths that could dodge a prefix match never get this far.
+    convert::check_path(req.uri().path())?;
+    let route = gateway
+        .route(req.uri().path())
+        .ok_or(SidecarError::NoRoute)?;
+
+    // Body, bounded, before any policy sees the request.
+    let (mut parts, body) = req.into_parts();
+    let limit = gateway.proxy.max_body_bytes;
+    let body = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                SidecarError::BodyTooLarge { limit }
+            } else {
+                SidecarError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        parts.headers.insert(REQUEST_ID, v);
+    }
+    let request = convert::request_from_http(&parts, body, &route.name, client)?;
+
+    // Request hooks, in chain order.
+    let outcome = route.chain.on_request(request, &route.name, request_id);
+
+    // Upstream, unless a policy already answered. Its failures become
+    // responses that the response hooks still see.
+    let response = match outcome.response {
+        Some(answered) => answered,
+        None => forward(state, route, &outcome.request, client)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%request_id, route = %route.name, %error, "upstream failed");
+                error.to_policy_response()
+            }),
+    };
+
+    // Response hooks, in reverse chain order.
+    let response = outcome
+        .entered
+        .on_response(&outcome.request, response, request_id);
+
+    convert::response_to_http(response).map_err(|detail| SidecarError::BadPolicyOutput {
+        route: route.name.to_string(),
+        what: "response",
+        detail,
+    })
+}
+
+async fn forward(
+    state: &AppState,
+    route: &Route,
+    request: &crate::bindings::Request,
+    client: SocketAddr,
+) -> Result<crate::bindings::Response, SidecarError> {
+    let upstream = route
+        .upstream
+        .as_ref()
+        .ok_or_else(|| SidecarError::NoUpstream {
+            route: route.name.to_string(),
+        })?;
+    let outgoing = convert::request_to_upstream(
+        request,
+        upstream,
+        &route.prefix,
+        route.rewrite.as_deref(),
+        client,
+    )
+    .map_err(|detail| SidecarError::BadPolicyOutput {
+        route: route.name.to_string(),
+        what: "request",
+        detail,
+    })?;
+    let (parts, body) = state.upstream.send(outgoing, route.timeout).await?;
+    Ok(convert::response_from_upstream(&parts, body)?)
+}
+
+/// The client's `x-request-id` if it is sane, else a new one.
+fn request_id(req: &http::Request<Body>) -> Arc<str> {
+    req.headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string().into(), Into::into)
+}

@@ -1,0 +1,196 @@
+//! The WebAssembly side of the sidecar: one [`Runtime`] (engine + linker),
+//! policies compiled and pre-instantiated once ([`Policy`]), and a fresh
+//! store and instance per request ([`PolicyInstance`]).
+//!
+//! Why a fresh instance per request: a policy's globals cannot carry one
+//! user's data into another user's request, and a trap poisons only the
+//! request that caused it. The pooling allocator and `InstancePre` keep that
+//! in the tens of microseconds.
+
+mod policy;
+mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use self::policy::{
+    FailureMode, Policy, PolicyError, PolicyInstance, PolicyLimits, PolicySpec,
+};
+pub use self::state::HostState;
+use crate::capabilities::{self, Services};
+
+/// How often the epoch advances. Deadlines are whole ticks, so this is
+/// their resolution.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Engine-wide settings. Per-policy limits must fit inside these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Hard ceiling on one instance's linear memory (per-policy caps are lower
+    /// or equal). The pool reserves address space for this much per memory.
+    pub max_memory_bytes: usize,
+    /// Instances alive at once across all requests: concurrent requests ×
+    /// policies per route. Beyond it a request fails with 503, never queues.
+    pub max_instances: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: 64 * 1024 * 1024,
+            max_instances: 1_000,
+        }
+    }
+}
+
+/// Compiles and links policies. Cheap to share (`Arc`); one per sidecar.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    settings: EngineSettings,
+    services: Services,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator, epoch interruption) and the
+    /// linker with WASI p2 (everything denied) and the host capabilities.
+    ///
+    /// # Errors
+    /// Fails if the engine cannot be created with these settings (for
+    /// example, the address space for the pool cannot be reserved).
+    pub fn new(settings: EngineSettings, services: Services) -> anyhow::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(settings.max_instances)
+            // A Rust wasip2 component is a handful of core instances with
+            // one memory and a few tables.
+            .total_core_instances(settings.max_instances.saturating_mul(4))
+            .total_memories(settings.max_instances.saturating_mul(2))
+            .total_tables(settings.max_instances.saturating_mul(4))
+            .max_memories_per_component(2)
+            .max_memory_size(settings.max_memory_bytes);
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            // Reserve only what a memory may reach: the pool then fits
+            // thousands of slots in the address space. Bounds checks are
+            // explicit above the reservation, which is a small price.
+            .memory_reservation(settings.max_memory_bytes as u64)
+            .memory_reservation_for_growth(0)
+            .max_wasm_stack(512 * 1024);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        capabilities::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking host capabilities")?;
+
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            settings,
+            services,
+            _ticker: ticker,
+        }))
+    }
+
+    pub fn settings(&self) -> EngineSettings {
+        self.settings
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Compiles a component from a file.
+    ///
+    /// # Errors
+    /// Fails, naming the file, if it cannot be read or is not a valid component.
+    pub fn compile_file(&self, path: &Path) -> anyhow::Result<Component> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        self.compile(&bytes)
+            .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))
+    }
+
+    /// Compiles a component from bytes (a `.wasm` component binary).
+    ///
+    /// # Errors
+    /// Fails if the bytes are not a valid component for this engine.
+    pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        Component::new(&self.engine, bytes).map_err(anyhow::Error::from)
+    }
+
+    /// Compiles, links and pre-instantiates a policy, then validates its
+    /// config by calling its `configure` hook once.
+    ///
+    /// # Errors
+    /// Fails if the component does not implement this contract (the message
+    /// names the missing or mismatched item), imports something the host does
+    /// not grant, refuses its config, or traps.
+    pub fn load(
+        self: &Arc<Self>,
+        spec: PolicySpec,
+        component: &Component,
+    ) -> anyhow::Result<Arc<Policy>> {
+        Policy::new(self.clone(), spec, component)
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<HostState> {
+        &self.linker
+    }
+}
+
+/// Advances the engine's epoch on a background thread, so a policy stuck in
+/// a loop hits its deadline. Stops when dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

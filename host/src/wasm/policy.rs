@@ -1,0 +1,304 @@
+//! A loaded policy ([`Policy`]) and its per-request instance ([`PolicyInstance`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::state::{HostState, MemoryCap};
+use super::{EPOCH_TICK, Runtime};
+use crate::bindings::{self, Decision, Request, Response};
+use crate::capabilities::Caller;
+use crate::capabilities::clock::ClockState;
+use crate::capabilities::kv::KvState;
+use crate::capabilities::log::LogState;
+
+/// What happens to a request when its policy fails (traps, times out, hits
+/// its memory cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// The request is answered 503: a broken auth policy must not let
+    /// everyone in.
+    #[default]
+    Closed,
+    /// The policy is skipped for this request, as if it were not in the chain.
+    Open,
+}
+
+/// Limits applied to every call into one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyLimits {
+    /// Wall time one hook call may take before it is interrupted.
+    pub deadline: Duration,
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: usize,
+}
+
+impl Default for PolicyLimits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(50),
+            memory_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything needed to load a policy, besides its component.
+#[derive(Debug, Clone)]
+pub struct PolicySpec {
+    /// The policy's name: its key-value namespace and its tag in logs.
+    pub name: String,
+    /// The config handed to `configure`, a JSON object.
+    pub config_json: String,
+    pub failure: FailureMode,
+    pub limits: PolicyLimits,
+}
+
+/// Why a call into a policy failed. The detail is for logs, never clients.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy `{policy}` exceeded its {deadline:?} deadline")]
+    TimedOut {
+        policy: Arc<str>,
+        deadline: Duration,
+    },
+    #[error("policy `{policy}` exceeded its memory cap of {limit} bytes")]
+    MemoryCap { policy: Arc<str>, limit: usize },
+    #[error("policy `{policy}` trapped: {detail}")]
+    Trapped { policy: Arc<str>, detail: String },
+    #[error("policy `{policy}` refused its config: {message}")]
+    ConfigRefused { policy: Arc<str>, message: String },
+    #[error("policy `{policy}` could not be instantiated: {detail}")]
+    Unavailable { policy: Arc<str>, detail: String },
+}
+
+/// A compiled, linked and pre-instantiated policy. Shared by all requests.
+pub struct Policy {
+    name: Arc<str>,
+    spec: PolicySpec,
+    pre: bindings::PolicyPre<HostState>,
+    runtime: Arc<Runtime>,
+    deadline_ticks: u64,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    pub(super) fn new(
+        runtime: Arc<Runtime>,
+        spec: PolicySpec,
+        component: &Component,
+    ) -> anyhow::Result<Arc<Self>> {
+        anyhow::ensure!(
+            spec.limits.memory_bytes <= runtime.settings().max_memory_bytes,
+            "memory cap of {} bytes is above the engine's maximum of {} bytes",
+            spec.limits.memory_bytes,
+            runtime.settings().max_memory_bytes
+        );
+        let instance_pre = runtime
+            .linker()
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)
+            .context("the component imports something the sidecar does not provide")?;
+        let pre = bindings::PolicyPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "the component does not export the `handler` interface of {}",
+                    bindings::CONTRACT
+                )
+            })?;
+        // +1: the current tick may be about to end.
+        let deadline_ticks = (spec.limits.deadline.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1;
+        let policy = Arc::new(Self {
+            name: spec.name.as_str().into(),
+            spec,
+            pre,
+            runtime,
+            deadline_ticks,
+        });
+        // Validate the config now, so a refused config stops the load
+        // instead of failing every request.
+        policy
+            .instantiate(&"(load)".into(), &"(load)".into())
+            .map_err(anyhow::Error::from)?;
+        Ok(policy)
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn spec(&self) -> &PolicySpec {
+        &self.spec
+    }
+
+    pub fn failure_mode(&self) -> FailureMode {
+        self.spec.failure
+    }
+
+    /// A fresh instance for one request, already configured.
+    ///
+    /// # Errors
+    /// [`PolicyError`] if instantiation fails (e.g. the instance pool is
+    /// exhausted) or `configure` refuses or traps.
+    pub fn instantiate(
+        &self,
+        route: &Arc<str>,
+        request_id: &Arc<str>,
+    ) -> Result<PolicyInstance, PolicyError> {
+        let services = self.runtime.services();
+        let caller = Caller {
+            policy: self.name.clone(),
+            route: route.clone(),
+            request_id: request_id.clone(),
+        };
+        // Panic messages land here, to be logged with the trap.
+        let stderr = MemoryOutputPipe::new(4096);
+        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                max_bytes: self.spec.limits.memory_bytes,
+                hit: false,
+            },
+            log: LogState {
+                sink: services.log.clone(),
+                clock: services.clock.clone(),
+                caller,
+            },
+            kv: KvState {
+                store: services.kv.clone(),
+                namespace: self.name.clone(),
+            },
+            clock: ClockState {
+                clock: services.clock.clone(),
+            },
+        };
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) if store.data().limiter.hit || e.downcast_ref::<Trap>().is_some() => {
+                return Err(classify(&self.name, &self.spec.limits, &store, &stderr, e));
+            }
+            Err(e) => {
+                return Err(PolicyError::Unavailable {
+                    policy: self.name.clone(),
+                    detail: format!("{e:#}"),
+                });
+            }
+        };
+        let mut instance = PolicyInstance {
+            policy: self.name.clone(),
+            limits: self.spec.limits,
+            deadline_ticks: self.deadline_ticks,
+            store,
+            bindings,
+            stderr,
+            poisoned: false,
+        };
+        let config = self.spec.config_json.as_str();
+        instance
+            .call(|b, s| b.sidecar_policy_handler().call_configure(s, config))?
+            .map_err(|message| PolicyError::ConfigRefused {
+                policy: self.name.clone(),
+                message,
+            })?;
+        Ok(instance)
+    }
+}
+
+/// One policy's instance for one request. Dropping it frees the slot.
+pub struct PolicyInstance {
+    policy: Arc<str>,
+    limits: PolicyLimits,
+    deadline_ticks: u64,
+    store: Store<HostState>,
+    bindings: bindings::Policy,
+    stderr: MemoryOutputPipe,
+    /// Set after a failed call: a trapped instance must not be entered again.
+    poisoned: bool,
+}
+
+impl PolicyInstance {
+    pub fn policy(&self) -> &Arc<str> {
+        &self.policy
+    }
+
+    /// Calls the request hook.
+    ///
+    /// # Errors
+    /// [`PolicyError`] if the hook traps, times out or hits the memory cap.
+    pub fn on_request(&mut self, req: &Request) -> Result<Decision, PolicyError> {
+        self.call(|b, s| b.sidecar_policy_handler().call_on_request(s, req))
+    }
+
+    /// Calls the response hook.
+    ///
+    /// # Errors
+    /// As [`PolicyInstance::on_request`].
+    pub fn on_response(&mut self, req: &Request, resp: &Response) -> Result<Response, PolicyError> {
+        self.call(|b, s| b.sidecar_policy_handler().call_on_response(s, req, resp))
+    }
+
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        if self.poisoned {
+            return Err(PolicyError::Trapped {
+                policy: self.policy.clone(),
+                detail: "instance already failed in an earlier hook".into(),
+            });
+        }
+        // Each hook gets the whole deadline, measured from its own start.
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        f(&self.bindings, &mut self.store).map_err(|e| {
+            self.poisoned = true;
+            classify(&self.policy, &self.limits, &self.store, &self.stderr, e)
+        })
+    }
+}
+
+fn classify(
+    policy: &Arc<str>,
+    limits: &PolicyLimits,
+    store: &Store<HostState>,
+    stderr: &MemoryOutputPipe,
+    error: wasmtime::Error,
+) -> PolicyError {
+    let policy = policy.clone();
+    if store.data().limiter.hit {
+        return PolicyError::MemoryCap {
+            policy,
+            limit: limits.memory_bytes,
+        };
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return PolicyError::TimedOut {
+            policy,
+            deadline: limits.deadline,
+        };
+    }
+    let mut detail = format!("{error:#}");
+    let printed = stderr.contents();
+    if !printed.is_empty() {
+        detail.push_str("; stderr: ");
+        detail.push_str(String::from_utf8_lossy(&printed).trim());
+    }
+    PolicyError::Trapped { policy, detail }
+}

@@ -1,0 +1,65 @@
+//! What each per-request store holds: WASI (nothing granted), the host
+//! capabilities' state, and the memory cap.
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::capabilities::clock::ClockState;
+use crate::capabilities::kv::KvState;
+use crate::capabilities::log::LogState;
+
+/// The data of one policy instance's `Store`.
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryCap,
+    pub(crate) log: LogState,
+    pub(crate) kv: KvState,
+    pub(crate) clock: ClockState,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Refuses memory growth past a cap, and remembers that it did, so the
+/// resulting trap is reported as "memory cap" rather than a generic trap.
+pub(crate) struct MemoryCap {
+    pub(crate) max_bytes: usize,
+    pub(crate) hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            // An error traps at once, instead of letting the guest's
+            // allocator fail in some less obvious way.
+            return Err(wasmtime::Error::msg(format!(
+                "memory cap of {} bytes reached (wanted {desired})",
+                self.max_bytes
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}

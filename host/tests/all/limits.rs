@@ -1,0 +1,129 @@
+//! A broken policy fails only its own request; the sidecar keeps serving.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{Upstream, client, get_json, start};
+
+fn config(mode: &str, failure: &str, hook: &str) -> String {
+    format!(
+        r#"
+[[route]]
+name = "hostile"
+prefix = "/hostile"
+upstream = "{{UPSTREAM}}"
+policies = ["hostile"]
+
+[[route]]
+name = "healthy"
+prefix = "/healthy"
+upstream = "{{UPSTREAM}}"
+policies = ["tag"]
+
+[policy.hostile]
+wasm = "{{HOSTILE}}"
+failure = "{failure}"
+deadline_ms = 100
+memory_mb = 16
+config = {{ mode = "{mode}", hook = "{hook}" }}
+
+[policy.tag]
+wasm = "{{TAG}}"
+config = {{ name = "ok" }}
+"#
+    )
+}
+
+async fn assert_healthy_route_still_serves(base: &str) {
+    for _ in 0..5 {
+        let (status, body) = get_json(&format!("{base}/healthy/x")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["headers"]["x-chain"], "ok");
+    }
+}
+
+#[tokio::test]
+async fn trapping_policy_fails_closed_with_503_json_and_no_trap_text() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&config("trap", "closed", "request"), &upstream).await;
+    let (status, body) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["code"], "policy_failed");
+    let text = body.to_string();
+    assert!(
+        !text.contains("panic") && !text.contains("wasm"),
+        "trap text leaked: {text}"
+    );
+    assert_eq!(upstream.hits(), 0, "fail closed never reaches the upstream");
+    assert_healthy_route_still_serves(&sidecar.base).await;
+}
+
+#[tokio::test]
+async fn trapping_policy_fails_open_by_skipping_itself() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&config("trap", "open", "request"), &upstream).await;
+    let (status, _) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn trapping_response_hook_fails_closed_after_upstream() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&config("trap", "closed", "response"), &upstream).await;
+    let (status, body) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["code"], "policy_failed");
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn policy_that_loops_forever_hits_its_deadline_and_others_keep_succeeding() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&config("loop", "closed", "request"), &upstream).await;
+    let base = sidecar.base.clone();
+    // The looping request and healthy ones at the same time.
+    let looping = tokio::spawn({
+        let base = base.clone();
+        async move {
+            let started = Instant::now();
+            let (status, _) = get_json(&format!("{base}/hostile/x")).await;
+            (status, started.elapsed())
+        }
+    });
+    assert_healthy_route_still_serves(&base).await;
+    let (status, took) = looping.await.unwrap();
+    assert_eq!(status, 503);
+    // Deadline is 100 ms; generous bound for a loaded machine, far below "forever".
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_healthy_route_still_serves(&base).await;
+}
+
+#[tokio::test]
+async fn policy_that_allocates_without_bound_hits_its_memory_cap() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&config("alloc", "closed", "request"), &upstream).await;
+    for _ in 0..3 {
+        let (status, body) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["code"], "policy_failed");
+    }
+    assert_healthy_route_still_serves(&sidecar.base).await;
+}
+
+#[tokio::test]
+async fn failures_are_logged_with_the_policy_name_not_sent_to_client() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&config("trap", "closed", "request"), &upstream).await;
+    let resp = client()
+        .get(format!("{}/hostile/x", sidecar.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "policy `hostile` failed; the request was not forwarded"
+    );
+}

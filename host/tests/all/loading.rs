@@ -1,0 +1,151 @@
+//! Loading policies, and the typed errors a failing policy produces.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidecar::bindings::{Decision, Request};
+use sidecar::capabilities::{KvLimits, Services};
+use sidecar::wasm::{EngineSettings, FailureMode, PolicyError, PolicyLimits, PolicySpec, Runtime};
+
+fn runtime() -> Arc<Runtime> {
+    Runtime::new(
+        EngineSettings::default(),
+        Services::production(KvLimits::default()),
+    )
+    .unwrap()
+}
+
+fn spec(name: &str, config: serde_json::Value) -> PolicySpec {
+    PolicySpec {
+        name: name.into(),
+        config_json: config.to_string(),
+        failure: FailureMode::Closed,
+        limits: PolicyLimits {
+            deadline: Duration::from_millis(100),
+            memory_bytes: 16 * 1024 * 1024,
+        },
+    }
+}
+
+fn request() -> Request {
+    Request {
+        method: "GET".into(),
+        path: "/x".into(),
+        headers: vec![],
+        body: vec![],
+        route: "r".into(),
+        client_addr: "127.0.0.1:1".into(),
+    }
+}
+
+fn call_hostile(mode: &str) -> PolicyError {
+    let rt = runtime();
+    let component = rt.compile_file(Path::new(test_policies::HOSTILE)).unwrap();
+    let policy = rt
+        .load(
+            spec("hostile", serde_json::json!({ "mode": mode })),
+            &component,
+        )
+        .unwrap();
+    let mut instance = policy.instantiate(&"r".into(), &"id".into()).unwrap();
+    match instance.on_request(&request()) {
+        Ok(_) => panic!("hostile policy in mode {mode} returned"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn refused_config_stops_the_load_with_the_policy_message() {
+    let rt = runtime();
+    let component = rt.compile_file(Path::new(test_policies::TAG)).unwrap();
+    let err = rt
+        .load(
+            spec(
+                "tag",
+                serde_json::json!({ "name": "a", "refuse": "name is rude" }),
+            ),
+            &component,
+        )
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("policy `tag` refused its config: name is rude"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_named_in_the_error() {
+    let dir = std::env::temp_dir().join(format!("sidecar-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("garbage.wasm");
+    std::fs::write(&bad, b"not wasm at all").unwrap();
+    let err = runtime().compile_file(&bad).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("garbage.wasm is not a valid WebAssembly component"),
+        "{msg}"
+    );
+    let err = runtime()
+        .compile_file(&dir.join("missing.wasm"))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
+}
+
+#[test]
+fn config_file_errors_name_the_policy_and_file() {
+    let text = format!(
+        "[[route]]\nprefix = \"/a\"\npolicies = [\"tag\"]\n[policy.tag]\nwasm = \"{}\"\nconfig = {{ name = \"a\", refuse = \"no\" }}\n",
+        test_policies::TAG
+    );
+    let config = sidecar::config::parse(&text, Path::new("/cfg/sidecar.toml"), &|_| None).unwrap();
+    let err = sidecar::server::Sidecar::new(&config, Services::production(KvLimits::default()))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.starts_with("/cfg/sidecar.toml: policy.tag"), "{msg}");
+    assert!(msg.contains("refused its config: no"), "{msg}");
+}
+
+#[test]
+fn infinite_loop_is_reported_as_timed_out() {
+    assert!(matches!(call_hostile("loop"), PolicyError::TimedOut { .. }));
+}
+
+#[test]
+fn unbounded_allocation_is_reported_as_memory_cap() {
+    assert!(matches!(
+        call_hostile("alloc"),
+        PolicyError::MemoryCap { .. }
+    ));
+}
+
+#[test]
+fn panic_is_reported_as_trap_with_its_message_for_the_log() {
+    match call_hostile("trap") {
+        PolicyError::Trapped { detail, .. } => {
+            assert!(
+                detail.contains("hostile policy trapped on purpose"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_pass_through_policy_continues_unchanged() {
+    let rt = runtime();
+    let component = rt.compile_file(Path::new(test_policies::HOSTILE)).unwrap();
+    let policy = rt
+        .load(
+            spec("hostile", serde_json::json!({ "mode": "none" })),
+            &component,
+        )
+        .unwrap();
+    let mut instance = policy.instantiate(&"r".into(), &"id".into()).unwrap();
+    assert!(matches!(
+        instance.on_request(&request()).unwrap(),
+        Decision::Continue(_)
+    ));
+}

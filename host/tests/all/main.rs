@@ -1,0 +1,8 @@
+//! Integration tests of the sidecar: a real listener, real policies built
+//! from `plugins/` (see the `test-policies` crate), and a fake upstream.
+
+mod chain;
+mod limits;
+mod loading;
+mod proxy;
+mod support;

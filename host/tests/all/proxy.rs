@@ -1,0 +1,134 @@
+//! The reverse proxy's own duties: routing, header hygiene, limits, and
+//! upstream failures as JSON.
+
+use crate::support::{Upstream, client, get_json, start};
+
+const PLAIN: &str = r#"
+[proxy]
+max_body_bytes = 1024
+
+[[route]]
+name = "api"
+prefix = "/api"
+upstream = "{UPSTREAM}"
+rewrite = "/"
+
+[[route]]
+name = "slow"
+prefix = "/slowpoke"
+upstream = "{UPSTREAM}"
+rewrite = "/slow"
+timeout_ms = 200
+
+[[route]]
+name = "down"
+prefix = "/down"
+upstream = "http://127.0.0.1:9"
+"#;
+
+#[tokio::test]
+async fn forwards_with_x_forwarded_for_and_without_hop_by_hop_headers() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    let resp = client()
+        .post(format!("{}/api/echo", sidecar.base))
+        .header("connection", "x-private")
+        .header("x-private", "hop")
+        .header("x-keep", "me")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-upstream"], "echo");
+    assert!(
+        resp.headers().get("x-hop").is_none(),
+        "response hop-by-hop header removed"
+    );
+    assert!(resp.headers().contains_key("x-request-id"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["body"], "hello");
+    assert_eq!(body["headers"]["x-keep"], "me");
+    assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert!(
+        body["headers"].get("x-private").is_none(),
+        "request hop-by-hop header removed"
+    );
+    assert!(
+        body["headers"]["x-request-id"].is_string(),
+        "request id passed upstream"
+    );
+}
+
+#[tokio::test]
+async fn keeps_a_sane_client_request_id() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    let resp = client()
+        .get(format!("{}/api/x", sidecar.base))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "abc-123");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["headers"]["x-request-id"], "abc-123");
+}
+
+#[tokio::test]
+async fn unknown_path_is_404_json() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    let (status, body) = get_json(&format!("{}/apix", sidecar.base)).await;
+    assert_eq!(status, 404, "prefix matches whole segments only");
+    assert_eq!(body["code"], "no_route");
+}
+
+#[tokio::test]
+async fn path_tricks_are_400_and_never_reach_upstream() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    for path in ["/api/%2e%2e/admin", "/api//x", "/api/a%2Fb"] {
+        let (status, body) = get_json(&format!("{}{path}", sidecar.base)).await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(body["code"], "bad_request");
+    }
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    let resp = client()
+        .post(format!("{}/api/x", sidecar.base))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "body_too_large");
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_json() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    let (status, body) = get_json(&format!("{}/down/x", sidecar.base)).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["code"], "upstream_unavailable");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_json_at_the_route_timeout() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    let started = std::time::Instant::now();
+    let (status, body) = get_json(&format!("{}/slowpoke", sidecar.base)).await;
+    assert_eq!(status, 504);
+    assert_eq!(body["code"], "upstream_timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}

@@ -1,0 +1,143 @@
+//! A sidecar on a free port in front of an echoing upstream.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::Request;
+use axum::routing::any;
+use http_body_util::BodyExt;
+use sidecar::capabilities::{KvLimits, ManualClock, MemoryKv, MemorySink, Services, SystemClock};
+use sidecar::server::Sidecar;
+use tokio::net::TcpListener;
+
+/// Counts the requests it gets and echoes them back as JSON.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new()
+            .route(
+                "/slow",
+                any(|| async {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    "late"
+                }),
+            )
+            .fallback(any(move |req: Request| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let (parts, body) = req.into_parts();
+                    let headers: BTreeMap<String, String> = parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_owned()))
+                        .collect();
+                    let body = body.collect().await.unwrap().to_bytes();
+                    (
+                        [
+                            ("x-upstream", "echo"),
+                            ("connection", "keep-alive, x-hop"),
+                            ("x-hop", "1"),
+                        ],
+                        Json(serde_json::json!({
+                            "method": parts.method.as_str(),
+                            "path": parts.uri.path_and_query().map(|p| p.as_str()),
+                            "headers": headers,
+                            "body": String::from_utf8_lossy(&body),
+                        })),
+                    )
+                }
+            }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A running sidecar and what the tests inspect.
+pub struct Running {
+    pub base: String,
+    pub logs: Arc<MemorySink>,
+    pub clock: Arc<ManualClock>,
+    pub sidecar: Arc<Sidecar>,
+}
+
+/// `toml` may use `{UPSTREAM}` and `{TAG}`, `{HOSTILE}`, `{AUTH}`,
+/// `{LOGGING}`, `{CACHE}` for the built policies' paths.
+pub async fn start(toml: &str, upstream: &Upstream) -> Running {
+    start_with_clock(toml, upstream, false).await
+}
+
+pub async fn start_with_clock(toml: &str, upstream: &Upstream, manual_clock: bool) -> Running {
+    let text = toml
+        .replace("{UPSTREAM}", &upstream.url())
+        .replace("{TAG}", test_policies::TAG)
+        .replace("{HOSTILE}", test_policies::HOSTILE)
+        .replace("{AUTH}", test_policies::AUTH)
+        .replace("{LOGGING}", test_policies::LOGGING)
+        .replace("{CACHE}", test_policies::CACHE);
+    let config = sidecar::config::parse(&text, Path::new("/test/sidecar.toml"), &|_| None).unwrap();
+    let logs = Arc::new(MemorySink::default());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000));
+    let time: Arc<dyn sidecar::capabilities::Clock> = if manual_clock {
+        clock.clone()
+    } else {
+        Arc::new(SystemClock)
+    };
+    let services = Services {
+        kv: Arc::new(MemoryKv::new(time.clone(), KvLimits::default())),
+        clock: time,
+        log: logs.clone(),
+    };
+    let sidecar = Arc::new(Sidecar::new(&config, services).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let serving = sidecar.clone();
+    tokio::spawn(async move {
+        serving
+            .serve(listener, std::future::pending())
+            .await
+            .unwrap()
+    });
+    Running {
+        base,
+        logs,
+        clock,
+        sidecar,
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Status and JSON body of a GET.
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let resp = client().get(url).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
