@@ -6,6 +6,11 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "policy",
+    // Hooks are called with `call_async`: the guest's WASI streams (a panic
+    // message on stderr, a stray println!) are async in wasmtime-wasi, and a
+    // sync call from inside the tokio runtime would have to block on them.
+    // Host capabilities stay sync: they never wait.
+    exports: { default: async },
 });
 
 pub use exports::sidecar::policy::handler::{Decision, Request, Response};

@@ -51,7 +51,7 @@ impl Chain {
     }
 
     /// Runs the request hooks in order.
-    pub fn on_request(
+    pub async fn on_request(
         &self,
         mut request: Request,
         route: &Arc<str>,
@@ -59,12 +59,10 @@ impl Chain {
     ) -> RequestOutcome {
         let mut entered = Vec::with_capacity(self.policies.len());
         for policy in &self.policies {
-            let called = policy
-                .instantiate(route, request_id)
-                .and_then(|mut instance| {
-                    let decision = instance.on_request(&request)?;
-                    Ok((instance, decision))
-                });
+            let called = match policy.instantiate(route, request_id).await {
+                Ok(mut instance) => instance.on_request(&request).await.map(|d| (instance, d)),
+                Err(e) => Err(e),
+            };
             match called {
                 Ok((instance, decision)) => {
                     entered.push((policy.failure_mode(), instance));
@@ -103,14 +101,14 @@ impl Chain {
 
 impl Entered {
     /// Runs the response hooks in reverse chain order.
-    pub fn on_response(
+    pub async fn on_response(
         mut self,
         request: &Request,
         mut response: Response,
         request_id: &str,
     ) -> Response {
         while let Some((mode, mut instance)) = self.instances.pop() {
-            match instance.on_response(request, &response) {
+            match instance.on_response(request, &response).await {
                 Ok(changed) => response = changed,
                 Err(error) => {
                     if let Some(failed) = on_failure(mode, error, "response", request_id) {

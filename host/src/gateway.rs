@@ -54,7 +54,7 @@ impl Gateway {
     ///
     /// # Errors
     /// A message naming the config file, the policy and the cause.
-    pub fn build(config: &Config, runtime: &Arc<Runtime>) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, runtime: &Arc<Runtime>) -> anyhow::Result<Self> {
         let file = config.source.display();
         let mut compiled: HashMap<PathBuf, wasmtime::component::Component> = HashMap::new();
         let mut loaded: HashMap<&str, Arc<Policy>> = HashMap::new();
@@ -77,6 +77,7 @@ impl Gateway {
             };
             let policy = runtime
                 .load(spec, &component)
+                .await
                 .with_context(|| format!("{file}: policy.{name} ({})", p.wasm.display()))?;
             loaded.insert(name, policy);
         }

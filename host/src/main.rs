@@ -48,7 +48,8 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
 
 fn check(file: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&file)?;
-    let sidecar = Sidecar::new(&config, Services::production(config.kv))?;
+    let sidecar =
+        async_runtime()?.block_on(Sidecar::new(&config, Services::production(config.kv)))?;
     let gateway = sidecar.gateway();
     println!(
         "{}: ok ({} routes, {} policies)",
@@ -61,12 +62,8 @@ fn check(file: PathBuf) -> anyhow::Result<()> {
 
 fn serve(file: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&file)?;
-    let sidecar = Sidecar::new(&config, Services::production(config.kv))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
+    async_runtime()?.block_on(async {
+        let sidecar = Sidecar::new(&config, Services::production(config.kv)).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("{}: listen: cannot bind {}", file.display(), config.listen))?;
@@ -84,6 +81,13 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
         eprintln!("sidecar listening on http://{addr}");
         sidecar.serve(listener, shutdown_signal()).await
     })
+}
+
+fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -55,9 +55,9 @@ impl Sidecar {
     ///
     /// # Errors
     /// A message naming the config file and the field or policy at fault.
-    pub fn new(config: &Config, services: Services) -> anyhow::Result<Self> {
+    pub async fn new(config: &Config, services: Services) -> anyhow::Result<Self> {
         let runtime = Runtime::new(config.engine, services)?;
-        let gateway = Arc::new(Gateway::build(config, &runtime)?);
+        let gateway = Arc::new(Gateway::build(config, &runtime).await?);
         let (tx, rx) = watch::channel(gateway);
         let state = Arc::new(AppState {
             gateway: rx,
@@ -158,7 +158,10 @@ async fn proxy(
     let request = convert::request_from_http(&parts, body, &route.name, client)?;
 
     // Request hooks, in chain order.
-    let outcome = route.chain.on_request(request, &route.name, request_id);
+    let outcome = route
+        .chain
+        .on_request(request, &route.name, request_id)
+        .await;
 
     // Upstream, unless a policy already answered. Its failures become
     // responses that the response hooks still see.
@@ -175,7 +178,8 @@ async fn proxy(
     // Response hooks, in reverse chain order.
     let response = outcome
         .entered
-        .on_response(&outcome.request, response, request_id);
+        .on_response(&outcome.request, response, request_id)
+        .await;
 
     convert::response_to_http(response).map_err(|detail| SidecarError::BadPolicyOutput {
         route: route.name.to_string(),

@@ -54,7 +54,7 @@ async fn start_trio() -> Trio {
         clock: Arc::new(SystemClock),
         log: logs.clone(),
     };
-    let sidecar = Arc::new(Sidecar::new(&config, services).unwrap());
+    let sidecar = Arc::new(Sidecar::new(&config, services).await.unwrap());
     let (l, sidecar_addr) = listener().await;
     tokio::spawn(async move { sidecar.serve(l, std::future::pending()).await.unwrap() });
 

@@ -82,6 +82,8 @@ impl Runtime {
             .total_memories(settings.max_instances.saturating_mul(2))
             .total_tables(settings.max_instances.saturating_mul(4))
             .max_memories_per_component(2)
+            // One fiber stack per instance in flight (async calls run on one).
+            .total_stacks(settings.max_instances)
             .max_memory_size(settings.max_memory_bytes);
         let mut config = Config::new();
         config
@@ -92,13 +94,15 @@ impl Runtime {
             // explicit above the reservation, which is a small price.
             .memory_reservation(settings.max_memory_bytes as u64)
             .memory_reservation_for_growth(0)
-            .max_wasm_stack(512 * 1024);
+            .max_wasm_stack(512 * 1024)
+            // The fiber a call runs on: the wasm stack plus room for host calls.
+            .async_stack_size(1024 * 1024);
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
         capabilities::add_to_linker(&mut linker)
@@ -149,12 +153,12 @@ impl Runtime {
     /// Fails if the component does not implement this contract (the message
     /// names the missing or mismatched item), imports something the host does
     /// not grant, refuses its config, or traps.
-    pub fn load(
+    pub async fn load(
         self: &Arc<Self>,
         spec: PolicySpec,
         component: &Component,
     ) -> anyhow::Result<Arc<Policy>> {
-        Policy::new(self.clone(), spec, component)
+        Policy::new(self.clone(), spec, component).await
     }
 
     pub(crate) fn engine(&self) -> &Engine {

@@ -95,7 +95,7 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
-    pub(super) fn new(
+    pub(super) async fn new(
         runtime: Arc<Runtime>,
         spec: PolicySpec,
         component: &Component,
@@ -132,6 +132,7 @@ impl Policy {
         // instead of failing every request.
         policy
             .instantiate(&"(load)".into(), &"(load)".into())
+            .await
             .map_err(anyhow::Error::from)?;
         Ok(policy)
     }
@@ -153,7 +154,7 @@ impl Policy {
     /// # Errors
     /// [`PolicyError`] if instantiation fails (e.g. the instance pool is
     /// exhausted) or `configure` refuses or traps.
-    pub fn instantiate(
+    pub async fn instantiate(
         &self,
         route: &Arc<str>,
         request_id: &Arc<str>,
@@ -190,7 +191,7 @@ impl Policy {
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.deadline_ticks);
-        let bindings = match self.pre.instantiate(&mut store) {
+        let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
             Err(e) if store.data().limiter.hit || e.downcast_ref::<Trap>().is_some() => {
                 return Err(classify(&self.name, &self.spec.limits, &store, &stderr, e));
@@ -212,8 +213,14 @@ impl Policy {
             poisoned: false,
         };
         let config = self.spec.config_json.as_str();
+        instance.enter()?;
+        let configured = instance
+            .bindings
+            .sidecar_policy_handler()
+            .call_configure(&mut instance.store, config)
+            .await;
         instance
-            .call(|b, s| b.sidecar_policy_handler().call_configure(s, config))?
+            .outcome(configured)?
             .map_err(|message| PolicyError::ConfigRefused {
                 policy: self.name.clone(),
                 message,
@@ -243,31 +250,50 @@ impl PolicyInstance {
     ///
     /// # Errors
     /// [`PolicyError`] if the hook traps, times out or hits the memory cap.
-    pub fn on_request(&mut self, req: &Request) -> Result<Decision, PolicyError> {
-        self.call(|b, s| b.sidecar_policy_handler().call_on_request(s, req))
+    pub async fn on_request(&mut self, req: &Request) -> Result<Decision, PolicyError> {
+        self.enter()?;
+        let result = self
+            .bindings
+            .sidecar_policy_handler()
+            .call_on_request(&mut self.store, req)
+            .await;
+        self.outcome(result)
     }
 
     /// Calls the response hook.
     ///
     /// # Errors
     /// As [`PolicyInstance::on_request`].
-    pub fn on_response(&mut self, req: &Request, resp: &Response) -> Result<Response, PolicyError> {
-        self.call(|b, s| b.sidecar_policy_handler().call_on_response(s, req, resp))
+    pub async fn on_response(
+        &mut self,
+        req: &Request,
+        resp: &Response,
+    ) -> Result<Response, PolicyError> {
+        self.enter()?;
+        let result = self
+            .bindings
+            .sidecar_policy_handler()
+            .call_on_response(&mut self.store, req, resp)
+            .await;
+        self.outcome(result)
     }
 
-    fn call<R>(
-        &mut self,
-        f: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, PolicyError> {
+    /// Readies the store for a call: refuses a trapped instance, and gives
+    /// the call the whole deadline, measured from its own start.
+    fn enter(&mut self) -> Result<(), PolicyError> {
         if self.poisoned {
             return Err(PolicyError::Trapped {
                 policy: self.policy.clone(),
                 detail: "instance already failed in an earlier hook".into(),
             });
         }
-        // Each hook gets the whole deadline, measured from its own start.
         self.store.set_epoch_deadline(self.deadline_ticks);
-        f(&self.bindings, &mut self.store).map_err(|e| {
+        Ok(())
+    }
+
+    /// Classifies a failed call, and poisons the instance after one.
+    fn outcome<R>(&mut self, result: wasmtime::Result<R>) -> Result<R, PolicyError> {
+        result.map_err(|e| {
             self.poisoned = true;
             classify(&self.policy, &self.limits, &self.store, &self.stderr, e)
         })

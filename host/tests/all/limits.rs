@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use sidecar::capabilities::FieldValue;
+
 use crate::support::{Upstream, client, get_json, start};
 
 fn config(mode: &str, failure: &str, hook: &str) -> String {
@@ -126,4 +128,25 @@ async fn failures_are_logged_with_the_policy_name_not_sent_to_client() {
         body["error"],
         "policy `hostile` failed; the request was not forwarded"
     );
+}
+
+#[tokio::test]
+async fn policies_before_a_failed_one_still_see_the_503_in_their_response_hook() {
+    let upstream = Upstream::start().await;
+    let toml = config("trap", "closed", "request").replace(
+        r#"policies = ["hostile"]"#,
+        r#"policies = ["logging", "hostile"]"#,
+    ) + "[policy.logging]\nwasm = \"{LOGGING}\"\n";
+    let sidecar = start(&toml, &upstream).await;
+    let (status, _) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+    assert_eq!(status, 503);
+    let access: Vec<_> = sidecar
+        .logs
+        .records()
+        .into_iter()
+        .filter(|r| r.message == "access")
+        .collect();
+    assert_eq!(access.len(), 1);
+    assert_eq!(access[0].field("status"), Some(&FieldValue::Int(503)));
+    assert_eq!(&*access[0].policy, "logging");
 }

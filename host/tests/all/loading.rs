@@ -39,7 +39,7 @@ fn request() -> Request {
     }
 }
 
-fn call_hostile(mode: &str) -> PolicyError {
+async fn call_hostile(mode: &str) -> PolicyError {
     let rt = runtime();
     let component = rt.compile_file(Path::new(test_policies::HOSTILE)).unwrap();
     let policy = rt
@@ -47,16 +47,17 @@ fn call_hostile(mode: &str) -> PolicyError {
             spec("hostile", serde_json::json!({ "mode": mode })),
             &component,
         )
+        .await
         .unwrap();
-    let mut instance = policy.instantiate(&"r".into(), &"id".into()).unwrap();
-    match instance.on_request(&request()) {
+    let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
+    match instance.on_request(&request()).await {
         Ok(_) => panic!("hostile policy in mode {mode} returned"),
         Err(e) => e,
     }
 }
 
-#[test]
-fn refused_config_stops_the_load_with_the_policy_message() {
+#[tokio::test]
+async fn refused_config_stops_the_load_with_the_policy_message() {
     let rt = runtime();
     let component = rt.compile_file(Path::new(test_policies::TAG)).unwrap();
     let err = rt
@@ -67,6 +68,7 @@ fn refused_config_stops_the_load_with_the_policy_message() {
             ),
             &component,
         )
+        .await
         .unwrap_err();
     let msg = format!("{err:#}");
     assert!(
@@ -93,36 +95,40 @@ fn a_file_that_is_not_a_component_is_named_in_the_error() {
     assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
 }
 
-#[test]
-fn config_file_errors_name_the_policy_and_file() {
+#[tokio::test]
+async fn config_file_errors_name_the_policy_and_file() {
     let text = format!(
         "[[route]]\nprefix = \"/a\"\npolicies = [\"tag\"]\n[policy.tag]\nwasm = \"{}\"\nconfig = {{ name = \"a\", refuse = \"no\" }}\n",
         test_policies::TAG
     );
     let config = sidecar::config::parse(&text, Path::new("/cfg/sidecar.toml"), &|_| None).unwrap();
     let err = sidecar::server::Sidecar::new(&config, Services::production(KvLimits::default()))
+        .await
         .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.starts_with("/cfg/sidecar.toml: policy.tag"), "{msg}");
     assert!(msg.contains("refused its config: no"), "{msg}");
 }
 
-#[test]
-fn infinite_loop_is_reported_as_timed_out() {
-    assert!(matches!(call_hostile("loop"), PolicyError::TimedOut { .. }));
+#[tokio::test]
+async fn infinite_loop_is_reported_as_timed_out() {
+    assert!(matches!(
+        call_hostile("loop").await,
+        PolicyError::TimedOut { .. }
+    ));
 }
 
-#[test]
-fn unbounded_allocation_is_reported_as_memory_cap() {
+#[tokio::test]
+async fn unbounded_allocation_is_reported_as_memory_cap() {
     assert!(matches!(
-        call_hostile("alloc"),
+        call_hostile("alloc").await,
         PolicyError::MemoryCap { .. }
     ));
 }
 
-#[test]
-fn panic_is_reported_as_trap_with_its_message_for_the_log() {
-    match call_hostile("trap") {
+#[tokio::test]
+async fn panic_is_reported_as_trap_with_its_message_for_the_log() {
+    match call_hostile("trap").await {
         PolicyError::Trapped { detail, .. } => {
             assert!(
                 detail.contains("hostile policy trapped on purpose"),
@@ -133,8 +139,8 @@ fn panic_is_reported_as_trap_with_its_message_for_the_log() {
     }
 }
 
-#[test]
-fn a_pass_through_policy_continues_unchanged() {
+#[tokio::test]
+async fn a_pass_through_policy_continues_unchanged() {
     let rt = runtime();
     let component = rt.compile_file(Path::new(test_policies::HOSTILE)).unwrap();
     let policy = rt
@@ -142,10 +148,11 @@ fn a_pass_through_policy_continues_unchanged() {
             spec("hostile", serde_json::json!({ "mode": "none" })),
             &component,
         )
+        .await
         .unwrap();
-    let mut instance = policy.instantiate(&"r".into(), &"id".into()).unwrap();
+    let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
     assert!(matches!(
-        instance.on_request(&request()).unwrap(),
+        instance.on_request(&request()).await.unwrap(),
         Decision::Continue(_)
     ));
 }

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::Request;
 use axum::routing::any;
 use http_body_util::BodyExt;
-use sidecar::capabilities::{KvLimits, ManualClock, MemoryKv, MemorySink, Services, SystemClock};
+use sidecar::capabilities::{KvLimits, MemoryKv, MemorySink, Services, SystemClock};
 use sidecar::server::Sidecar;
 use tokio::net::TcpListener;
 
@@ -78,17 +78,11 @@ impl Upstream {
 pub struct Running {
     pub base: String,
     pub logs: Arc<MemorySink>,
-    pub clock: Arc<ManualClock>,
-    pub sidecar: Arc<Sidecar>,
 }
 
 /// `toml` may use `{UPSTREAM}` and `{TAG}`, `{HOSTILE}`, `{AUTH}`,
 /// `{LOGGING}`, `{CACHE}` for the built policies' paths.
 pub async fn start(toml: &str, upstream: &Upstream) -> Running {
-    start_with_clock(toml, upstream, false).await
-}
-
-pub async fn start_with_clock(toml: &str, upstream: &Upstream, manual_clock: bool) -> Running {
     let text = toml
         .replace("{UPSTREAM}", &upstream.url())
         .replace("{TAG}", test_policies::TAG)
@@ -98,18 +92,12 @@ pub async fn start_with_clock(toml: &str, upstream: &Upstream, manual_clock: boo
         .replace("{CACHE}", test_policies::CACHE);
     let config = sidecar::config::parse(&text, Path::new("/test/sidecar.toml"), &|_| None).unwrap();
     let logs = Arc::new(MemorySink::default());
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000));
-    let time: Arc<dyn sidecar::capabilities::Clock> = if manual_clock {
-        clock.clone()
-    } else {
-        Arc::new(SystemClock)
-    };
     let services = Services {
-        kv: Arc::new(MemoryKv::new(time.clone(), KvLimits::default())),
-        clock: time,
+        kv: Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default())),
+        clock: Arc::new(SystemClock),
         log: logs.clone(),
     };
-    let sidecar = Arc::new(Sidecar::new(&config, services).unwrap());
+    let sidecar = Arc::new(Sidecar::new(&config, services).await.unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let serving = sidecar.clone();
@@ -119,12 +107,7 @@ pub async fn start_with_clock(toml: &str, upstream: &Upstream, manual_clock: boo
             .await
             .unwrap()
     });
-    Running {
-        base,
-        logs,
-        clock,
-        sidecar,
-    }
+    Running { base, logs }
 }
 
 pub fn client() -> reqwest::Client {
@@ -140,4 +123,20 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let status = resp.status().as_u16();
     let body = resp.json().await.unwrap_or(serde_json::Value::Null);
     (status, body)
+}
+
+/// Sends `request` as raw bytes (no client-side URL normalisation) and
+/// returns the status code of the answer.
+pub async fn raw_status(base: &str, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

@@ -1,0 +1,146 @@
+//! What `on-request` decides, independent of the generated bindings.
+
+use crate::config::Config;
+use crate::jwt::{self, Code, Denial};
+
+/// The outcome for one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Listed in `public_paths`: pass without a token.
+    Public,
+    /// Token verified: forward with the subject header set to this value.
+    Allow(String),
+    /// Answer 401.
+    Deny(Denial),
+}
+
+/// Decides for a request on `path` carrying these `authorization` values.
+pub fn evaluate<'a>(
+    cfg: &Config,
+    path: &str,
+    authorization: impl Iterator<Item = &'a str>,
+    now_micros: u64,
+) -> Verdict {
+    if cfg.is_public(path) {
+        return Verdict::Public;
+    }
+    let result =
+        jwt::bearer_token(authorization).and_then(|t| jwt::verify(t, cfg, now_micros / 1_000_000));
+    match result {
+        Ok(subject) => Verdict::Allow(subject),
+        Err(denial) => Verdict::Deny(denial),
+    }
+}
+
+/// A response to send instead of forwarding the request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The project's JSON error body: `{"error": ..., "code": ...}`.
+fn error_body(message: &str, code: &str) -> Vec<u8> {
+    serde_json::json!({ "error": message, "code": code })
+        .to_string()
+        .into_bytes()
+}
+
+/// The 401 for a denial, with the RFC 6750 challenge: a bare `Bearer` when no
+/// token was sent, `error="invalid_token"` when one was sent and refused.
+pub fn denial_reply(denial: &Denial) -> Reply {
+    let challenge = if denial.code == Code::MissingToken {
+        "Bearer"
+    } else {
+        r#"Bearer error="invalid_token""#
+    };
+    Reply {
+        status: 401,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("www-authenticate".into(), challenge.into()),
+        ],
+        body: error_body(denial.reason, denial.code.as_str()),
+    }
+}
+
+/// Fails closed should the host ever call a hook before `configure`.
+pub fn not_configured_reply() -> Reply {
+    Reply {
+        status: 500,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: error_body("auth policy is not configured", "policy_not_configured"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn cfg() -> Config {
+        Config::parse(r#"{"secret":"s","public_paths":["/user-service/login","/pub/*"]}"#).unwrap()
+    }
+
+    #[test]
+    fn public_paths_need_no_token() {
+        let v = evaluate(&cfg(), "/user-service/login?x=1", std::iter::empty(), 0);
+        assert_eq!(v, Verdict::Public);
+        let v = evaluate(&cfg(), "/pub/a/b", std::iter::once("Bearer junk"), 0);
+        assert_eq!(v, Verdict::Public);
+    }
+
+    #[test]
+    fn other_paths_need_a_token() {
+        let v = evaluate(&cfg(), "/user-service/profile", std::iter::empty(), 0);
+        let Verdict::Deny(d) = v else { panic!("{v:?}") };
+        assert_eq!(d.code, Code::MissingToken);
+        let v = evaluate(&cfg(), "/x", std::iter::once("Bearer a.b"), 0);
+        let Verdict::Deny(d) = v else { panic!("{v:?}") };
+        assert_eq!(d.code, Code::MalformedToken);
+    }
+
+    #[test]
+    fn denial_replies() {
+        let missing = denial_reply(&Denial {
+            code: Code::MissingToken,
+            reason: "missing bearer token",
+        });
+        assert_eq!(missing.status, 401);
+        assert!(
+            missing
+                .headers
+                .contains(&("www-authenticate".into(), "Bearer".into()))
+        );
+        assert!(
+            missing
+                .headers
+                .contains(&("content-type".into(), "application/json".into()))
+        );
+        let body: Value = serde_json::from_slice(&missing.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "missing bearer token", "code": "missing_token"})
+        );
+
+        let bad = denial_reply(&Denial {
+            code: Code::BadSignature,
+            reason: "r",
+        });
+        assert!(bad.headers.contains(&(
+            "www-authenticate".into(),
+            r#"Bearer error="invalid_token""#.into()
+        )));
+        let body: Value = serde_json::from_slice(&bad.body).unwrap();
+        assert_eq!(body["code"], "bad_signature");
+    }
+
+    #[test]
+    fn unconfigured_fails_closed() {
+        let r = not_configured_reply();
+        assert_eq!(r.status, 500);
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["code"], "policy_not_configured");
+    }
+}

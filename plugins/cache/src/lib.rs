@@ -1,0 +1,29 @@
+//! `cache` policy: caches `GET` responses in the host's kv store, per user.
+//!
+//! Config (JSON): `ttl_secs` (60), `max_ttl_secs` (3600),
+//! `identity_header` ("x-authenticated-user"), `max_entry_bytes` (1 MiB).
+//! Unknown fields are refused.
+//!
+//! The key is method + path-with-query + identity (the identity header, else
+//! a hash of `authorization`/`cookie`, else `anon`), hashed under a version
+//! tag. A hit is answered from kv with `x-cache: hit` and `age`; a miss goes
+//! upstream and gets `x-cache: miss`, and a 200 without `set-cookie`,
+//! `no-store`/`private`/`no-cache` or `vary: *` is stored for its
+//! `s-maxage`/`max-age` (capped) or `ttl_secs`. Request `no-store` bypasses
+//! the cache; request `no-cache` skips the lookup but may refresh the entry.
+//!
+//! The logic lives in plain modules so `cargo test` runs natively; only
+//! `component` touches the generated bindings and is built for wasm32 only.
+
+// Natively the wasm-only glue is not compiled, so items only it uses would
+// look dead there.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+mod cache_control;
+mod config;
+mod entry;
+mod key;
+mod policy;
+
+#[cfg(target_arch = "wasm32")]
+mod component;
