@@ -287,10 +287,8 @@ fn validate(
             .upstream
             .map(|u| parse_upstream(&u).map_err(|e| anyhow!("{field}.upstream: {e}")))
             .transpose()?;
-        if let Some(rewrite) = &r.rewrite {
-            if !rewrite.starts_with('/') {
-                bail!("{field}.rewrite: `{rewrite}` must start with `/`");
-            }
+        if let Some(rewrite) = r.rewrite.as_ref().filter(|r| !r.starts_with('/')) {
+            bail!("{field}.rewrite: `{rewrite}` must start with `/`");
         }
         for (j, p) in r.policies.iter().enumerate() {
             if !policies.contains_key(p) {
