@@ -9,7 +9,9 @@ source scripts/setup.sh
 
 build_plugins
 echo "==> building sidecar, user-service, main-service"
-cargo build --release -p sidecar -p user-service -p main-service
+# The whole workspace, so features unify exactly as in scripts/test.sh and
+# running one after the other does not rebuild wasmtime.
+cargo build --release --workspace
 
 BIN="$ROOT/target/release"
 pids=()
