@@ -9,7 +9,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Clock};
@@ -61,31 +60,48 @@ impl LogRecord {
         self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    /// The line as one JSON object: host keys first, then the policy's fields.
-    pub fn to_json(&self) -> Value {
-        let mut obj = Map::new();
-        obj.insert("ts".into(), Value::String(rfc3339(self.ts_micros)));
-        obj.insert(
-            "level".into(),
-            serde_json::to_value(self.level).unwrap_or_default(),
+    /// The line as one JSON object: host keys first (in a fixed order, for
+    /// people reading the stream), then the policy's fields in its order.
+    pub fn to_json_line(&self) -> String {
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(256);
+        let _ = write!(
+            line,
+            "{{\"ts\":\"{}\",\"level\":{},\"policy\":{},\"route\":{},\"request_id\":{},\"msg\":{}",
+            rfc3339(self.ts_micros),
+            json(&self.level),
+            json(&*self.policy),
+            json(&*self.route),
+            json(&*self.request_id),
+            json(&self.message),
         );
-        obj.insert("policy".into(), Value::String(self.policy.to_string()));
-        obj.insert("route".into(), Value::String(self.route.to_string()));
-        obj.insert(
-            "request_id".into(),
-            Value::String(self.request_id.to_string()),
-        );
-        obj.insert("msg".into(), Value::String(self.message.clone()));
         for (k, v) in &self.fields {
+            let host_value = match k.as_str() {
+                "policy" => Some(&*self.policy),
+                "route" => Some(&*self.route),
+                "request_id" => Some(&*self.request_id),
+                _ => None,
+            };
+            // Repeating what the host already tagged adds nothing.
+            if host_value.is_some()
+                && matches!(v, FieldValue::Str(s) if Some(s.as_str()) == host_value)
+            {
+                continue;
+            }
             let key = if RESERVED.contains(&k.as_str()) {
                 format!("field.{k}")
             } else {
                 k.clone()
             };
-            obj.insert(key, serde_json::to_value(v).unwrap_or_default());
+            let _ = write!(line, ",{}:{}", json(&key), json(v));
         }
-        Value::Object(obj)
+        line.push('}');
+        line
     }
+}
+
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
 /// Where policy log lines go.
@@ -119,7 +135,7 @@ impl LogSink for StdoutSink {
         if record.level < self.min_level {
             return;
         }
-        let mut line = record.to_json().to_string();
+        let mut line = record.to_json_line();
         line.push('\n');
         // A closed stdout must not fail the request that logged.
         let _ = std::io::stdout().lock().write_all(line.as_bytes());
@@ -233,6 +249,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 mod tests {
     use super::*;
     use crate::capabilities::ManualClock;
+    use serde_json::Value;
 
     fn state(sink: Arc<MemorySink>) -> LogState {
         LogState {
@@ -270,14 +287,29 @@ mod tests {
                     key: "status".into(),
                     value: wit::Value::Int(200),
                 },
+                wit::Field {
+                    key: "request_id".into(),
+                    value: wit::Value::Str("req-1".into()),
+                },
             ],
         );
-        let json = sink.records()[0].to_json();
+        let line = sink.records()[0].to_json_line();
+        assert!(
+            line.starts_with(
+                r#"{"ts":"2023-11-14T22:13:20.123Z","level":"info","policy":"logging""#
+            ),
+            "{line}"
+        );
+        let json: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(json["policy"], "logging");
         assert_eq!(json["field.policy"], "forged");
         assert_eq!(json["request_id"], "req-1");
         assert_eq!(json["status"], 200);
         assert_eq!(json["msg"], "access");
+        assert!(
+            json.get("field.request_id").is_none(),
+            "same value as the host's tag: dropped"
+        );
     }
 
     #[test]
