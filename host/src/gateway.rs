@@ -56,7 +56,7 @@ impl Gateway {
     /// A message naming the config file, the policy and the cause.
     pub async fn build(config: &Config, runtime: &Arc<Runtime>) -> anyhow::Result<Self> {
         let file = config.source.display();
-        let mut compiled: HashMap<PathBuf, wasmtime::component::Component> = HashMap::new();
+        let mut compiled: HashMap<PathBuf, crate::wasm::Component> = HashMap::new();
         let mut loaded: HashMap<&str, Arc<Policy>> = HashMap::new();
         for (name, p) in &config.policies {
             let component = match compiled.get(&p.wasm) {

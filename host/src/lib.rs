@@ -5,15 +5,13 @@
 //! - [`server`]: accept, route, and the request path top to bottom;
 //! - [`chain`]: a route's policies, request hooks in order, response hooks in
 //!   reverse;
-//! - [`wasm`]: engine, compiled policies, a fresh instance per request;
-//! - [`capabilities`]: what a policy may import (log, kv, clock);
+//! - [`wasm`], [`capabilities`], [`bindings`]: the policy host, from the
+//!   `sidecar-runtime` crate (shared with the plugin test harness);
 //! - [`upstream`]: the pooled HTTP client to the services behind the sidecar;
 //! - [`error`]: the one place errors become HTTP responses;
 //! - [`config`]: the TOML config, validated with errors that name file and field;
 //! - [`gateway`]: config + runtime → the routes and chains that serve requests.
 
-pub mod bindings;
-pub mod capabilities;
 pub mod chain;
 pub mod config;
 pub mod convert;
@@ -21,4 +19,5 @@ pub mod error;
 pub mod gateway;
 pub mod server;
 pub mod upstream;
-pub mod wasm;
+
+pub use sidecar_runtime::{bindings, capabilities, wasm};

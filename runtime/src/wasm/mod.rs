@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use self::policy::{
@@ -24,6 +24,8 @@ pub use self::policy::{
 };
 pub use self::state::HostState;
 use crate::capabilities::{self, Services};
+/// A compiled component, as returned by [`Runtime::compile`].
+pub use wasmtime::component::Component;
 
 /// How often the epoch advances. Deadlines are whole ticks, so this is
 /// their resolution.

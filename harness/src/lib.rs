@@ -1,0 +1,338 @@
+//! Unit-test a policy component in isolation: no sidecar, no server, no
+//! sleeping. The policy runs on `sidecar-runtime`, the very code that runs it
+//! in the sidecar (same linker, same fresh instance per request, same
+//! deadline and memory cap), with host services the test controls: a
+//! [`ManualClock`], an in-memory store and captured log lines.
+//!
+//! ```no_run
+//! use policy_harness::{Harness, get, DecisionExt};
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Builds this crate for wasm32-wasip2 (once per test binary) and loads it.
+//! let harness = Harness::build_crate(env!("CARGO_MANIFEST_DIR"))?;
+//! let policy = harness.configure(json!({ "secret": "s3cret" }))?;
+//! let decision = policy.on_request(get("/private"))?;
+//! assert_eq!(decision.responded().map(|r| r.status), Some(401));
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: [`Harness`] (loading, clock, store, logs) and [`Configured`]
+//! (calling hooks) here; request/response builders and assertion helpers in
+//! [`builders`] and [`ext`]; building a crate's component in [`cargo`].
+
+pub mod builders;
+pub mod cargo;
+pub mod ext;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidecar_runtime::capabilities::{Clock, KvLimits, KvStore, LogRecord, Services};
+use sidecar_runtime::wasm::{Component, EngineSettings, FailureMode, Policy, PolicySpec, Runtime};
+
+pub use sidecar_runtime::bindings::{Decision, Header, Request, Response};
+pub use sidecar_runtime::capabilities::{FieldValue, Level, ManualClock, MemoryKv, MemorySink};
+pub use sidecar_runtime::wasm::{PolicyError, PolicyLimits};
+
+pub use self::builders::{
+    RequestBuilder, ResponseBuilder, delete, get, post, put, request, response,
+};
+pub use self::ext::{DecisionExt, HeadersExt, LogsExt, ResponseExt};
+
+/// Why the harness could not do what a test asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The file or bytes are not a policy for this contract (not a
+    /// component, another world, an import the sidecar does not provide).
+    #[error("cannot load the policy: {0:#}")]
+    Load(anyhow::Error),
+    /// `configure` answered `err(message)`.
+    #[error("the policy refused its config: {0}")]
+    ConfigRefused(String),
+    /// A hook trapped, timed out or hit the memory cap.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Building the crate's component failed.
+    #[error("cannot build the component: {0:#}")]
+    Build(anyhow::Error),
+}
+
+/// A loaded component and the host services around it.
+pub struct Harness {
+    /// Drives the async hooks; each harness call blocks on it, so tests are
+    /// plain `#[test]` functions.
+    rt: tokio::runtime::Runtime,
+    runtime: Arc<Runtime>,
+    component: Component,
+    clock: Arc<ManualClock>,
+    kv: Arc<MemoryKv>,
+    logs: Arc<MemorySink>,
+    name: String,
+    limits: PolicyLimits,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The clock starts here (2024-01-01T00:00:00Z), so tests are repeatable.
+pub const START_MICROS: u64 = 1_704_067_200_000_000;
+
+impl Harness {
+    /// Loads a component file.
+    ///
+    /// # Errors
+    /// [`HarnessError::Load`] naming the file and the reason.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, HarnessError> {
+        let bytes = std::fs::read(path.as_ref()).map_err(|e| {
+            HarnessError::Load(anyhow::anyhow!(
+                "cannot read {}: {e}",
+                path.as_ref().display()
+            ))
+        })?;
+        Self::from_bytes(&bytes).map_err(|e| match e {
+            HarnessError::Load(inner) => {
+                HarnessError::Load(inner.context(path.as_ref().display().to_string()))
+            }
+            other => other,
+        })
+    }
+
+    /// Builds the policy crate at `manifest_dir` for `wasm32-wasip2` (once
+    /// per test process) and loads the component. In a policy's own tests:
+    /// `Harness::build_crate(env!("CARGO_MANIFEST_DIR"))`.
+    ///
+    /// # Errors
+    /// [`HarnessError::Build`] with cargo's message, or as [`Harness::load`].
+    pub fn build_crate(manifest_dir: impl AsRef<Path>) -> Result<Self, HarnessError> {
+        let wasm = cargo::build_component(manifest_dir.as_ref()).map_err(HarnessError::Build)?;
+        Self::load(wasm)
+    }
+
+    /// Loads a component from bytes.
+    ///
+    /// # Errors
+    /// [`HarnessError::Load`] if the bytes are not a valid component.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HarnessError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| HarnessError::Load(e.into()))?;
+        let clock = Arc::new(ManualClock::new(START_MICROS));
+        let kv = Arc::new(MemoryKv::new(clock.clone(), KvLimits::default()));
+        let logs = Arc::new(MemorySink::default());
+        let services = Services {
+            clock: clock.clone(),
+            kv: kv.clone(),
+            log: logs.clone(),
+        };
+        let settings = EngineSettings {
+            max_instances: 64,
+            ..EngineSettings::default()
+        };
+        let runtime = Runtime::new(settings, services).map_err(HarnessError::Load)?;
+        let component = runtime.compile(bytes).map_err(HarnessError::Load)?;
+        Ok(Self {
+            rt,
+            runtime,
+            component,
+            clock,
+            kv,
+            logs,
+            name: "policy".into(),
+            limits: PolicyLimits::default(),
+        })
+    }
+
+    /// The policy's name: its store namespace and its tag in log lines
+    /// (default `policy`).
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The deadline and memory cap to run under (default: the sidecar's
+    /// defaults, 50 ms and 32 MiB).
+    #[must_use]
+    pub fn with_limits(mut self, limits: PolicyLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Loads the policy with `config` (a JSON object, as the sidecar passes
+    /// a policy's `config` table).
+    ///
+    /// # Errors
+    /// [`HarnessError::ConfigRefused`] with the policy's message, or
+    /// [`HarnessError::Load`] if the component is not a policy for this
+    /// contract.
+    pub fn configure(&self, config: serde_json::Value) -> Result<Configured<'_>, HarnessError> {
+        let spec = PolicySpec {
+            name: self.name.clone(),
+            config_json: config.to_string(),
+            failure: FailureMode::Closed,
+            limits: self.limits,
+        };
+        let policy = self
+            .rt
+            .block_on(self.runtime.load(spec, &self.component))
+            .map_err(|e| match e.downcast::<PolicyError>() {
+                Ok(PolicyError::ConfigRefused { message, .. }) => {
+                    HarnessError::ConfigRefused(message)
+                }
+                Ok(other) => HarnessError::Policy(other),
+                Err(e) => HarnessError::Load(e),
+            })?;
+        Ok(Configured {
+            harness: self,
+            policy,
+        })
+    }
+
+    /// The clock policies read (and the store's TTLs follow).
+    pub fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+
+    /// Moves the clock forward: expires store entries without sleeping.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// The value the policy stored under `key`.
+    pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.kv.get(&self.name, key)
+    }
+
+    /// Preloads the policy's store.
+    ///
+    /// # Panics
+    /// If the store refuses the entry (over its size limits).
+    pub fn kv_set(&self, key: &str, value: impl Into<Vec<u8>>, ttl: Option<Duration>) {
+        self.kv
+            .set(&self.name, key, value.into(), ttl)
+            .expect("kv_set: entry refused");
+    }
+
+    /// Live entries in the store, all namespaces.
+    pub fn kv_len(&self) -> usize {
+        self.kv.len()
+    }
+
+    /// Every line logged so far.
+    pub fn logs(&self) -> Vec<LogRecord> {
+        self.logs.records()
+    }
+
+    /// Every line logged so far, clearing them.
+    pub fn take_logs(&self) -> Vec<LogRecord> {
+        self.logs.take()
+    }
+
+    /// Microseconds on the clock now.
+    pub fn now_micros(&self) -> u64 {
+        self.clock.now_micros()
+    }
+}
+
+/// A configured policy: each call gets a fresh instance, as each request does
+/// in the sidecar.
+pub struct Configured<'h> {
+    harness: &'h Harness,
+    policy: Arc<Policy>,
+}
+
+impl std::fmt::Debug for Configured<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Configured")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one request did to a policy, as in the sidecar's chain.
+#[derive(Debug, Clone)]
+pub struct RoundTrip {
+    /// What the request hook decided.
+    pub decision: Decision,
+    /// The request as it would go upstream (`None` if the policy answered).
+    pub forwarded: Option<Request>,
+    /// The response after the response hook: the upstream's when the policy
+    /// continued, its own answer when it responded.
+    pub response: Response,
+}
+
+impl Configured<'_> {
+    /// Calls the request hook on a fresh instance.
+    ///
+    /// # Errors
+    /// [`PolicyError`] if the hook traps, times out or hits the memory cap.
+    pub fn on_request(&self, req: impl Into<Request>) -> Result<Decision, PolicyError> {
+        let req = req.into();
+        self.harness.rt.block_on(async {
+            let mut instance = self
+                .policy
+                .instantiate(&req.route.as_str().into(), &request_id(&req))
+                .await?;
+            instance.on_request(&req).await
+        })
+    }
+
+    /// Runs a whole request through the policy, as the sidecar does: the
+    /// request hook, then (unless it answered) `upstream` as the upstream's
+    /// response, then the response hook on the same instance.
+    ///
+    /// # Errors
+    /// As [`Configured::on_request`].
+    pub fn round_trip(
+        &self,
+        req: impl Into<Request>,
+        upstream: impl Into<Response>,
+    ) -> Result<RoundTrip, PolicyError> {
+        let req = req.into();
+        let upstream = upstream.into();
+        self.harness.rt.block_on(async {
+            let mut instance = self
+                .policy
+                .instantiate(&req.route.as_str().into(), &request_id(&req))
+                .await?;
+            let decision = instance.on_request(&req).await?;
+            let (seen, forwarded, answer) = match &decision {
+                Decision::Continue(None) => (req.clone(), Some(req), upstream),
+                Decision::Continue(Some(changed)) => {
+                    (changed.clone(), Some(changed.clone()), upstream)
+                }
+                Decision::Respond(resp) => (req, None, resp.clone()),
+            };
+            let response = instance.on_response(&seen, &answer).await?;
+            Ok(RoundTrip {
+                decision,
+                forwarded,
+                response,
+            })
+        })
+    }
+
+    /// The harness this policy runs in (clock, store, logs).
+    pub fn harness(&self) -> &Harness {
+        self.harness
+    }
+}
+
+fn request_id(req: &Request) -> Arc<str> {
+    req.headers
+        .iter()
+        .find(|h| h.name == "x-request-id")
+        .map_or_else(|| "test-request".into(), |h| h.value.as_str().into())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! The harness's own behaviour, on the fixture policies.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+fn tag() -> Harness {
+    Harness::load(test_policies::TAG).unwrap()
+}
+
+#[test]
+fn refused_config_is_a_typed_error() {
+    let h = tag();
+    match h.configure(json!({ "name": "a", "refuse": "nope" })) {
+        Err(HarnessError::ConfigRefused(msg)) => assert_eq!(msg, "nope"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn round_trip_runs_request_then_response_hook_like_the_chain() {
+    let h = tag();
+    let p = h.configure(json!({ "name": "a" })).unwrap();
+    let trip = p.round_trip(get("/x"), response(200).body("ok")).unwrap();
+    assert!(trip.decision.continued());
+    assert_eq!(trip.forwarded.unwrap().header("x-chain"), Some("a"));
+    assert_eq!(trip.response.header("x-chain-response"), Some("a"));
+    assert_eq!(trip.response.text(), "ok");
+
+    let p = h.configure(json!({ "name": "b", "respond": 418 })).unwrap();
+    let trip = p.round_trip(get("/x"), response(200)).unwrap();
+    assert!(trip.forwarded.is_none());
+    assert_eq!(
+        trip.response.status, 418,
+        "the policy's answer, not the upstream's"
+    );
+}
+
+#[test]
+fn traps_deadlines_and_memory_caps_are_typed_errors_under_production_limits() {
+    let h = Harness::load(test_policies::HOSTILE)
+        .unwrap()
+        .with_limits(PolicyLimits {
+            deadline: Duration::from_millis(20),
+            memory_bytes: 8 * 1024 * 1024,
+        });
+    let call = |mode: &str| {
+        h.configure(json!({ "mode": mode }))
+            .unwrap()
+            .on_request(get("/"))
+            .unwrap_err()
+    };
+    assert!(matches!(call("trap"), PolicyError::Trapped { .. }));
+    assert!(matches!(call("loop"), PolicyError::TimedOut { .. }));
+    assert!(matches!(call("alloc"), PolicyError::MemoryCap { .. }));
+}
+
+#[test]
+fn clock_and_store_are_under_the_tests_control() {
+    let h = tag().named("cache");
+    assert_eq!(h.now_micros(), START_MICROS);
+    h.kv_set("k", "v", Some(Duration::from_secs(10)));
+    assert_eq!(h.kv_get("k").as_deref(), Some(&b"v"[..]));
+    h.advance(Duration::from_secs(10));
+    assert_eq!(
+        h.kv_get("k"),
+        None,
+        "expired by the clock, without sleeping"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_a_load_error_naming_it() {
+    let dir = std::env::temp_dir().join(format!("harness-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("junk.wasm");
+    std::fs::write(&path, b"junk").unwrap();
+    let err = Harness::load(&path).unwrap_err();
+    assert!(matches!(err, HarnessError::Load(_)));
+    assert!(err.to_string().contains("junk.wasm"), "{err}");
+}

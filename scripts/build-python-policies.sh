@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds the Python policies: plugins-py/<name>/app.py -> plugins-py/target/<name>.wasm
+#
+# Self-installing and idempotent; only python3 (with venv + pip) is assumed:
+#   - a venv in plugins-py/.venv holds the pinned componentize-py (installed
+#     only when that exact version is not there yet);
+#   - componentize-py generates the bindings for ../wit (world `policy`) while
+#     it builds, so there is no separate bindings step;
+#   - a policy is rebuilt only when its sources, the WIT or the
+#     componentize-py version changed (a hash stamp beside the .wasm).
+# The policies' unit tests are not run here:
+#   python3 -m unittest discover -s plugins-py/acl
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY_DIR="$ROOT/plugins-py"
+VENV="$PY_DIR/.venv"
+TARGET="$PY_DIR/target"
+WIT="$ROOT/wit"
+WORLD="policy"
+# Pinned: a new version may change the bundled CPython, the generated
+# bindings' API or the WASI imports of the component.
+COMPONENTIZE_PY_VERSION="0.25.1"
+
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "error: python3 not found; the Python policies need python3 (3.9+) with venv and pip" >&2
+  echo "       (Debian/Ubuntu: apt-get install python3 python3-venv python3-pip)" >&2
+  exit 1
+fi
+
+# --- the pinned componentize-py, in a venv of its own --------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating a venv in ${VENV#"$ROOT"/}"
+  if ! python3 -m venv "$VENV"; then
+    rm -rf "$VENV"
+    echo "error: python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv)" >&2
+    exit 1
+  fi
+fi
+installed="$("$VENV/bin/componentize-py" --version 2>/dev/null || true)"
+if [ "$installed" = "componentize-py $COMPONENTIZE_PY_VERSION" ]; then
+  echo "==> componentize-py $COMPONENTIZE_PY_VERSION already installed"
+else
+  echo "==> installing componentize-py==$COMPONENTIZE_PY_VERSION into ${VENV#"$ROOT"/}"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+
+# The hash of everything a build depends on. The component only gets the
+# policy's non-test modules, copied to a staging folder, so tests and
+# __pycache__ never end up inside it (componentize-py bundles the folder).
+stage_and_hash() { # policy-dir stage-dir -> prints the hash
+  python3 - "$1" "$2" "$WIT" "$COMPONENTIZE_PY_VERSION" <<'PY'
+import hashlib, pathlib, shutil, sys
+src, stage, wit = (pathlib.Path(a) for a in sys.argv[1:4])
+version = sys.argv[4]
+h = hashlib.sha256(f"componentize-py {version}\n".encode())
+shutil.rmtree(stage, ignore_errors=True)
+stage.mkdir(parents=True)
+for f in sorted(p for p in src.rglob("*.py")
+                if "__pycache__" not in p.parts and not p.name.startswith("test_")):
+    rel = f.relative_to(src)
+    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(f, stage / rel)
+    h.update(f"src/{rel}\n".encode() + f.read_bytes())
+for f in sorted(wit.rglob("*.wit")):
+    h.update(f"wit/{f.relative_to(wit)}\n".encode() + f.read_bytes())
+print(h.hexdigest())
+PY
+}
+
+mkdir -p "$TARGET"
+built=0
+for dir in "$PY_DIR"/*/; do
+  dir="${dir%/}"
+  name="$(basename "$dir")"
+  [ -f "$dir/app.py" ] || continue
+  out="$TARGET/$name.wasm"
+  stamp="$TARGET/$name.wasm.stamp"
+  stage="$TARGET/build/$name"
+  hash="$(stage_and_hash "$dir" "$stage")"
+  if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
+    echo "==> ${out#"$ROOT"/} is up to date"
+    continue
+  fi
+  echo "==> building ${out#"$ROOT"/} from plugins-py/$name (world \`$WORLD\` of wit/)"
+  start=$SECONDS
+  # Into a temporary file first: a failed build leaves no half-written
+  # .wasm behind a valid stamp. VIRTUAL_ENV is unset so an activated venv's
+  # site-packages are not bundled into the component.
+  rm -f "$stamp"
+  env -u VIRTUAL_ENV "$VENV/bin/componentize-py" --quiet -d "$WIT" -w "$WORLD" \
+    componentize -p "$stage" -o "$out.tmp" app
+  mv "$out.tmp" "$out"
+  echo "$hash" >"$stamp"
+  echo "    $(wc -c <"$out" | tr -d ' ') bytes in $((SECONDS - start)) s"
+  built=$((built + 1))
+done
+echo "==> python policies: $built built"
