@@ -4,8 +4,9 @@
 # Self-installing and idempotent; only python3 (with venv + pip) is assumed:
 #   - a venv in plugins-py/.venv holds the pinned componentize-py (installed
 #     only when that exact version is not there yet);
-#   - componentize-py generates the bindings for ../wit (world `policy`) while
-#     it builds, so there is no separate bindings step;
+#   - componentize-py generates the bindings for wit/ (world `policy`) while
+#     it builds, so there is no separate bindings step (its `bindings`
+#     command only writes stubs for editors);
 #   - a policy is rebuilt only when its sources, the WIT or the
 #     componentize-py version changed (a hash stamp beside the .wasm).
 # The policies' unit tests are not run here:
@@ -28,21 +29,42 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 
 # --- the pinned componentize-py, in a venv of its own --------------------
-if [ ! -x "$VENV/bin/python" ]; then
+# Without the venv module (Debian's python3-venv), pip installs it into a
+# plain folder instead (pip --target), run through python3.
+SITE="$VENV/site"
+if [ ! -x "$VENV/bin/python" ] && [ ! -d "$SITE" ]; then
   echo "==> creating a venv in ${VENV#"$ROOT"/}"
-  if ! python3 -m venv "$VENV"; then
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     rm -rf "$VENV"
-    echo "error: python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv)" >&2
-    exit 1
+    echo "    (python3 -m venv is unavailable: using pip --target ${SITE#"$ROOT"/} instead)"
+    mkdir -p "$SITE"
   fi
 fi
-installed="$("$VENV/bin/componentize-py" --version 2>/dev/null || true)"
+cpy() {
+  # VIRTUAL_ENV is unset so that an activated venv's site-packages are not
+  # bundled into the component.
+  if [ -x "$VENV/bin/python" ]; then
+    env -u VIRTUAL_ENV "$VENV/bin/componentize-py" "$@"
+  else
+    env -u VIRTUAL_ENV PYTHONPATH="$SITE" python3 -c \
+      'import sys; from componentize_py import script; sys.argv[0] = "componentize-py"; sys.exit(script())' "$@"
+  fi
+}
+installed="$(cpy --version 2>/dev/null || true)"
 if [ "$installed" = "componentize-py $COMPONENTIZE_PY_VERSION" ]; then
   echo "==> componentize-py $COMPONENTIZE_PY_VERSION already installed"
 else
   echo "==> installing componentize-py==$COMPONENTIZE_PY_VERSION into ${VENV#"$ROOT"/}"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "componentize-py==$COMPONENTIZE_PY_VERSION"
+  if [ -x "$VENV/bin/python" ]; then
+    pip=("$VENV/bin/python" -m pip install)
+  else
+    pip=(python3 -m pip install --upgrade --target "$SITE")
+  fi
+  if ! "${pip[@]}" --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"; then
+    echo "error: could not install componentize-py==$COMPONENTIZE_PY_VERSION with pip" >&2
+    echo "       (is pip installed? Debian/Ubuntu: apt-get install python3-pip python3-venv)" >&2
+    exit 1
+  fi
 fi
 
 # The hash of everything a build depends on. The component only gets the
@@ -85,11 +107,13 @@ for dir in "$PY_DIR"/*/; do
   echo "==> building ${out#"$ROOT"/} from plugins-py/$name (world \`$WORLD\` of wit/)"
   start=$SECONDS
   # Into a temporary file first: a failed build leaves no half-written
-  # .wasm behind a valid stamp. VIRTUAL_ENV is unset so an activated venv's
-  # site-packages are not bundled into the component.
-  rm -f "$stamp"
-  env -u VIRTUAL_ENV "$VENV/bin/componentize-py" --quiet -d "$WIT" -w "$WORLD" \
-    componentize -p "$stage" -o "$out.tmp" app
+  # .wasm, and no stamp, so the next run tries again.
+  rm -f "$stamp" "$out.tmp"
+  if ! cpy --quiet -d "$WIT" -w "$WORLD" componentize -p "$stage" -o "$out.tmp" app; then
+    rm -f "$out.tmp"
+    echo "error: componentize-py failed to build plugins-py/$name (see above)" >&2
+    exit 1
+  fi
   mv "$out.tmp" "$out"
   echo "$hash" >"$stamp"
   echo "    $(wc -c <"$out" | tr -d ' ') bytes in $((SECONDS - start)) s"

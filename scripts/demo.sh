@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Builds and runs the demo trio:
 #   client ──> main-service :3001 ──> sidecar :4000 ──> user-service :3002
-# Ctrl-C stops all three.
+# Ctrl-C stops all three. With --python, the sidecar also runs the Python
+# `acl` policy (plugins-py/, built with componentize-py): config/demo-python.toml.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup.sh
+
+CONFIG=config/demo.toml
+if [ "${1:-}" = "--python" ]; then
+  CONFIG=config/demo-python.toml
+  bash scripts/build-python-policies.sh
+fi
 
 build_plugins
 echo "==> building sidecar, user-service, main-service"
@@ -24,8 +31,8 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-wait_for() { # name host:port
-  for _ in $(seq 1 100); do
+wait_for() { # name host:port [tenths of a second]
+  for _ in $(seq 1 "${3:-100}"); do
     if (exec 3<>"/dev/tcp/${2%:*}/${2#*:}") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
@@ -35,21 +42,23 @@ wait_for() { # name host:port
 
 USER_SERVICE_ADDR=127.0.0.1:3002 "$BIN/user-service" & pids+=($!)
 wait_for user-service 127.0.0.1:3002
-"$BIN/sidecar" run --config config/demo.toml & pids+=($!)
-wait_for sidecar 127.0.0.1:4000
+"$BIN/sidecar" run --config "$CONFIG" & pids+=($!)
+wait_for sidecar 127.0.0.1:4000 600  # compiling a Python policy takes seconds
 MAIN_SERVICE_ADDR=127.0.0.1:3001 SIDECAR_URL=http://127.0.0.1:4000 "$BIN/main-service" & pids+=($!)
 wait_for main-service 127.0.0.1:3001
 
-cat <<'MSG'
+cat <<MSG
 
 ==> the trio is up
   main-service  http://127.0.0.1:3001   (the client's entry point)
-  sidecar       http://127.0.0.1:4000   (policies: logging, auth, cache; config/demo.toml)
+  sidecar       http://127.0.0.1:4000   (policies from $CONFIG)
   user-service  http://127.0.0.1:3002
 
 Try the seed's commands:
   curl -X POST http://localhost:3001/user/login -H "Content-Type: application/json" -d '{"username":"admin","password":"password"}'
   curl -X GET http://localhost:3001/user/profile -H "Authorization: Bearer <TOKEN>"
+With --python: curl -i http://localhost:4000/user-service/admin   (403 from the Python acl policy;
+  with -H "x-role: admin" it passes the acl and auth answers 401)
 
 Access logs from the logging policy appear below as JSON lines. Ctrl-C stops all three.
 MSG

@@ -10,13 +10,15 @@
 //! - [`upstream`]: the pooled HTTP client to the services behind the sidecar;
 //! - [`error`]: the one place errors become HTTP responses;
 //! - [`config`]: the TOML config, validated with errors that name file and field;
-//! - [`gateway`]: config + runtime → the routes and chains that serve requests.
+//! - [`gateway`]: config + runtime → the routes and chains that serve requests;
+//! - [`policy_cli`]: `sidecar policy check|call|test|new`, on `policy-harness`.
 
 pub mod chain;
 pub mod config;
 pub mod convert;
 pub mod error;
 pub mod gateway;
+pub mod policy_cli;
 pub mod server;
 pub mod upstream;
 

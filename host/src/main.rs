@@ -1,23 +1,81 @@
-//! `sidecar`: the binary. Parses arguments, loads the config, serves.
+//! `sidecar`: the binary. Parses arguments and dispatches: `run` serves,
+//! `config check` validates, `policy …` works on components.
 //! Everything else lives in the library.
 
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 use sidecar::capabilities::Services;
-use sidecar::config;
 use sidecar::server::Sidecar;
+use sidecar::{config, policy_cli};
 
-const USAGE: &str = "\
-usage:
-  sidecar run --config FILE       serve with the policies FILE names
-  sidecar config check FILE       validate FILE and load its policies, then exit
+/// An HTTP sidecar that applies WebAssembly policies to the requests it proxies.
+///
+/// Policy log lines go to stdout as JSON; the sidecar's own diagnostics go to
+/// stderr (RUST_LOG=debug for more).
+#[derive(Parser)]
+#[command(name = "sidecar", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-Policy log lines go to stdout as JSON; the sidecar's own diagnostics to stderr
-(RUST_LOG=debug for more).";
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the routes and policies of a config file.
+    Run {
+        /// The TOML config (see README, "Configuring the sidecar").
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Policy components: check, call, test, or start a new one.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config and load its policies (compile, link, configure), then exit.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Is FILE a policy for this contract, and which capabilities does it import?
+    Check { file: PathBuf },
+    /// Run one request through a policy and print its decision and log lines.
+    Call {
+        file: PathBuf,
+        /// The policy's config, a JSON object.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// The request: a JSON file, `-` for stdin, or inline JSON
+        /// ({"method":"GET","path":"/x","headers":{"a":"b"},"body":""}).
+        #[arg(long)]
+        request: String,
+        /// An upstream response (same forms): also run the response hook.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Run table-driven cases (TOML or JSON) against a policy.
+    Test { file: PathBuf, cases: PathBuf },
+    /// Create a new policy crate from the template, with a passing test.
+    New {
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -25,8 +83,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match run(std::env::args().skip(1).collect()) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(cli.command) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("sidecar: {e:#}");
             ExitCode::FAILURE
@@ -34,17 +92,56 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Vec<String>) -> anyhow::Result<()> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
-        ["run", "--config", file] => serve(PathBuf::from(file)),
-        ["config", "check", file] => check(PathBuf::from(file)),
-        ["-h" | "--help" | "help"] => {
-            println!("{USAGE}");
-            Ok(())
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => serve(config)?,
+        Command::Config(ConfigCommand::Check { file }) => check(file)?,
+        Command::Policy(PolicyCommand::Check { file }) => println!("{}", policy_cli::check(&file)?),
+        Command::Policy(PolicyCommand::Call {
+            file,
+            config,
+            request,
+            upstream,
+        }) => {
+            let request = read_input("--request", &request)?;
+            let upstream = upstream.map(|u| read_input("--upstream", &u)).transpose()?;
+            println!(
+                "{}",
+                policy_cli::call(&file, &config, &request, upstream.as_deref())?
+            );
         }
-        _ => bail!("unrecognised arguments {args:?}\n{USAGE}"),
+        Command::Policy(PolicyCommand::Test { file, cases }) => {
+            let report = policy_cli::run_cases(&file, &cases)?;
+            for line in &report.lines {
+                println!("{line}");
+            }
+            println!("{} passed, {} failed", report.passed, report.failed);
+            if report.failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Policy(PolicyCommand::New { name, dir }) => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            println!("{}", policy_cli::new_policy(&name, &dir)?);
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Inline JSON, `-` for stdin, or a file.
+fn read_input(flag: &str, value: &str) -> anyhow::Result<String> {
+    if value.trim_start().starts_with('{') {
+        return Ok(value.to_owned());
+    }
+    if value == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .with_context(|| format!("{flag}: reading stdin"))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(Path::new(value))
+        .with_context(|| format!("{flag}: cannot read {value}"))
 }
 
 fn check(file: PathBuf) -> anyhow::Result<()> {

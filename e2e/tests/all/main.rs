@@ -1,4 +1,5 @@
 //! The seed's flow through the real trio, in one process on free ports:
 //! main-service → sidecar (with `config/demo.toml`'s policies) → user-service.
 
+mod python_policy;
 mod seed_flow;

@@ -8,11 +8,11 @@ use sidecar::capabilities::{FieldValue, KvLimits, MemoryKv, MemorySink, Services
 use sidecar::server::Sidecar;
 use tokio::net::TcpListener;
 
-struct Trio {
-    main: String,
-    sidecar: String,
-    user_service_hits: Arc<AtomicUsize>,
-    logs: Arc<MemorySink>,
+pub struct Trio {
+    pub main: String,
+    pub sidecar: String,
+    pub user_service_hits: Arc<AtomicUsize>,
+    pub logs: Arc<MemorySink>,
 }
 
 async fn listener() -> (TcpListener, String) {
@@ -21,9 +21,9 @@ async fn listener() -> (TcpListener, String) {
     (l, addr)
 }
 
-/// Starts the three services, the sidecar with the demo config as shipped
+/// Starts the three services, the sidecar with `config/<config>` as shipped
 /// (only its ports changed).
-async fn start_trio() -> Trio {
+pub async fn start_trio(config: &str) -> Trio {
     // user-service, counting what reaches it.
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
@@ -38,7 +38,9 @@ async fn start_trio() -> Trio {
     tokio::spawn(async move { axum::serve(l, users).await.unwrap() });
 
     // The sidecar, from config/demo.toml.
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.toml");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config")
+        .join(config);
     let text = std::fs::read_to_string(&demo)
         .unwrap()
         .replace("127.0.0.1:3002", &user_addr);
@@ -78,14 +80,14 @@ async fn start_trio() -> Trio {
     }
 }
 
-fn client() -> reqwest::Client {
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
 }
 
-async fn login(trio: &Trio, user: &str, password: &str) -> (u16, Value) {
+pub async fn login(trio: &Trio, user: &str, password: &str) -> (u16, Value) {
     let resp = client()
         .post(format!("{}/user/login", trio.main))
         .header("content-type", "application/json")
@@ -96,7 +98,7 @@ async fn login(trio: &Trio, user: &str, password: &str) -> (u16, Value) {
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
-async fn profile(trio: &Trio, token: Option<&str>) -> (u16, Option<String>, Value) {
+pub async fn profile(trio: &Trio, token: Option<&str>) -> (u16, Option<String>, Value) {
     let mut req = client().get(format!("{}/user/profile", trio.main));
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -118,7 +120,7 @@ fn access_lines(logs: &MemorySink) -> Vec<sidecar::capabilities::LogRecord> {
 
 #[tokio::test]
 async fn seed_flow_login_profile_denial_cache_and_logs() {
-    let trio = start_trio().await;
+    let trio = start_trio("demo.toml").await;
 
     // The seed's first command: login → 201 with a token.
     let (status, body) = login(&trio, "admin", "password").await;
@@ -209,7 +211,7 @@ async fn seed_flow_login_profile_denial_cache_and_logs() {
 
 #[tokio::test]
 async fn hello_posts_to_monitor_and_the_sidecar_logs_it() {
-    let trio = start_trio().await;
+    let trio = start_trio("demo.toml").await;
     let resp = client()
         .get(format!("{}/hello", trio.main))
         .send()

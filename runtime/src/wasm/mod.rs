@@ -163,6 +163,31 @@ impl Runtime {
         Policy::new(self.clone(), spec, component).await
     }
 
+    /// What a component imports and exports, by interface name
+    /// (`sidecar:policy/log@0.1.0`, `wasi:io/streams@0.2.6`, ...).
+    pub fn describe(&self, component: &Component) -> Description {
+        let ty = component.component_type();
+        Description {
+            imports: ty
+                .imports(&self.engine)
+                .map(|(name, _)| name.to_owned())
+                .collect(),
+            exports: ty
+                .exports(&self.engine)
+                .map(|(name, _)| name.to_owned())
+                .collect(),
+        }
+    }
+
+    /// Checks that a component implements this contract and imports nothing
+    /// the sidecar does not provide, without calling it.
+    ///
+    /// # Errors
+    /// A message naming the missing export or the unresolvable import.
+    pub fn validate(&self, component: &Component) -> anyhow::Result<()> {
+        policy::pre_instantiate(&self.linker, component).map(drop)
+    }
+
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -170,6 +195,13 @@ impl Runtime {
     pub(crate) fn linker(&self) -> &Linker<HostState> {
         &self.linker
     }
+}
+
+/// The interfaces a component imports and exports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
 }
 
 /// Advances the engine's epoch on a background thread, so a policy stuck in

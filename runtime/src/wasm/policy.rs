@@ -106,19 +106,7 @@ impl Policy {
             spec.limits.memory_bytes,
             runtime.settings().max_memory_bytes
         );
-        let instance_pre = runtime
-            .linker()
-            .instantiate_pre(component)
-            .map_err(anyhow::Error::from)
-            .context("the component imports something the sidecar does not provide")?;
-        let pre = bindings::PolicyPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!(
-                    "the component does not export the `handler` interface of {}",
-                    bindings::CONTRACT
-                )
-            })?;
+        let pre = pre_instantiate(runtime.linker(), component)?;
         // +1: the current tick may be about to end.
         let deadline_ticks = (spec.limits.deadline.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1;
         let policy = Arc::new(Self {
@@ -227,6 +215,25 @@ impl Policy {
             })?;
         Ok(instance)
     }
+}
+
+/// Links `component` against the host and checks its exports.
+pub(super) fn pre_instantiate(
+    linker: &wasmtime::component::Linker<HostState>,
+    component: &Component,
+) -> anyhow::Result<bindings::PolicyPre<HostState>> {
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .context("the component imports something the sidecar does not provide")?;
+    bindings::PolicyPre::new(instance_pre)
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "the component does not export the `handler` interface of {}",
+                bindings::CONTRACT
+            )
+        })
 }
 
 /// One policy's instance for one request. Dropping it frees the slot.

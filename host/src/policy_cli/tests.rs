@@ -1,0 +1,175 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("policy-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+fn check_err(bytes: &[u8]) -> String {
+    let path = scratch("check").join("p.wasm");
+    std::fs::write(&path, bytes).unwrap();
+    let msg = format!("{:#}", check(&path).unwrap_err());
+    assert_eq!(msg.lines().count(), 1, "one line: {msg}");
+    msg
+}
+
+#[test]
+fn check_accepts_a_shipped_policy_and_lists_its_capabilities() {
+    let report = check(Path::new(test_policies::CACHE)).unwrap();
+    assert!(
+        report.contains("ok, a sidecar:policy@0.1.0 policy"),
+        "{report}"
+    );
+    assert!(report.contains("capabilities: log, kv, clock"), "{report}");
+    let report = check(Path::new(test_policies::TAG)).unwrap();
+    assert!(report.contains("capabilities: none"), "{report}");
+}
+
+#[test]
+fn check_rejects_a_file_that_is_not_wasm() {
+    assert!(check_err(b"#!/bin/sh\n").contains("not a WebAssembly file"));
+}
+
+#[test]
+fn check_rejects_a_core_module() {
+    assert!(check_err(b"\0asm\x01\0\0\0").contains("core WebAssembly module, not a component"));
+}
+
+#[test]
+fn check_rejects_a_component_for_another_world() {
+    // The smallest valid component: it exports nothing.
+    let msg = check_err(b"\0asm\x0d\0\x01\0");
+    assert!(
+        msg.contains("does not export `sidecar:policy/handler@0.1.0`"),
+        "{msg}"
+    );
+    assert!(msg.contains("another world"), "{msg}");
+}
+
+#[test]
+fn check_rejects_a_truncated_file() {
+    let bytes = std::fs::read(test_policies::AUTH).unwrap();
+    let msg = check_err(&bytes[..bytes.len() / 3]);
+    assert!(msg.contains("not a valid component"), "{msg}");
+    assert!(msg.contains("truncated"), "{msg}");
+}
+
+#[test]
+fn call_prints_the_decision_and_the_log_lines() {
+    let out = call(
+        Path::new(test_policies::AUTH),
+        r#"{"secret":"s"}"#,
+        r#"{"path":"/private"}"#,
+        None,
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["decision"]["respond"]["status"], 401);
+    assert_eq!(json["logs"][0]["msg"], "auth denied");
+    assert_eq!(json["logs"][0]["policy"], "auth");
+}
+
+#[test]
+fn call_with_an_upstream_runs_the_response_hook() {
+    let out = call(
+        Path::new(test_policies::CACHE),
+        "{}",
+        r#"{"path":"/p"}"#,
+        Some(r#"{"status":200,"body":"hi"}"#),
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["decision"]["continue"], "unchanged");
+    assert!(
+        json["response"]["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == "x-cache: miss")
+    );
+}
+
+#[test]
+fn shipped_case_files_pass() {
+    for (wasm, cases) in [
+        (test_policies::AUTH, "plugins/auth/cases.toml"),
+        (test_policies::CACHE, "plugins/cache/cases.toml"),
+    ] {
+        let report = run_cases(Path::new(wasm), &repo(cases)).unwrap();
+        assert_eq!(report.failed, 0, "{cases}: {:#?}", report.lines);
+        assert!(report.passed >= 5, "{cases}");
+    }
+}
+
+#[test]
+fn failing_cases_are_counted_with_the_reason() {
+    let dir = scratch("cases");
+    let cases = dir.join("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+config = { name = "a" }
+[[case]]
+name = "wrong expectation"
+request = { path = "/" }
+expect = { decision = "respond" }
+[[case]]
+name = "right expectation"
+request = { path = "/" }
+expect = { decision = "continue", request_headers = { x-chain = "a" } }
+"#,
+    )
+    .unwrap();
+    let report = run_cases(Path::new(test_policies::TAG), &cases).unwrap();
+    assert_eq!((report.passed, report.failed), (1, 1));
+    assert!(
+        report.lines[0].contains("expected decision `respond`, got `continue`"),
+        "{:?}",
+        report.lines
+    );
+}
+
+#[test]
+fn malformed_case_file_names_the_file() {
+    let dir = scratch("bad-cases");
+    let cases = dir.join("cases.toml");
+    std::fs::write(&cases, "[[case]]\nname = \"x\"\n").unwrap();
+    let msg = format!(
+        "{:#}",
+        run_cases(Path::new(test_policies::TAG), &cases).unwrap_err()
+    );
+    assert!(msg.contains("cases.toml"), "{msg}");
+}
+
+#[test]
+fn new_writes_a_crate_from_the_template() {
+    let dir = scratch("new").join("my-policy");
+    let next = new_policy("my-policy", &dir).unwrap();
+    assert!(next.contains("cargo test"));
+    let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    assert!(cargo.contains("name = \"my-policy\""));
+    assert!(cargo.contains("[workspace]"));
+    assert!(
+        !cargo.contains("../../harness"),
+        "harness path made absolute"
+    );
+    let component = std::fs::read_to_string(dir.join("src/component.rs")).unwrap();
+    assert!(component.contains("path: \"wit\""));
+    assert!(dir.join("wit/policy.wit").exists());
+    assert!(dir.join("tests/policy.rs").exists());
+    assert!(
+        new_policy("my-policy", &dir)
+            .unwrap_err()
+            .to_string()
+            .contains("already exists")
+    );
+    assert!(new_policy("Bad Name", &dir.with_file_name("x")).is_err());
+}
