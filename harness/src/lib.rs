@@ -25,12 +25,15 @@ pub mod builders;
 pub mod cargo;
 pub mod ext;
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sidecar_runtime::capabilities::{Clock, KvLimits, KvStore, LogRecord, Services};
-use sidecar_runtime::wasm::{Component, EngineSettings, FailureMode, Policy, PolicySpec, Runtime};
+use sidecar_runtime::wasm::{
+    Component, EngineSettings, FailureMode, Policy, PolicySpec, Runtime, SharedEngine,
+};
 
 pub use sidecar_runtime::bindings::{Decision, Header, Request, Response};
 pub use sidecar_runtime::capabilities::{FieldValue, Level, ManualClock, MemoryKv, MemorySink};
@@ -133,12 +136,9 @@ impl Harness {
             kv: kv.clone(),
             log: logs.clone(),
         };
-        let settings = EngineSettings {
-            max_instances: 64,
-            ..EngineSettings::default()
-        };
-        let runtime = Runtime::new(settings, services).map_err(HarnessError::Load)?;
-        let component = runtime.compile(bytes).map_err(HarnessError::Load)?;
+        let runtime =
+            Runtime::with_engine(shared_engine()?, services).map_err(HarnessError::Load)?;
+        let component = compiled(&runtime, bytes)?;
         Ok(Self {
             rt,
             runtime,
@@ -325,6 +325,36 @@ impl Configured<'_> {
     pub fn harness(&self) -> &Harness {
         self.harness
     }
+}
+
+/// One engine per test process: every harness shares it and its compiled
+/// components (compiling is the slow part, especially in a debug build).
+fn shared_engine() -> Result<Arc<SharedEngine>, HarnessError> {
+    static ENGINE: OnceLock<Arc<SharedEngine>> = OnceLock::new();
+    if let Some(engine) = ENGINE.get() {
+        return Ok(engine.clone());
+    }
+    let settings = EngineSettings {
+        max_instances: 64,
+        ..EngineSettings::default()
+    };
+    let engine = SharedEngine::new(settings).map_err(HarnessError::Load)?;
+    Ok(ENGINE.get_or_init(|| engine).clone())
+}
+
+/// Compiles `bytes` once per process, keyed by the bytes themselves.
+fn compiled(runtime: &Runtime, bytes: &[u8]) -> Result<Component, HarnessError> {
+    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, Component>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    // Held while compiling: tests loading the same component wait for the
+    // first compile instead of repeating it.
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = cache.get(bytes) {
+        return Ok(c.clone());
+    }
+    let component = runtime.compile(bytes).map_err(HarnessError::Load)?;
+    cache.insert(bytes.to_vec(), component.clone());
+    Ok(component)
 }
 
 fn request_id(req: &Request) -> Arc<str> {

@@ -51,31 +51,30 @@ impl Default for EngineSettings {
     }
 }
 
-/// Compiles and links policies. Cheap to share (`Arc`); one per sidecar.
-pub struct Runtime {
+/// A wasmtime engine (pooling allocator, epoch interruption) and the thread
+/// that advances its epoch. Several [`Runtime`]s may share one, and then
+/// share compiled components too (the plugin harness does, so each test does
+/// not recompile the component).
+pub struct SharedEngine {
     engine: Engine,
-    linker: Linker<HostState>,
     settings: EngineSettings,
-    services: Services,
+    /// One ticker per engine: two would make deadlines twice as short.
     _ticker: EpochTicker,
 }
 
-impl std::fmt::Debug for Runtime {
+impl std::fmt::Debug for SharedEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
+        f.debug_struct("SharedEngine")
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
-impl Runtime {
-    /// Builds the engine (pooling allocator, epoch interruption) and the
-    /// linker with WASI p2 (everything denied) and the host capabilities.
-    ///
+impl SharedEngine {
     /// # Errors
     /// Fails if the engine cannot be created with these settings (for
     /// example, the address space for the pool cannot be reserved).
-    pub fn new(settings: EngineSettings, services: Services) -> anyhow::Result<Arc<Self>> {
+    pub fn new(settings: EngineSettings) -> anyhow::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(settings.max_instances)
             // A Rust wasip2 component is a handful of core instances with
@@ -102,27 +101,61 @@ impl Runtime {
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Arc::new(Self {
+            engine,
+            settings,
+            _ticker: ticker,
+        }))
+    }
+}
 
-        let mut linker = Linker::new(&engine);
+/// Compiles and links policies. Cheap to share (`Arc`); one per sidecar.
+pub struct Runtime {
+    shared: Arc<SharedEngine>,
+    linker: Linker<HostState>,
+    services: Services,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("engine", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds an engine of its own and the linker with WASI p2 (everything
+    /// denied) and the host capabilities.
+    ///
+    /// # Errors
+    /// As [`SharedEngine::new`].
+    pub fn new(settings: EngineSettings, services: Services) -> anyhow::Result<Arc<Self>> {
+        Self::with_engine(SharedEngine::new(settings)?, services)
+    }
+
+    /// A runtime on an existing engine, with its own host services.
+    ///
+    /// # Errors
+    /// Fails if linking WASI or the capabilities fails (a programming error).
+    pub fn with_engine(shared: Arc<SharedEngine>, services: Services) -> anyhow::Result<Arc<Self>> {
+        let mut linker = Linker::new(&shared.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
         capabilities::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking host capabilities")?;
-
-        let ticker = EpochTicker::start(engine.clone());
         Ok(Arc::new(Self {
-            engine,
+            shared,
             linker,
-            settings,
             services,
-            _ticker: ticker,
         }))
     }
 
     pub fn settings(&self) -> EngineSettings {
-        self.settings
+        self.shared.settings
     }
 
     pub fn services(&self) -> &Services {
@@ -145,7 +178,7 @@ impl Runtime {
     /// # Errors
     /// Fails if the bytes are not a valid component for this engine.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        Component::new(&self.engine, bytes).map_err(anyhow::Error::from)
+        Component::new(&self.shared.engine, bytes).map_err(anyhow::Error::from)
     }
 
     /// Compiles, links and pre-instantiates a policy, then validates its
@@ -169,11 +202,11 @@ impl Runtime {
         let ty = component.component_type();
         Description {
             imports: ty
-                .imports(&self.engine)
+                .imports(self.engine())
                 .map(|(name, _)| name.to_owned())
                 .collect(),
             exports: ty
-                .exports(&self.engine)
+                .exports(self.engine())
                 .map(|(name, _)| name.to_owned())
                 .collect(),
         }
@@ -189,7 +222,7 @@ impl Runtime {
     }
 
     pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
+        &self.shared.engine
     }
 
     pub(crate) fn linker(&self) -> &Linker<HostState> {
