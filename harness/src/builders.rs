@@ -46,14 +46,24 @@ pub fn delete(path: &str) -> RequestBuilder {
 }
 
 impl RequestBuilder {
-    /// Adds a header (the name is lower-cased, as the sidecar does).
+    /// Adds a header (the name is lower-cased, as the sidecar does). An
+    /// `x-request-id` replaces the default one: the sidecar sends exactly one.
     #[must_use]
     pub fn header(mut self, name: &str, value: &str) -> Self {
+        if name.eq_ignore_ascii_case("x-request-id") {
+            self.0.headers.retain(|h| h.name != "x-request-id");
+        }
         self.0.headers.push(Header {
             name: name.to_ascii_lowercase(),
             value: value.to_owned(),
         });
         self
+    }
+
+    /// Sets the request id the policy and its log lines see.
+    #[must_use]
+    pub fn request_id(self, id: &str) -> Self {
+        self.header("x-request-id", id)
     }
 
     /// `authorization: Bearer <token>`.

@@ -57,7 +57,7 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     })?;
     let described = runtime.describe(&component);
     let handler = format!("{}/handler@{}", package(), version());
-    if !described.exports.iter().any(|e| *e == handler) {
+    if !described.exports.contains(&handler) {
         let ours = described
             .exports
             .iter()

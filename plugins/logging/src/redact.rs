@@ -44,9 +44,70 @@ pub fn monitor_body(body: &[u8], cfg: &Config) -> (&'static str, String) {
             while text.len() > MAX_BODY_TEXT {
                 text.pop();
             }
-            ("body_text", text)
+            ("body_text", redact_text(&text, cfg))
         }
     }
+}
+
+/// Text that is not JSON (a form post, JSON with a syntax error): every
+/// `name=value` or `"name": value` whose name is redacted gets its value
+/// replaced. A heuristic, so it errs on redacting too much.
+pub fn redact_text(text: &str, cfg: &Config) -> String {
+    let lower = text.to_lowercase();
+    // Byte ranges of values to replace; `lower` has the same byte offsets
+    // for ASCII, and redact_fields are matched as ASCII-insensitive words.
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    if lower.len() == text.len() {
+        for field in &cfg.redact_fields {
+            let mut from = 0;
+            while let Some(at) = lower[from..].find(field.as_str()) {
+                let start = from + at;
+                from = start + field.len();
+                if let Some(range) = value_after(text.as_bytes(), from) {
+                    cuts.push(range);
+                }
+            }
+        }
+    } else if cfg.redact_fields.iter().any(|f| lower.contains(f.as_str())) {
+        // Case mapping changed byte offsets (non-ASCII text): redact it all
+        // rather than risk cutting in the wrong place.
+        return REDACTED.to_string();
+    }
+    cuts.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    for (start, end) in cuts {
+        if start < pos {
+            continue;
+        }
+        out.push_str(&text[pos..start]);
+        out.push_str(REDACTED);
+        pos = end;
+    }
+    out.push_str(&text[pos..]);
+    out
+}
+
+/// After a field name at `i`: skip a closing quote and spaces, require `=`
+/// or `:`, skip spaces and an opening quote; the value runs to the next
+/// delimiter.
+fn value_after(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
+    let skip = |i: &mut usize, set: &[u8]| {
+        while *i < b.len() && set.contains(&b[*i]) {
+            *i += 1;
+        }
+    };
+    skip(&mut i, b"\"' \t");
+    if i >= b.len() || !matches!(b[i], b'=' | b':') {
+        return None;
+    }
+    i += 1;
+    skip(&mut i, b" \t\"'");
+    let start = i;
+    while i < b.len() && !b"&,;\"' \t\r\n}]".contains(&b[i]) {
+        i += 1;
+    }
+    (i > start).then_some((start, i))
 }
 
 /// `path?query` with the values of redacted parameters replaced. Names are
@@ -93,6 +154,29 @@ fn percent_decode(s: &str) -> String {
 
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::parse("{}").unwrap()
+    }
+
+    #[test]
+    fn redacts_form_and_broken_json_values() {
+        assert_eq!(
+            redact_text("user=bob&password=hunter2", &cfg()),
+            "user=bob&password=[redacted]"
+        );
+        assert_eq!(
+            redact_text(r#"{"user":"bob","Password": "hunter2",}"#, &cfg()),
+            r#"{"user":"bob","Password": "[redacted]",}"#
+        );
+        assert_eq!(redact_text("no secrets here", &cfg()), "no secrets here");
+        assert_eq!(redact_text("token", &cfg()), "token");
+    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,10 @@ impl Config {
             return Err("header: must not be empty".into());
         }
         if !(400..=599).contains(&config.status) {
-            return Err(format!("status: {} is not an error status (400-599)", config.status));
+            return Err(format!(
+                "status: {} is not an error status (400-599)",
+                config.status
+            ));
         }
         Ok(Self {
             header: config.header.to_ascii_lowercase(),
@@ -46,7 +49,10 @@ impl Config {
 
 /// What to do with a request, given its header names (lower-case).
 /// `Some((status, body))` refuses it.
-pub fn decide<'a>(config: &Config, mut header_names: impl Iterator<Item = &'a str>) -> Option<(u16, String)> {
+pub fn decide<'a>(
+    config: &Config,
+    mut header_names: impl Iterator<Item = &'a str>,
+) -> Option<(u16, String)> {
     if header_names.any(|name| name == config.header) {
         return None;
     }
@@ -63,13 +69,20 @@ mod tests {
 
     #[test]
     fn refuses_an_empty_header_name() {
-        assert!(Config::parse(r#"{"header": ""}"#).unwrap_err().starts_with("header:"));
+        assert!(
+            Config::parse(r#"{"header": ""}"#)
+                .unwrap_err()
+                .starts_with("header:")
+        );
     }
 
     #[test]
     fn lets_through_a_request_with_the_header() {
         let config = Config::parse(r#"{"header": "X-Api-Key"}"#).unwrap();
         assert_eq!(decide(&config, ["accept", "x-api-key"].into_iter()), None);
-        assert_eq!(decide(&config, ["accept"].into_iter()).map(|(s, _)| s), Some(401));
+        assert_eq!(
+            decide(&config, ["accept"].into_iter()).map(|(s, _)| s),
+            Some(401)
+        );
     }
 }

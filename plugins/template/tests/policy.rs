@@ -22,8 +22,12 @@ fn request_without_the_header_is_refused_with_json() {
 #[test]
 fn request_with_the_header_passes_unchanged() {
     let h = harness();
-    let policy = h.configure(json!({ "header": "x-api-key", "status": 403 })).unwrap();
-    let decision = policy.on_request(get("/anything").header("x-api-key", "k")).unwrap();
+    let policy = h
+        .configure(json!({ "header": "x-api-key", "status": 403 }))
+        .unwrap();
+    let decision = policy
+        .on_request(get("/anything").header("x-api-key", "k"))
+        .unwrap();
     assert!(decision.continued());
     assert!(decision.changed_request().is_none());
 }

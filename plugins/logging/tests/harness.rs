@@ -1,0 +1,491 @@
+//! The `logging` component, built for wasm32-wasip2 and run on the sidecar's
+//! own policy host through `policy-harness`: the access line each request
+//! leaves, what never gets into it, and the `/monitor` endpoint.
+
+use policy_harness::{
+    Decision, DecisionExt, FieldValue, Harness, HarnessError, HeadersExt, Level, LogsExt,
+    ResponseExt, get, post, put, request, response,
+};
+use serde_json::{Value, json};
+
+const MONITOR_REPLY: &str = "Request logged by Sidecar!";
+
+fn harness() -> Harness {
+    Harness::build_crate(env!("CARGO_MANIFEST_DIR"))
+        .expect("logging builds and loads")
+        .named("logging")
+}
+
+type Fields = Vec<(String, FieldValue)>;
+
+/// The fields of the one line logged with `message`, after checking its
+/// level and host tags.
+fn only_line(h: &Harness, message: &str) -> Fields {
+    let logs = h.logs();
+    let lines = logs.with_message(message);
+    assert_eq!(lines.len(), 1, "one {message:?} line expected: {logs:?}");
+    let line = lines[0];
+    assert_eq!(line.level, Level::Info);
+    assert_eq!(&*line.policy, "logging");
+    line.fields.clone()
+}
+
+fn field<'a>(fields: &'a Fields, key: &str) -> Option<&'a FieldValue> {
+    fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+fn str_field(fields: &Fields, key: &str) -> Option<String> {
+    match field(fields, key)? {
+        FieldValue::Str(s) => Some(s.clone()),
+        other => panic!("{key} is not a string: {other:?}"),
+    }
+}
+
+fn s(v: &str) -> FieldValue {
+    FieldValue::Str(v.into())
+}
+
+// --- the access line -------------------------------------------------------
+
+#[test]
+fn logs_one_access_line_per_round_trip_with_every_field() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    let req = get("/user-service/profile?x=1")
+        .header("x-authenticated-user", "alice")
+        .route("users")
+        .client("10.1.2.3:5555")
+        .request_id("rid-7");
+    let upstream = response(200)
+        .header("x-cache", "hit")
+        .header("content-type", "text/plain")
+        .body("hello");
+    let trip = p.round_trip(req, upstream).unwrap();
+
+    // Logging never gets in the way: request and response pass untouched.
+    assert!(matches!(trip.decision, Decision::Continue(None)));
+    assert_eq!(trip.response.status, 200);
+    assert_eq!(trip.response.text(), "hello");
+    assert_eq!(trip.response.header("x-cache"), Some("hit"));
+
+    let logs = h.logs();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(&*logs[0].request_id, "rid-7");
+    assert_eq!(&*logs[0].route, "users");
+    let f = only_line(&h, "access");
+    let keys: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "method",
+            "path",
+            "status",
+            "duration_ms",
+            "user",
+            "request_id",
+            "route",
+            "client",
+            "cache",
+            "bytes"
+        ]
+    );
+    assert_eq!(field(&f, "method"), Some(&s("GET")));
+    assert_eq!(field(&f, "path"), Some(&s("/user-service/profile?x=1")));
+    assert_eq!(field(&f, "status"), Some(&FieldValue::Int(200)));
+    assert_eq!(field(&f, "user"), Some(&s("alice")));
+    assert_eq!(field(&f, "request_id"), Some(&s("rid-7")));
+    assert_eq!(field(&f, "route"), Some(&s("users")));
+    assert_eq!(field(&f, "client"), Some(&s("10.1.2.3:5555")));
+    assert_eq!(field(&f, "cache"), Some(&s("hit")));
+    assert_eq!(field(&f, "bytes"), Some(&FieldValue::Int(5)));
+}
+
+#[test]
+fn duration_is_a_float_of_milliseconds() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    p.round_trip(get("/x"), response(204)).unwrap();
+    let f = only_line(&h, "access");
+    // Both hooks run back to back on the harness clock, so it may be 0.
+    match field(&f, "duration_ms") {
+        Some(FieldValue::Float(ms)) => assert!(ms.is_finite() && *ms >= 0.0, "{ms}"),
+        other => panic!("duration_ms: {other:?}"),
+    }
+}
+
+#[test]
+fn each_round_trip_logs_its_own_line() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    p.round_trip(get("/a").request_id("r1"), response(200))
+        .unwrap();
+    p.round_trip(put("/b").request_id("r2"), response(201).body("ok"))
+        .unwrap();
+    let logs = h.take_logs();
+    let lines = logs.with_message("access");
+    assert_eq!(lines.len(), 2, "{logs:?}");
+    let summary: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            (
+                l.field("method").cloned(),
+                l.field("path").cloned(),
+                l.field("status").cloned(),
+                l.request_id.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                Some(s("GET")),
+                Some(s("/a")),
+                Some(FieldValue::Int(200)),
+                "r1".into()
+            ),
+            (
+                Some(s("PUT")),
+                Some(s("/b")),
+                Some(FieldValue::Int(201)),
+                "r2".into()
+            ),
+        ]
+    );
+    assert!(h.logs().is_empty(), "take_logs cleared them");
+}
+
+#[test]
+fn request_hook_alone_logs_nothing() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    let d = p.on_request(get("/x")).unwrap();
+    assert!(matches!(d, Decision::Continue(None)));
+    assert!(
+        h.logs().is_empty(),
+        "the line is written by the response hook"
+    );
+}
+
+#[test]
+fn optional_fields_are_left_out_when_their_headers_are_absent() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    p.round_trip(get("/x"), response(200)).unwrap();
+    let f = only_line(&h, "access");
+    assert_eq!(field(&f, "user"), None);
+    assert_eq!(field(&f, "cache"), None);
+    assert_eq!(field(&f, "bytes"), Some(&FieldValue::Int(0)));
+    assert_eq!(
+        field(&f, "request_id"),
+        Some(&s("test-request")),
+        "the builder's default id"
+    );
+}
+
+#[test]
+fn user_header_is_configurable() {
+    let h = harness();
+    let p = h.configure(json!({ "user_header": "X-User" })).unwrap();
+    p.round_trip(
+        get("/x")
+            .header("x-user", "bob")
+            .header("x-authenticated-user", "alice"),
+        response(200),
+    )
+    .unwrap();
+    let f = only_line(&h, "access");
+    assert_eq!(field(&f, "user"), Some(&s("bob")));
+}
+
+#[test]
+fn denied_responses_are_logged_with_their_status() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    // As when a later policy (auth) answered 401: logging's response hook
+    // still sees that answer.
+    let denial = json!({ "error": "missing bearer token", "code": "missing_token" });
+    let trip = p
+        .round_trip(get("/orders"), response(401).json(&denial))
+        .unwrap();
+    assert_eq!(trip.response.status, 401);
+    let f = only_line(&h, "access");
+    assert_eq!(field(&f, "status"), Some(&FieldValue::Int(401)));
+    assert_eq!(field(&f, "path"), Some(&s("/orders")));
+    let len = i64::try_from(denial.to_string().len()).unwrap();
+    assert_eq!(field(&f, "bytes"), Some(&FieldValue::Int(len)));
+}
+
+#[test]
+fn upstream_errors_are_logged_with_their_status() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    for status in [404, 500, 503] {
+        p.round_trip(get("/x"), response(status)).unwrap();
+    }
+    let statuses: Vec<_> = h
+        .logs()
+        .with_message("access")
+        .iter()
+        .map(|l| l.field("status").cloned())
+        .collect();
+    assert_eq!(statuses, [404, 500, 503].map(|c| Some(FieldValue::Int(c))));
+}
+
+// --- secrets ---------------------------------------------------------------
+
+#[test]
+fn secrets_never_reach_the_access_line() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    let req = get("/login?user=bob&password=hunter2&Token=tok-value&pass%77ord=enc-value&x=1")
+        .bearer("header.jwt.value")
+        .header("cookie", "session=cookie-value")
+        .header("x-api-key", "api-key-value")
+        .body("request-body-value");
+    let upstream = response(200)
+        .header("set-cookie", "sid=set-cookie-value")
+        .body("response-body-value");
+    p.round_trip(req, upstream).unwrap();
+
+    let f = only_line(&h, "access");
+    assert_eq!(
+        str_field(&f, "path").as_deref(),
+        Some("/login?user=bob&password=[redacted]&Token=[redacted]&pass%77ord=[redacted]&x=1")
+    );
+    let logs = h.logs();
+    for secret in [
+        "hunter2",
+        "tok-value",
+        "enc-value",
+        "header.jwt.value",
+        "Bearer",
+        "cookie-value",
+        "api-key-value",
+        "request-body-value",
+        "set-cookie-value",
+        "response-body-value",
+    ] {
+        assert!(!logs.mention(secret), "{secret} logged: {logs:?}");
+    }
+}
+
+#[test]
+fn custom_redact_fields_apply_to_the_query() {
+    let h = harness();
+    let p = h
+        .configure(json!({ "redact_fields": ["API_Key", "password"] }))
+        .unwrap();
+    p.round_trip(
+        get("/x?api_key=k-value&PASSWORD=p-value&page=2"),
+        response(200),
+    )
+    .unwrap();
+    let f = only_line(&h, "access");
+    assert_eq!(
+        str_field(&f, "path").as_deref(),
+        Some("/x?api_key=[redacted]&PASSWORD=[redacted]&page=2")
+    );
+}
+
+// --- /monitor --------------------------------------------------------------
+
+#[test]
+fn post_monitor_answers_200_and_logs_the_redacted_body() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    let body = json!({
+        "user": "bob",
+        "password": "hunter2",
+        "nested": { "Token": "tok-value", "list": [{ "Secret": "s-value" }, { "ok": true }] },
+    });
+    let trip = p
+        .round_trip(
+            post("/monitor").json(&body),
+            response(502).body("the upstream must not be reached"),
+        )
+        .unwrap();
+
+    assert!(trip.forwarded.is_none(), "answered by the policy");
+    let answer = trip.decision.responded().unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), MONITOR_REPLY);
+    assert!(
+        answer
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        answer.headers
+    );
+    assert_eq!(trip.response.status, 200);
+    assert_eq!(trip.response.text(), MONITOR_REPLY);
+
+    let f = only_line(&h, "monitor");
+    let logged: Value = serde_json::from_str(&str_field(&f, "body").unwrap()).unwrap();
+    assert_eq!(
+        logged,
+        json!({
+            "user": "bob",
+            "password": "[redacted]",
+            "nested": { "Token": "[redacted]", "list": [{ "Secret": "[redacted]" }, { "ok": true }] },
+        })
+    );
+    let logs = h.logs();
+    for secret in ["hunter2", "tok-value", "s-value"] {
+        assert!(!logs.mention(secret), "{secret} logged: {logs:?}");
+    }
+    // The monitor request gets its access line too, with the policy's answer.
+    let access = only_line(&h, "access");
+    assert_eq!(field(&access, "status"), Some(&FieldValue::Int(200)));
+    assert_eq!(field(&access, "method"), Some(&s("POST")));
+    let reply_len = i64::try_from(MONITOR_REPLY.len()).unwrap();
+    assert_eq!(field(&access, "bytes"), Some(&FieldValue::Int(reply_len)));
+}
+
+#[test]
+fn post_monitor_with_a_query_string_is_answered() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    let d = p
+        .on_request(post("/monitor?source=probe").body("ping"))
+        .unwrap();
+    assert_eq!(
+        d.responded().map(ResponseExt::text).as_deref(),
+        Some(MONITOR_REPLY)
+    );
+}
+
+#[test]
+fn non_json_monitor_body_is_logged_as_text() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    p.on_request(post("/monitor").body("plain words")).unwrap();
+    let f = only_line(&h, "monitor");
+    assert_eq!(field(&f, "body_text"), Some(&s("plain words")));
+    assert_eq!(field(&f, "body"), None);
+}
+
+#[test]
+fn huge_text_monitor_body_is_cut() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    p.on_request(post("/monitor").body("x".repeat(100_000)))
+        .unwrap();
+    let f = only_line(&h, "monitor");
+    let text = str_field(&f, "body_text").unwrap();
+    assert!(text.len() <= 4096, "{} bytes logged", text.len());
+}
+
+#[test]
+fn monitor_body_that_is_not_json_has_its_password_redacted() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    for (content_type, body) in [
+        // An HTML form post.
+        (
+            "application/x-www-form-urlencoded",
+            "user=bob&password=hunter2",
+        ),
+        // JSON with a trailing comma, or trailing garbage: not JSON to serde.
+        (
+            "application/json",
+            r#"{"user":"bob","password":"hunter2",}"#,
+        ),
+        (
+            "application/json",
+            r#"{"user":"bob","password":"hunter2"} x"#,
+        ),
+    ] {
+        p.on_request(
+            post("/monitor")
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .unwrap();
+        let logs = h.take_logs();
+        assert_eq!(logs.with_message("monitor").len(), 1, "{logs:?}");
+        assert!(!logs.mention("hunter2"), "{body:?} logged as {logs:?}");
+    }
+}
+
+#[test]
+fn other_methods_on_monitor_are_not_answered() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    for req in [
+        get("/monitor"),
+        put("/monitor"),
+        request("HEAD", "/monitor"),
+    ] {
+        let d = p.on_request(req).unwrap();
+        assert!(matches!(d, Decision::Continue(None)), "{d:?}");
+    }
+    // Nor are neighbouring paths.
+    for path in ["/monitor/x", "/monitoring", "/api/monitor"] {
+        let d = p.on_request(post(path).body("{}")).unwrap();
+        assert!(matches!(d, Decision::Continue(None)), "{path}: {d:?}");
+    }
+    assert!(h.logs().with_message("monitor").is_empty());
+}
+
+#[test]
+fn null_monitor_path_disables_the_endpoint() {
+    let h = harness();
+    let p = h.configure(json!({ "monitor_path": null })).unwrap();
+    let trip = p
+        .round_trip(
+            post("/monitor").json(&json!({ "a": 1 })),
+            response(404).body("upstream"),
+        )
+        .unwrap();
+    assert!(matches!(trip.decision, Decision::Continue(None)));
+    assert_eq!(trip.response.text(), "upstream");
+    assert!(h.logs().with_message("monitor").is_empty());
+    let f = only_line(&h, "access");
+    assert_eq!(field(&f, "status"), Some(&FieldValue::Int(404)));
+}
+
+#[test]
+fn monitor_path_is_configurable() {
+    let h = harness();
+    let p = h.configure(json!({ "monitor_path": "/_mon" })).unwrap();
+    let d = p.on_request(post("/_mon").body("x")).unwrap();
+    assert_eq!(d.responded().map(|r| r.status), Some(200));
+    let d = p.on_request(post("/monitor").body("x")).unwrap();
+    assert!(d.continued());
+}
+
+#[test]
+fn custom_redact_fields_apply_to_the_monitor_body() {
+    let h = harness();
+    let p = h.configure(json!({ "redact_fields": ["card"] })).unwrap();
+    p.on_request(post("/monitor").json(&json!({ "Card": "4111", "name": "bob" })))
+        .unwrap();
+    let f = only_line(&h, "monitor");
+    let logged: Value = serde_json::from_str(&str_field(&f, "body").unwrap()).unwrap();
+    assert_eq!(logged, json!({ "Card": "[redacted]", "name": "bob" }));
+}
+
+// --- config ----------------------------------------------------------------
+
+fn refusal(cfg: Value) -> String {
+    match harness().configure(cfg.clone()) {
+        Err(HarnessError::ConfigRefused(message)) => message,
+        Err(other) => panic!("{cfg}: expected ConfigRefused, got {other:?}"),
+        Ok(_) => panic!("{cfg}: config accepted"),
+    }
+}
+
+#[test]
+fn refuses_bad_configs_naming_the_field() {
+    for (cfg, field) in [
+        (json!({ "monitor": "/x" }), "monitor"),
+        (json!({ "monitor_path": "monitor" }), "monitor_path"),
+        (json!({ "user_header": "" }), "user_header"),
+    ] {
+        let message = refusal(cfg.clone());
+        assert!(message.contains(field), "{cfg}: {message}");
+    }
+    // A type error is refused too.
+    refusal(json!({ "redact_fields": "password" }));
+}
