@@ -197,6 +197,18 @@ impl Harness {
         })
     }
 
+    /// The message `config` is refused with, for tests of config checks.
+    ///
+    /// # Panics
+    /// If the config is accepted, or the policy fails to load otherwise.
+    pub fn refusal(&self, config: serde_json::Value) -> String {
+        match self.configure(config.clone()) {
+            Err(HarnessError::ConfigRefused(message)) => message,
+            Err(other) => panic!("{config}: expected a refusal, got {other}"),
+            Ok(_) => panic!("{config}: the config was accepted"),
+        }
+    }
+
     /// The clock policies read (and the store's TTLs follow).
     pub fn clock(&self) -> &ManualClock {
         &self.clock

@@ -68,7 +68,7 @@ pub(crate) fn valid_header_name(name: &str) -> bool {
 impl Config {
     /// Parses the JSON config; errors name the offending field.
     pub fn parse(json: &str) -> Result<Config, String> {
-        let raw: RawConfig = parse_json(json)?;
+        let raw: RawConfig = policy_common::parse_config(json)?;
         let secret = match raw.secret {
             Some(s) if !s.is_empty() => s.into_bytes(),
             _ => {
@@ -139,21 +139,6 @@ fn has_ambiguous_segments(path: &str) -> bool {
         || lower.contains("%2f")
         || lower.contains("%5c")
         || path.split('/').any(|seg| seg == "." || seg == "..")
-}
-
-/// Deserializes the config; a failure names the field at fault
-/// (`leeway_secs: invalid value ...`), or `config` for the whole object.
-fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "config".to_owned()
-        } else {
-            path
-        };
-        format!("{field}: {}", e.into_inner())
-    })
 }
 
 #[cfg(test)]

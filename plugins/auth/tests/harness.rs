@@ -13,8 +13,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use policy_harness::{
-    Decision, DecisionExt, FieldValue, Harness, HarnessError, HeadersExt, Level, LogsExt,
-    RequestBuilder, Response, ResponseExt, START_MICROS, get, post, response,
+    Decision, DecisionExt, FieldValue, Harness, HeadersExt, Level, LogsExt, RequestBuilder,
+    Response, ResponseExt, START_MICROS, get, post, response,
 };
 use serde_json::{Value, json};
 
@@ -574,14 +574,6 @@ fn spoofed_subject_header_does_not_replace_a_token() {
 
 // --- config ----------------------------------------------------------------
 
-fn refusal(cfg: Value) -> String {
-    match harness().configure(cfg.clone()) {
-        Err(HarnessError::ConfigRefused(message)) => message,
-        Err(other) => panic!("{cfg}: expected ConfigRefused, got {other:?}"),
-        Ok(_) => panic!("{cfg}: config accepted"),
-    }
-}
-
 #[test]
 fn refuses_config_without_secret() {
     for cfg in [
@@ -589,14 +581,14 @@ fn refuses_config_without_secret() {
         json!({ "secret": "" }),
         json!({ "secret": null }),
     ] {
-        let message = refusal(cfg.clone());
+        let message = harness().refusal(cfg.clone());
         assert!(message.contains("secret"), "{cfg}: {message}");
     }
 }
 
 #[test]
 fn refuses_config_with_unknown_field() {
-    let message = refusal(json!({ "secret": SECRET, "issuerr": "user-service" }));
+    let message = harness().refusal(json!({ "secret": SECRET, "issuerr": "user-service" }));
     assert!(message.contains("issuerr"), "{message}");
 }
 
@@ -624,7 +616,7 @@ fn refuses_config_with_bad_values_naming_the_field() {
             "public_paths",
         ),
     ] {
-        let message = refusal(cfg.clone());
+        let message = harness().refusal(cfg.clone());
         assert!(message.contains(field), "{cfg}: {message}");
     }
 }
@@ -711,7 +703,7 @@ fn refuses_config_with_wrong_type_naming_the_field() {
         ),
         (json!({ "secret": 42 }), "secret"),
     ] {
-        let message = refusal(cfg.clone());
+        let message = harness().refusal(cfg.clone());
         assert!(message.contains(field), "{cfg}: {message}");
     }
 }

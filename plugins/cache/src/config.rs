@@ -36,7 +36,7 @@ fn default_max_entry_bytes() -> usize {
 
 impl Config {
     pub fn parse(json: &str) -> Result<Config, String> {
-        let mut cfg: Config = parse_json(json)?;
+        let mut cfg: Config = policy_common::parse_config(json)?;
         if cfg.max_ttl_secs == 0 {
             return Err("max_ttl_secs: must be greater than 0".into());
         }
@@ -63,21 +63,6 @@ impl Config {
         }
         Ok(cfg)
     }
-}
-
-/// Deserializes the config; a failure names the field at fault
-/// (`leeway_secs: invalid value ...`), or `config` for the whole object.
-fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "config".to_owned()
-        } else {
-            path
-        };
-        format!("{field}: {}", e.into_inner())
-    })
 }
 
 #[cfg(test)]

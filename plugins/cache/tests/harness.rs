@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use policy_harness::{
-    Configured, DecisionExt, Harness, HarnessError, HeadersExt, Level, LogsExt, RequestBuilder,
-    ResponseBuilder, ResponseExt, RoundTrip, delete, get, post, put, response,
+    Configured, DecisionExt, Harness, HeadersExt, Level, LogsExt, RequestBuilder, ResponseBuilder,
+    ResponseExt, RoundTrip, delete, get, post, put, response,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn harness() -> Harness {
     Harness::build_crate(env!("CARGO_MANIFEST_DIR"))
@@ -463,14 +463,6 @@ fn nothing_is_logged_on_ordinary_hits_and_misses() {
 
 // --- config ----------------------------------------------------------------
 
-fn refusal(cfg: Value) -> String {
-    match harness().configure(cfg.clone()) {
-        Err(HarnessError::ConfigRefused(message)) => message,
-        Err(other) => panic!("{cfg}: expected ConfigRefused, got {other:?}"),
-        Ok(_) => panic!("{cfg}: config accepted"),
-    }
-}
-
 #[test]
 fn refuses_bad_configs_naming_the_field() {
     for (cfg, field) in [
@@ -480,7 +472,7 @@ fn refuses_bad_configs_naming_the_field() {
         (json!({ "max_entry_bytes": 0 }), "max_entry_bytes"),
         (json!({ "identity_header": "a b" }), "identity_header"),
     ] {
-        let message = refusal(cfg.clone());
+        let message = harness().refusal(cfg.clone());
         assert!(message.contains(field), "{cfg}: {message}");
     }
 }

@@ -31,7 +31,7 @@ fn default_redact_fields() -> Vec<String> {
 
 impl Config {
     pub fn parse(json: &str) -> Result<Config, String> {
-        let mut cfg: Config = parse_json(json)?;
+        let mut cfg: Config = policy_common::parse_config(json)?;
         if let Some(p) = &cfg.monitor_path
             && !p.starts_with('/')
         {
@@ -61,21 +61,6 @@ impl Config {
         let lower = name.to_lowercase();
         self.redact_fields.contains(&lower)
     }
-}
-
-/// Deserializes the config; a failure names the field at fault
-/// (`leeway_secs: invalid value ...`), or `config` for the whole object.
-fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "config".to_owned()
-        } else {
-            path
-        };
-        format!("{field}: {}", e.into_inner())
-    })
 }
 
 #[cfg(test)]
