@@ -38,8 +38,28 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub engine: EngineSettings,
     pub kv: KvLimits,
+    pub admin: AdminSettings,
+    pub reload: ReloadSettings,
+    /// Where compiled policies are cached across restarts; `None` disables.
+    pub compile_cache: Option<PathBuf>,
     pub routes: Vec<RouteConfig>,
     pub policies: BTreeMap<String, PolicyConfig>,
+}
+
+/// The admin listener: policies, reload status, `POST /reload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// `None` when disabled. Loopback by default: it can trigger reloads.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Watching the config and policy files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSettings {
+    pub watch: bool,
+    /// How often files are checked; a change is applied once it has been
+    /// stable for one more interval (a copy in progress is not picked up).
+    pub interval: Duration,
 }
 
 /// Limits of the HTTP side.
@@ -86,6 +106,8 @@ pub struct PolicyConfig {
     pub limits: PolicyLimits,
     /// The policy's `config` table as a JSON object, env references expanded.
     pub config_json: String,
+    /// If set, the file must have this sha256 (lower-case hex) to load.
+    pub sha256: Option<String>,
 }
 
 /// Reads and validates a config file.
@@ -124,6 +146,10 @@ struct RawConfig {
     wasm: RawWasm,
     #[serde(default)]
     kv: RawKv,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    reload: RawReload,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
     #[serde(default, rename = "policy")]
@@ -147,6 +173,22 @@ struct RawWasm {
     /// Defaults for policies that set none.
     deadline_ms: Option<u64>,
     memory_mb: Option<usize>,
+    /// A folder for compiled policies, or "off".
+    compile_cache: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// An address, or "off".
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    watch: Option<bool>,
+    interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -177,6 +219,7 @@ struct RawPolicy {
     failure: FailureMode,
     deadline_ms: Option<u64>,
     memory_mb: Option<usize>,
+    sha256: Option<String>,
     #[serde(default)]
     config: toml::Table,
 }
@@ -256,6 +299,13 @@ fn validate(
         let mut json = serde_json::to_value(&p.config)
             .with_context(|| format!("{field}.config: cannot be expressed as JSON"))?;
         expand_env(&mut json, &format!("{field}.config"), env)?;
+        let sha256 = match p.sha256 {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(h.to_ascii_lowercase())
+            }
+            Some(h) => bail!("{field}.sha256: `{h}` is not a sha256 (64 hex digits)"),
+            None => None,
+        };
         policies.insert(
             name,
             PolicyConfig {
@@ -263,6 +313,7 @@ fn validate(
                 failure: p.failure,
                 limits,
                 config_json: json.to_string(),
+                sha256,
             },
         );
     }
@@ -320,15 +371,52 @@ fn validate(
         bail!("route: no routes defined (add a [[route]] table)");
     }
 
+    let admin = AdminSettings {
+        listen: match raw.admin.listen.as_deref() {
+            Some("off") => None,
+            other => {
+                let addr = other.unwrap_or("127.0.0.1:9901");
+                Some(addr.parse().map_err(|e| {
+                    anyhow!("admin.listen: `{addr}` is not an address or \"off\" ({e})")
+                })?)
+            }
+        },
+    };
+    let reload = ReloadSettings {
+        watch: raw.reload.watch.unwrap_or(true),
+        interval: positive("reload.interval_ms", raw.reload.interval_ms)?
+            .map_or(Duration::from_millis(200), Duration::from_millis),
+    };
+    let compile_cache = match raw.wasm.compile_cache.as_deref() {
+        Some("off") => None,
+        Some(dir) => Some(base.join(dir)),
+        None => default_cache_dir(env),
+    };
     Ok(Config {
         source: path.to_owned(),
         listen,
         proxy,
         engine,
         kv,
+        admin,
+        reload,
+        compile_cache,
         routes,
         policies,
     })
+}
+
+/// `$XDG_CACHE_HOME/wasm-policy-sidecar`, else `~/.cache/wasm-policy-sidecar`.
+fn default_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = env("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            env("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| Path::new(&h).join(".cache"))
+        })?;
+    Some(base.join("wasm-policy-sidecar"))
 }
 
 fn positive<T: PartialEq + Default + Copy>(field: &str, v: Option<T>) -> anyhow::Result<Option<T>> {

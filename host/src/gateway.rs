@@ -9,12 +9,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
 use http::Uri;
 
+use crate::bindings::CONTRACT;
 use crate::chain::Chain;
 use crate::config::{Config, ProxySettings};
-use crate::wasm::{Policy, PolicySpec, Runtime};
+use crate::wasm::{CompileSource, Policy, PolicySpec, Runtime, sha256_hex};
 
 /// One route, ready to serve.
 #[derive(Debug)]
@@ -39,36 +42,58 @@ impl Route {
     }
 }
 
+/// What the admin view shows of one loaded policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub file: PathBuf,
+    pub sha256: String,
+    /// The contract the component exports, e.g. `sidecar:policy@0.1.0`.
+    pub contract: String,
+    pub failure: crate::wasm::FailureMode,
+    /// Unix seconds.
+    pub loaded_at: u64,
+    /// `compiled`, or reused from the `memory` or `disk` compile cache.
+    pub compiled_from: &'static str,
+}
+
 /// All routes of one config, longest prefix first.
 #[derive(Debug)]
 pub struct Gateway {
     pub routes: Vec<Route>,
     pub proxy: ProxySettings,
-    /// Loaded policies by name, for diagnostics.
-    pub policies: Vec<Arc<Policy>>,
+    /// Loaded policies, by name.
+    pub policies: Vec<PolicyInfo>,
 }
 
 impl Gateway {
-    /// Compiles each policy file once, loads each policy once (validating its
-    /// config), and assembles the routes.
+    /// Reads and checks each policy file once (sha256 pin), compiles it (or
+    /// takes it from the compile cache), loads each policy once (validating
+    /// its config), and assembles the routes.
     ///
     /// # Errors
     /// A message naming the config file, the policy and the cause.
     pub async fn build(config: &Config, runtime: &Arc<Runtime>) -> anyhow::Result<Self> {
         let file = config.source.display();
-        let mut compiled: HashMap<PathBuf, crate::wasm::Component> = HashMap::new();
         let mut loaded: HashMap<&str, Arc<Policy>> = HashMap::new();
+        let mut infos = Vec::with_capacity(config.policies.len());
         for (name, p) in &config.policies {
-            let component = match compiled.get(&p.wasm) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = runtime
-                        .compile_file(&p.wasm)
-                        .with_context(|| format!("{file}: policy.{name}.wasm"))?;
-                    compiled.insert(p.wasm.clone(), c.clone());
-                    c
-                }
-            };
+            let field = format!("{file}: policy.{name}.wasm");
+            let bytes = std::fs::read(&p.wasm)
+                .with_context(|| format!("{field}: cannot read {}", p.wasm.display()))?;
+            let sha256 = sha256_hex(&bytes);
+            if let Some(pinned) = p.sha256.as_ref().filter(|pin| **pin != sha256) {
+                bail!(
+                    "{field}: {} has sha256 {sha256}, but policy.{name}.sha256 pins {pinned}",
+                    p.wasm.display()
+                );
+            }
+            let (component, source) = runtime.compile_cached(&bytes).with_context(|| {
+                format!(
+                    "{field}: {} is not a valid WebAssembly component",
+                    p.wasm.display()
+                )
+            })?;
             let spec = PolicySpec {
                 name: name.clone(),
                 config_json: p.config_json.clone(),
@@ -79,6 +104,27 @@ impl Gateway {
                 .load(spec, &component)
                 .await
                 .with_context(|| format!("{file}: policy.{name} ({})", p.wasm.display()))?;
+            let contract = runtime
+                .describe(&component)
+                .exports
+                .iter()
+                .find_map(|e| e.strip_prefix("sidecar:policy/handler@"))
+                .map_or_else(|| CONTRACT.to_owned(), |v| format!("sidecar:policy@{v}"));
+            infos.push(PolicyInfo {
+                name: name.clone(),
+                file: p.wasm.clone(),
+                sha256,
+                contract,
+                failure: p.failure,
+                loaded_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                compiled_from: match source {
+                    CompileSource::Memory => "memory",
+                    CompileSource::Disk => "disk",
+                    CompileSource::Compiled => "compiled",
+                },
+            });
             loaded.insert(name, policy);
         }
         let mut routes: Vec<Route> = config
@@ -100,12 +146,10 @@ impl Gateway {
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        let mut policies: Vec<Arc<Policy>> = loaded.into_values().collect();
-        policies.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(Self {
             routes,
             proxy: config.proxy,
-            policies,
+            policies: infos,
         })
     }
 

@@ -11,14 +11,18 @@
 //! - [`error`]: the one place errors become HTTP responses;
 //! - [`config`]: the TOML config, validated with errors that name file and field;
 //! - [`gateway`]: config + runtime → the routes and chains that serve requests;
+//! - [`reload`], [`admin`]: drop-in policies (file watcher, SIGHUP, `POST /reload`)
+//!   and the admin listener;
 //! - [`policy_cli`]: `sidecar policy check|call|test|new`, on `policy-harness`.
 
+pub mod admin;
 pub mod chain;
 pub mod config;
 pub mod convert;
 pub mod error;
 pub mod gateway;
 pub mod policy_cli;
+pub mod reload;
 pub mod server;
 pub mod upstream;
 

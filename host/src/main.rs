@@ -5,6 +5,7 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -161,7 +162,7 @@ fn check(file: PathBuf) -> anyhow::Result<()> {
 fn serve(file: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&file)?;
     async_runtime()?.block_on(async {
-        let sidecar = Sidecar::new(&config, Services::production(config.kv)).await?;
+        let sidecar = Arc::new(Sidecar::new(&config, Services::production(config.kv)).await?);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("{}: listen: cannot bind {}", file.display(), config.listen))?;
@@ -177,6 +178,18 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
             );
         }
         eprintln!("sidecar listening on http://{addr}");
+        if let Some(admin) = config.admin.listen {
+            let l = tokio::net::TcpListener::bind(admin)
+                .await
+                .with_context(|| format!("{}: admin.listen: cannot bind {admin}", file.display()))?;
+            eprintln!("sidecar admin on http://{} (GET /policies, POST /reload)", l.local_addr()?);
+            let router = sidecar::admin::router(sidecar.clone());
+            tokio::spawn(async move { axum::serve(l, router).await });
+        }
+        if config.reload.watch {
+            tokio::spawn(sidecar::reload::watch(sidecar.clone(), config.reload.interval));
+        }
+        tokio::spawn(reload_on_sighup(sidecar.clone()));
         sidecar.serve(listener, shutdown_signal()).await
     })
 }
@@ -186,6 +199,23 @@ fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// Reloads on each SIGHUP, the Unix convention for "re-read your config".
+async fn reload_on_sighup(sidecar: Arc<Sidecar>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let _ = sidecar.reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = sidecar;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

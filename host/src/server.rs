@@ -38,8 +38,15 @@ pub struct AppState {
 /// A ready-to-serve sidecar: runtime, gateway, and the channel to swap it.
 pub struct Sidecar {
     pub runtime: Arc<Runtime>,
-    gateway: watch::Sender<Arc<Gateway>>,
+    pub(crate) gateway: watch::Sender<Arc<Gateway>>,
     state: Arc<AppState>,
+    /// The config now applied: what reloads compare against and watch.
+    pub(crate) config: std::sync::Mutex<Config>,
+    /// One reload at a time (watcher, admin and SIGHUP may ask together).
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    pub(crate) status: std::sync::Mutex<crate::reload::ReloadStatus>,
+    /// The files as they were when the gateway now serving was loaded.
+    pub(crate) loaded: std::sync::Mutex<crate::reload::Fingerprint>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -56,17 +63,23 @@ impl Sidecar {
     /// # Errors
     /// A message naming the config file and the field or policy at fault.
     pub async fn new(config: &Config, services: Services) -> anyhow::Result<Self> {
-        let runtime = Runtime::new(config.engine, services)?;
+        let loaded = crate::reload::fingerprint_of(config);
+        let runtime =
+            Runtime::with_compile_cache(config.engine, services, config.compile_cache.clone())?;
         let gateway = Arc::new(Gateway::build(config, &runtime).await?);
         let (tx, rx) = watch::channel(gateway);
         let state = Arc::new(AppState {
             gateway: rx,
-            upstream: UpstreamClient::new(config.proxy.max_response_bytes),
+            upstream: UpstreamClient::new(),
         });
         Ok(Self {
             runtime,
             gateway: tx,
             state,
+            config: std::sync::Mutex::new(config.clone()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            status: std::sync::Mutex::new(crate::reload::ReloadStatus::default()),
+            loaded: std::sync::Mutex::new(loaded),
         })
     }
 
@@ -167,12 +180,18 @@ async fn proxy(
     // responses that the response hooks still see.
     let response = match outcome.response {
         Some(answered) => answered,
-        None => forward(state, route, &outcome.request, client)
-            .await
-            .unwrap_or_else(|error| {
-                tracing::warn!(%request_id, route = %route.name, %error, "upstream failed");
-                error.to_policy_response()
-            }),
+        None => forward(
+            state,
+            gateway.proxy.max_response_bytes,
+            route,
+            &outcome.request,
+            client,
+        )
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(%request_id, route = %route.name, %error, "upstream failed");
+            error.to_policy_response()
+        }),
     };
 
     // Response hooks, in reverse chain order.
@@ -190,6 +209,7 @@ async fn proxy(
 
 async fn forward(
     state: &AppState,
+    max_response_bytes: usize,
     route: &Route,
     request: &crate::bindings::Request,
     client: SocketAddr,
@@ -212,7 +232,10 @@ async fn forward(
         what: "request",
         detail,
     })?;
-    let (parts, body) = state.upstream.send(outgoing, route.timeout).await?;
+    let (parts, body) = state
+        .upstream
+        .send(outgoing, route.timeout, max_response_bytes)
+        .await?;
     Ok(convert::response_from_upstream(&parts, body)?)
 }
 

@@ -26,11 +26,16 @@ pub enum UpstreamError {
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, Full<Bytes>>,
-    max_response_bytes: usize,
+}
+
+impl Default for UpstreamClient {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl UpstreamClient {
-    pub fn new(max_response_bytes: usize) -> Self {
+    pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -38,13 +43,11 @@ impl UpstreamClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Self {
-            client,
-            max_response_bytes,
-        }
+        Self { client }
     }
 
-    /// Sends `req` and reads the whole response, all within `timeout`.
+    /// Sends `req` and reads the whole response (at most `max_response_bytes`),
+    /// all within `timeout`.
     ///
     /// # Errors
     /// [`UpstreamError`]: connection failure, timeout, or a response over the
@@ -53,6 +56,7 @@ impl UpstreamClient {
         &self,
         req: http::Request<Full<Bytes>>,
         timeout: Duration,
+        max_response_bytes: usize,
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
@@ -63,13 +67,13 @@ impl UpstreamClient {
                 }
             })?;
             let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, self.max_response_bytes)
+            let body = Limited::new(body, max_response_bytes)
                 .collect()
                 .await
                 .map_err(|e| {
                     if e.is::<http_body_util::LengthLimitError>() {
                         UpstreamError::ResponseTooLarge {
-                            limit: self.max_response_bytes,
+                            limit: max_response_bytes,
                         }
                     } else {
                         UpstreamError::BadResponse(format!("reading the body: {e}"))

@@ -118,3 +118,42 @@ fn policy_memory_cap_cannot_exceed_engine_maximum() {
     );
     assert!(e.contains("policy.p.memory_mb"), "{e}");
 }
+
+#[test]
+fn admin_reload_and_compile_cache_have_safe_defaults_and_can_be_turned_off() {
+    let c = parse_str(MINIMAL).unwrap();
+    assert_eq!(
+        c.admin.listen,
+        Some("127.0.0.1:9901".parse().unwrap()),
+        "admin on loopback"
+    );
+    assert!(c.reload.watch);
+    assert_eq!(c.reload.interval, Duration::from_millis(200));
+    assert_eq!(
+        c.compile_cache, None,
+        "no HOME, no XDG_CACHE_HOME: no cache"
+    );
+    let with_home = parse(MINIMAL, Path::new("/etc/sidecar/sidecar.toml"), &|name| {
+        (name == "HOME").then(|| "/home/ann".to_owned())
+    })
+    .unwrap();
+    assert_eq!(
+        with_home.compile_cache.as_deref(),
+        Some(Path::new("/home/ann/.cache/wasm-policy-sidecar"))
+    );
+
+    let off = parse_str(&format!(
+        "[admin]\nlisten = \"off\"\n[reload]\nwatch = false\n[wasm]\ncompile_cache = \"off\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(off.admin.listen, None);
+    assert!(!off.reload.watch);
+    assert_eq!(off.compile_cache, None);
+
+    let e = err(&format!("[admin]\nlisten = \"everywhere\"\n{MINIMAL}"));
+    assert!(e.contains("admin.listen"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}policies = [\"p\"]\n[policy.p]\nwasm = \"p.wasm\"\nsha256 = \"abc\"\n"
+    ));
+    assert!(e.contains("policy.p.sha256"), "{e}");
+}

@@ -156,3 +156,66 @@ async fn a_pass_through_policy_continues_unchanged() {
         Decision::Continue(_)
     ));
 }
+
+#[tokio::test]
+async fn a_sha256_pin_that_does_not_match_stops_the_load() {
+    let good = sidecar::wasm::sha256_hex(&std::fs::read(test_policies::TAG).unwrap());
+    let config = |pin: &str| {
+        format!(
+            "[[route]]\nprefix = \"/a\"\npolicies = [\"tag\"]\n[policy.tag]\nwasm = \"{}\"\nsha256 = \"{pin}\"\nconfig = {{ name = \"a\" }}\n",
+            test_policies::TAG
+        )
+    };
+    let load = |text: String| async move {
+        let config =
+            sidecar::config::parse(&text, Path::new("/cfg/sidecar.toml"), &|_| None).unwrap();
+        sidecar::server::Sidecar::new(&config, Services::production(KvLimits::default())).await
+    };
+    assert!(load(config(&good)).await.is_ok());
+    let wrong = "0".repeat(64);
+    let msg = format!("{:#}", load(config(&wrong)).await.unwrap_err());
+    assert!(msg.contains("policy.tag.sha256 pins"), "{msg}");
+    assert!(msg.contains(&good), "{msg}");
+}
+
+#[test]
+fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored() {
+    use sidecar::wasm::CompileSource;
+    let dir = std::env::temp_dir().join(format!("sidecar-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bytes = std::fs::read(test_policies::TAG).unwrap();
+    let fresh_runtime = || {
+        Runtime::with_compile_cache(
+            EngineSettings::default(),
+            Services::production(KvLimits::default()),
+            Some(dir.clone()),
+        )
+        .unwrap()
+    };
+    // First start: compiled, and written to the cache.
+    let (_, source) = fresh_runtime().compile_cached(&bytes).unwrap();
+    assert_eq!(source, CompileSource::Compiled);
+    // Same runtime again: from memory. A new one (a restart): from disk.
+    let rt = fresh_runtime();
+    assert_eq!(rt.compile_cached(&bytes).unwrap().1, CompileSource::Disk);
+    assert_eq!(rt.compile_cached(&bytes).unwrap().1, CompileSource::Memory);
+    // A damaged entry is ignored (recompiled and rewritten), never trusted.
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let mut data = std::fs::read(&entries[0]).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0xff;
+    std::fs::write(&entries[0], &data).unwrap();
+    assert_eq!(
+        fresh_runtime().compile_cached(&bytes).unwrap().1,
+        CompileSource::Compiled
+    );
+    assert_eq!(
+        fresh_runtime().compile_cached(&bytes).unwrap().1,
+        CompileSource::Disk
+    );
+}

@@ -5,4 +5,5 @@ mod chain;
 mod limits;
 mod loading;
 mod proxy;
+mod reload;
 mod support;

@@ -7,10 +7,11 @@
 //! request that caused it. The pooling allocator and `InstancePre` keep that
 //! in the tens of microseconds.
 
+mod cache;
 mod policy;
 mod state;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use anyhow::Context as _;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use self::cache::{Source as CompileSource, sha256_hex};
 pub use self::policy::{
     FailureMode, Policy, PolicyError, PolicyInstance, PolicyLimits, PolicySpec,
 };
@@ -115,6 +117,7 @@ pub struct Runtime {
     shared: Arc<SharedEngine>,
     linker: Linker<HostState>,
     services: Services,
+    cache: cache::CompileCache,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -140,6 +143,27 @@ impl Runtime {
     /// # Errors
     /// Fails if linking WASI or the capabilities fails (a programming error).
     pub fn with_engine(shared: Arc<SharedEngine>, services: Services) -> anyhow::Result<Arc<Self>> {
+        Self::build(shared, services, None)
+    }
+
+    /// A runtime with its own engine that keeps compiled components in
+    /// `cache_dir` too, so a restart with unchanged policies skips compiling.
+    ///
+    /// # Errors
+    /// As [`SharedEngine::new`].
+    pub fn with_compile_cache(
+        settings: EngineSettings,
+        services: Services,
+        cache_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Arc<Self>> {
+        Self::build(SharedEngine::new(settings)?, services, cache_dir)
+    }
+
+    fn build(
+        shared: Arc<SharedEngine>,
+        services: Services,
+        cache_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut linker = Linker::new(&shared.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
@@ -151,6 +175,7 @@ impl Runtime {
             shared,
             linker,
             services,
+            cache: cache::CompileCache::new(cache_dir),
         }))
     }
 
@@ -171,6 +196,15 @@ impl Runtime {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         self.compile(&bytes)
             .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))
+    }
+
+    /// Compiles a component, or takes it from the compile cache (memory, then
+    /// disk when the runtime has a cache directory).
+    ///
+    /// # Errors
+    /// Fails if the bytes are not a valid component for this engine.
+    pub fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<(Component, CompileSource)> {
+        self.cache.get_or_compile(&self.shared.engine, bytes)
     }
 
     /// Compiles a component from bytes (a `.wasm` component binary).

@@ -19,7 +19,7 @@ use crate::capabilities::log::LogState;
 
 /// What happens to a request when its policy fails (traps, times out, hits
 /// its memory cap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureMode {
     /// The request is answered 503: a broken auth policy must not let

@@ -1,0 +1,190 @@
+//! Drop-in policies: reloading the config and policy files without a restart.
+//!
+//! A reload builds a whole new [`Gateway`] off the request path (read,
+//! verify, compile, configure every policy) and only then swaps it in
+//! through the `watch` channel. A request reads the gateway once, so it
+//! finishes on the chain it started with; a failed reload changes nothing
+//! but the status the admin view shows.
+//!
+//! Triggers: the file watcher (polling, so an atomic `rename` into place is
+//! seen like any write; a change is applied once it has been stable for one
+//! more interval, so a copy in progress is not picked up), `POST /reload` on
+//! the admin listener, and SIGHUP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::{self, Config};
+use crate::gateway::Gateway;
+use crate::server::Sidecar;
+
+/// What the admin view reports about reloads.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// How many gateways have been swapped in since start (0: the first).
+    pub generation: u64,
+    /// Unix seconds of the last attempt, and of the last success.
+    pub last_attempt_at: Option<u64>,
+    pub last_success_at: Option<u64>,
+    /// Why the last attempt failed; `None` after a success.
+    pub last_error: Option<String>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Sidecar {
+    /// Re-reads the config file and every policy it names, and swaps the
+    /// result in if all of it is valid. Settings that only a restart can
+    /// change (listen and admin addresses, engine and store limits, compile
+    /// cache) are kept, with a warning.
+    ///
+    /// # Errors
+    /// Why the new config or a policy was refused (naming file and field);
+    /// the running gateway is unchanged.
+    pub async fn reload(&self) -> anyhow::Result<u64> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.try_reload().await;
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.last_attempt_at = Some(now_secs());
+        match &result {
+            Ok(()) => {
+                status.generation += 1;
+                status.last_success_at = status.last_attempt_at;
+                status.last_error = None;
+                tracing::info!(
+                    generation = status.generation,
+                    "reloaded: new routes and policies in service"
+                );
+            }
+            Err(e) => {
+                status.last_error = Some(format!("{e:#}"));
+                tracing::error!(error = %format!("{e:#}"), "reload refused; the running config keeps serving");
+            }
+        }
+        result.map(|()| status.generation)
+    }
+
+    async fn try_reload(&self) -> anyhow::Result<()> {
+        let path = self.current_config().source;
+        // Fingerprints are taken before reading, so a change made while
+        // this reload runs is seen as a change afterwards.
+        let config_print = fingerprint(std::slice::from_ref(&path));
+        let new = config::load(&path)?;
+        let old = self.current_config();
+        let restart_only = [
+            ("listen", old.listen != new.listen),
+            ("admin.listen", old.admin != new.admin),
+            ("[wasm] engine limits", old.engine != new.engine),
+            ("[kv]", old.kv != new.kv),
+            ("wasm.compile_cache", old.compile_cache != new.compile_cache),
+            ("[reload]", old.reload != new.reload),
+        ];
+        for (what, changed) in restart_only {
+            if changed {
+                tracing::warn!(
+                    "{}: {what} changed; it takes effect at the next restart",
+                    path.display()
+                );
+            }
+        }
+        let mut print = config_print;
+        print.extend(fingerprint(&policy_files(&new)));
+        let gateway = Gateway::build(&new, &self.runtime).await?;
+        self.gateway.send_replace(Arc::new(gateway));
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = print;
+        Ok(())
+    }
+
+    /// The config now applied.
+    pub fn current_config(&self) -> Config {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The config file and every policy file it names.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let config = self.current_config();
+        std::iter::once(config.source.clone())
+            .chain(policy_files(&config))
+            .collect()
+    }
+
+    fn loaded_fingerprint(&self) -> Fingerprint {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn policy_files(config: &Config) -> Vec<PathBuf> {
+    config.policies.values().map(|p| p.wasm.clone()).collect()
+}
+
+/// One file's identity and state: a rename into place changes the inode, a
+/// write the length or modification time.
+pub(crate) type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>;
+
+/// The fingerprint of a config and its policy files, taken before they are
+/// read for a load.
+pub(crate) fn fingerprint_of(config: &Config) -> Fingerprint {
+    let mut files = vec![config.source.clone()];
+    files.extend(policy_files(config));
+    fingerprint(&files)
+}
+
+fn fingerprint(files: &[PathBuf]) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt as _;
+    files
+        .iter()
+        .map(|f| {
+            let state = std::fs::metadata(f)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len(), m.ino()));
+            (f.clone(), state)
+        })
+        .collect()
+}
+
+/// Watches the config and policy files until the task is dropped, and
+/// reloads when they differ from what was loaded and have settled.
+pub async fn watch(sidecar: Arc<Sidecar>, interval: Duration) {
+    // Files whose reload failed: not retried until they change again.
+    let mut refused: Option<Fingerprint> = None;
+    let mut settling: Option<Fingerprint> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = fingerprint(&sidecar.watched_files());
+        if now == sidecar.loaded_fingerprint() || Some(&now) == refused.as_ref() {
+            settling = None;
+            continue;
+        }
+        if settling.as_ref() != Some(&now) {
+            // Changed since the last look: wait one more interval.
+            settling = Some(now);
+            continue;
+        }
+        tracing::info!("policy or config files changed; reloading");
+        if sidecar.reload().await.is_err() {
+            refused = Some(now);
+        }
+        settling = None;
+    }
+}
