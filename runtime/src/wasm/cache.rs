@@ -74,7 +74,7 @@ impl CompileCache {
                 let c = Component::new(engine, bytes).map_err(anyhow::Error::from)?;
                 if let Some(p) = &path {
                     // A cache that cannot be written only costs a recompile.
-                    if let Err(e) = store(engine, bytes, p) {
+                    if let Err(e) = store(&c, p) {
                         eprintln!(
                             "warning: compile cache: cannot write {}: {e:#}",
                             p.display()
@@ -101,10 +101,9 @@ fn entry_name(engine: &Engine, digest: &[u8; 32]) -> String {
     format!("{}-{:016x}.cwasm", hex(digest), h.finish())
 }
 
-fn store(engine: &Engine, bytes: &[u8], path: &Path) -> anyhow::Result<()> {
-    let artifact = engine
-        .precompile_component(bytes)
-        .map_err(anyhow::Error::from)?;
+fn store(component: &Component, path: &Path) -> anyhow::Result<()> {
+    // The component just compiled, serialized: no second compile.
+    let artifact = component.serialize().map_err(anyhow::Error::from)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut data = Vec::with_capacity(MAGIC.len() + 32 + artifact.len());
@@ -140,8 +139,8 @@ fn verified_payload(data: &[u8]) -> Option<&[u8]> {
 
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, artifact: &[u8]) -> Option<Component> {
-    // SAFETY: wasmtime requires the bytes to come from
-    // `Engine::precompile_component` of a compatible engine. They do: the
+    // SAFETY: wasmtime requires the bytes to come from `Component::serialize`
+    // (or `Engine::precompile_component`) of a compatible engine. They do: the
     // entry was written by `store` above (into the sidecar's own cache
     // directory), its checksum matched, its name carries this engine's
     // compatibility hash, and wasmtime itself checks its header (version,
