@@ -117,7 +117,10 @@ pub struct PolicyConfig {
 pub fn load(path: &Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    parse(&text, path, &|name| std::env::var(name).ok())
+    // Absolute, so the watcher and the admin view name the same file
+    // whatever the working directory.
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    parse(&text, &path, &|name| std::env::var(name).ok())
 }
 
 /// Validates config `text` as if read from `path` (relative paths resolve
