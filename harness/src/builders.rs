@@ -53,10 +53,7 @@ impl RequestBuilder {
         if name.eq_ignore_ascii_case("x-request-id") {
             self.0.headers.retain(|h| h.name != "x-request-id");
         }
-        self.0.headers.push(Header {
-            name: name.to_ascii_lowercase(),
-            value: value.to_owned(),
-        });
+        push_header(&mut self.0.headers, name, value);
         self
     }
 
@@ -124,10 +121,7 @@ pub fn response(status: u16) -> ResponseBuilder {
 impl ResponseBuilder {
     #[must_use]
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.0.headers.push(Header {
-            name: name.to_ascii_lowercase(),
-            value: value.to_owned(),
-        });
+        push_header(&mut self.0.headers, name, value);
         self
     }
 
@@ -153,4 +147,12 @@ impl From<ResponseBuilder> for Response {
     fn from(b: ResponseBuilder) -> Self {
         b.0
     }
+}
+
+/// Header names are lower-cased, as the sidecar hands them to policies.
+fn push_header(headers: &mut Vec<Header>, name: &str, value: &str) {
+    headers.push(Header {
+        name: name.to_ascii_lowercase(),
+        value: value.to_owned(),
+    });
 }

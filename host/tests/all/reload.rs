@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sidecar::capabilities::{KvLimits, MemoryKv, MemorySink, Services, SystemClock};
 use sidecar::server::Sidecar;
 use tokio::net::TcpListener;
 
@@ -35,28 +34,22 @@ fn drop_in(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
+/// Every config the tests write: no compile cache in the user's home.
+const NO_DISK_CACHE: &str = "[wasm]\ncompile_cache = \"off\"\n";
+
 async fn start(dir: PathBuf, config: &str, upstream: &Upstream, watch: bool) -> Live {
+    let config = if config.starts_with(NO_DISK_CACHE) {
+        config.to_owned()
+    } else {
+        format!("{NO_DISK_CACHE}{config}")
+    };
     drop_in(
         &dir,
         "sidecar.toml",
         config.replace("{UPSTREAM}", &upstream.url()).as_bytes(),
     );
     let config = sidecar::config::load(&dir.join("sidecar.toml")).unwrap();
-    let services = Services {
-        kv: Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default())),
-        clock: Arc::new(SystemClock),
-        log: Arc::new(MemorySink::default()),
-    };
-    let sidecar = Arc::new(Sidecar::new(&config, services).await.unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let serving = sidecar.clone();
-    tokio::spawn(async move {
-        serving
-            .serve(listener, std::future::pending())
-            .await
-            .unwrap()
-    });
+    let (base, _, sidecar) = crate::support::serve(&config).await;
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = format!("http://{}", admin_listener.local_addr().unwrap());
     let router = sidecar::admin::router(sidecar.clone());
@@ -259,7 +252,7 @@ async fn config_edits_apply_on_reload_and_invalid_edits_are_refused_naming_the_f
     let tag = test_policies::TAG;
     let config = |policies: &str, b_name: &str, extra: &str| {
         format!(
-            "[[route]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"{{UPSTREAM}}\"\npolicies = {policies}\n{extra}\n\
+            "{NO_DISK_CACHE}[[route]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"{{UPSTREAM}}\"\npolicies = {policies}\n{extra}\n\
              [policy.a]\nwasm = \"{tag}\"\nconfig = {{ name = \"a\" }}\n\
              [policy.b]\nwasm = \"{tag}\"\nconfig = {{ name = \"{b_name}\" }}\n"
         )

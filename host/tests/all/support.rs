@@ -91,13 +91,20 @@ pub async fn start(toml: &str, upstream: &Upstream) -> Running {
         .replace("{LOGGING}", test_policies::LOGGING)
         .replace("{CACHE}", test_policies::CACHE);
     let config = sidecar::config::parse(&text, Path::new("/test/sidecar.toml"), &|_| None).unwrap();
+    let (base, logs, _) = serve(&config).await;
+    Running { base, logs }
+}
+
+/// Serves `config` on a free port, with logs captured: the base URL, the
+/// log lines, and the sidecar (to reload it, or serve its admin router).
+pub async fn serve(config: &sidecar::config::Config) -> (String, Arc<MemorySink>, Arc<Sidecar>) {
     let logs = Arc::new(MemorySink::default());
     let services = Services {
         kv: Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default())),
         clock: Arc::new(SystemClock),
         log: logs.clone(),
     };
-    let sidecar = Arc::new(Sidecar::new(&config, services).await.unwrap());
+    let sidecar = Arc::new(Sidecar::new(config, services).await.unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let serving = sidecar.clone();
@@ -107,7 +114,7 @@ pub async fn start(toml: &str, upstream: &Upstream) -> Running {
             .await
             .unwrap()
     });
-    Running { base, logs }
+    (base, logs, sidecar)
 }
 
 pub fn client() -> reqwest::Client {
