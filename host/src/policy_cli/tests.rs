@@ -14,7 +14,10 @@ fn repo(rel: &str) -> PathBuf {
 }
 
 fn check_err(bytes: &[u8]) -> String {
-    let path = scratch("check").join("p.wasm");
+    // Tests run in parallel: each call gets its own folder.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = scratch(&format!("check-{n}")).join("p.wasm");
     std::fs::write(&path, bytes).unwrap();
     let msg = format!("{:#}", check(&path).unwrap_err());
     assert_eq!(msg.lines().count(), 1, "one line: {msg}");
