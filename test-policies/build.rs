@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Components the tests use: (constant name, file stem).
-const POLICIES: [(&str, &str); 5] = [
+const POLICIES: [(&str, &str); 6] = [
     ("AUTH", "auth"),
     ("LOGGING", "logging"),
     ("CACHE", "cache"),
     ("TAG", "tag"),
     ("HOSTILE", "hostile"),
+    ("NOOP", "noop"),
 ];
 
 fn main() {

@@ -4,7 +4,7 @@
 //! the cache policy's storage). Every policy gets its own namespace (its name
 //! in the sidecar config): one policy cannot read or overwrite another's keys.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,10 +71,62 @@ pub struct MemoryKv {
     inner: Mutex<Inner>,
 }
 
+type Key = (String, String);
+
+/// The entries plus two indexes, so a full store finds what to evict in
+/// O(log n): a cache under a miss-heavy load is full all the time.
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<(String, String), Entry>,
+    entries: HashMap<Key, Entry>,
+    /// Insertion order: the oldest entry is evicted first.
+    by_seq: BTreeMap<u64, Key>,
+    /// (expiry, seq) of entries with a TTL: expired entries go before live ones.
+    by_expiry: BTreeSet<(u64, u64)>,
     next_seq: u64,
+}
+
+impl Inner {
+    fn remove(&mut self, key: &Key) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        self.by_seq.remove(&entry.seq);
+        if let Some(at) = entry.expires_at {
+            self.by_expiry.remove(&(at, entry.seq));
+        }
+        Some(entry)
+    }
+
+    fn insert(&mut self, key: Key, value: Vec<u8>, expires_at: Option<u64>) {
+        self.remove(&key);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_seq.insert(seq, key.clone());
+        if let Some(at) = expires_at {
+            self.by_expiry.insert((at, seq));
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                value,
+                expires_at,
+                seq,
+            },
+        );
+    }
+
+    /// Makes room for one entry: an expired one if there is one, else the
+    /// oldest.
+    fn evict_one(&mut self, now: u64) {
+        let seq = match self.by_expiry.first() {
+            Some(&(at, seq)) if at <= now => seq,
+            _ => match self.by_seq.first_key_value() {
+                Some((&seq, _)) => seq,
+                None => return,
+            },
+        };
+        if let Some(key) = self.by_seq.get(&seq).cloned() {
+            self.remove(&key);
+        }
+    }
 }
 
 impl MemoryKv {
@@ -89,7 +141,7 @@ impl MemoryKv {
     /// Number of live (unexpired) entries.
     pub fn len(&self) -> usize {
         let now = self.clock.now_micros();
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.lock();
         inner.entries.values().filter(|e| !e.expired(now)).count()
     }
 
@@ -99,7 +151,8 @@ impl MemoryKv {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave an entry half-written
-        // (every mutation is a single map operation), so the data stays valid.
+        // (every mutation completes before the next can panic), so the data
+        // stays valid.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -118,7 +171,7 @@ impl KvStore for MemoryKv {
         match inner.entries.get(&k) {
             Some(e) if !e.expired(now) => Some(e.value.clone()),
             Some(_) => {
-                inner.entries.remove(&k);
+                inner.remove(&k);
                 None
             }
             None => None,
@@ -151,38 +204,15 @@ impl KvStore for MemoryKv {
         let mut inner = self.lock();
         let k = (namespace.to_owned(), key.to_owned());
         if !inner.entries.contains_key(&k) && inner.entries.len() >= self.limits.max_entries {
-            inner.entries.retain(|_, e| !e.expired(now));
-            if inner.entries.len() >= self.limits.max_entries {
-                // Full of live entries: drop the oldest. O(n), but only when
-                // the store is at capacity.
-                if let Some(oldest) = inner
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.seq)
-                    .map(|(k, _)| k.clone())
-                {
-                    inner.entries.remove(&oldest);
-                }
-            }
+            inner.evict_one(now);
         }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        inner.entries.insert(
-            k,
-            Entry {
-                value,
-                expires_at,
-                seq,
-            },
-        );
+        inner.insert(k, value, expires_at);
         Ok(())
     }
 
     fn delete(&self, namespace: &str, key: &str) -> bool {
         let now = self.clock.now_micros();
-        let mut inner = self.lock();
-        inner
-            .entries
+        self.lock()
             .remove(&(namespace.to_owned(), key.to_owned()))
             .is_some_and(|e| !e.expired(now))
     }
@@ -293,6 +323,42 @@ mod tests {
         assert_eq!(kv.get("p", "old"), None, "then the oldest live entry");
         assert_eq!(kv.get("p", "newest"), Some(vec![4]));
         assert_eq!(kv.len(), 2);
+    }
+
+    #[test]
+    fn expired_entries_are_evicted_before_older_live_ones() {
+        let limits = KvLimits {
+            max_entries: 2,
+            ..KvLimits::default()
+        };
+        let (clock, kv) = store(limits);
+        kv.set("p", "old-live", vec![1], None).unwrap();
+        kv.set("p", "newer-expiring", vec![2], Some(Duration::from_secs(1)))
+            .unwrap();
+        clock.advance(Duration::from_secs(2));
+        kv.set("p", "new", vec![3], None).unwrap();
+        assert_eq!(kv.get("p", "old-live"), Some(vec![1]));
+        assert_eq!(kv.get("p", "new"), Some(vec![3]));
+    }
+
+    #[test]
+    fn overwriting_keeps_the_indexes_consistent_under_churn() {
+        let limits = KvLimits {
+            max_entries: 8,
+            ..KvLimits::default()
+        };
+        let (clock, kv) = store(limits);
+        for i in 0..1_000u64 {
+            let ttl = (i % 3 == 0).then(|| Duration::from_millis(i % 7));
+            kv.set("p", &format!("k{}", i % 13), vec![i as u8], ttl)
+                .unwrap();
+            clock.advance(Duration::from_millis(1));
+            let inner = kv.lock();
+            assert!(inner.entries.len() <= 8);
+            assert_eq!(inner.by_seq.len(), inner.entries.len());
+            let with_ttl = inner.entries.values().filter(|e| e.expires_at.is_some());
+            assert_eq!(inner.by_expiry.len(), with_ttl.count());
+        }
     }
 
     #[test]
