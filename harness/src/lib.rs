@@ -180,6 +180,7 @@ impl Harness {
             config_json: config.to_string(),
             failure: FailureMode::Closed,
             limits: self.limits,
+            instances: Default::default(),
         };
         let policy = self
             .rt

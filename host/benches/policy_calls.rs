@@ -22,7 +22,7 @@ use sidecar::capabilities::{
 };
 use sidecar::chain::Chain;
 use sidecar::convert;
-use sidecar::wasm::{EngineSettings, FailureMode, PolicyLimits, PolicySpec, Runtime};
+use sidecar::wasm::{EngineSettings, FailureMode, Instances, PolicyLimits, PolicySpec, Runtime};
 
 const SECRET: &str = "bench-secret";
 
@@ -150,6 +150,16 @@ impl Fixture {
 }
 
 async fn policy(runtime: &Arc<Runtime>, wasm: &str, name: &str, config: serde_json::Value) -> Chain {
+    policy_with(runtime, wasm, name, config, Instances::Fresh).await
+}
+
+async fn policy_with(
+    runtime: &Arc<Runtime>,
+    wasm: &str,
+    name: &str,
+    config: serde_json::Value,
+    instances: Instances,
+) -> Chain {
     let component = runtime
         .compile_file(std::path::Path::new(wasm))
         .expect("compiling a bench policy");
@@ -158,6 +168,7 @@ async fn policy(runtime: &Arc<Runtime>, wasm: &str, name: &str, config: serde_js
         config_json: config.to_string(),
         failure: FailureMode::Closed,
         limits: PolicyLimits::default(),
+        instances,
     };
     let policy = runtime.load(spec, &component).await.expect("loading a bench policy");
     Chain::new(vec![policy])
@@ -185,6 +196,28 @@ async fn cases(runtime: &Arc<Runtime>) -> Vec<Case> {
         Case {
             name: "auth/request (valid HS256 token)",
             chain: policy(runtime, test_policies::AUTH, "auth", auth.clone()).await,
+            hooks: Hooks::Request,
+            unique_path: false,
+            expect_status: 0,
+        },
+        Case {
+            name: "noop/request, reused instance",
+            chain: policy_with(runtime, test_policies::NOOP, "noop", json!({}), Instances::Reuse)
+                .await,
+            hooks: Hooks::Request,
+            unique_path: false,
+            expect_status: 0,
+        },
+        Case {
+            name: "auth/request, reused instance",
+            chain: policy_with(
+                runtime,
+                test_policies::AUTH,
+                "auth",
+                auth.clone(),
+                Instances::Reuse,
+            )
+            .await,
             hooks: Hooks::Request,
             unique_path: false,
             expect_status: 0,

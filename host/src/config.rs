@@ -14,6 +14,7 @@
 //! [policy.auth]
 //! wasm = "policies/auth.wasm"         # relative to this file
 //! failure = "closed"                  # or "open"
+//! instances = "fresh"                 # or "reuse" (see `Instances`)
 //! config = { secret = "${JWT_SECRET:-Secreto}" }
 //! ```
 
@@ -27,7 +28,7 @@ use http::Uri;
 use serde::Deserialize;
 
 use crate::capabilities::KvLimits;
-use crate::wasm::{EngineSettings, FailureMode, PolicyLimits};
+use crate::wasm::{EngineSettings, FailureMode, Instances, PolicyLimits};
 
 /// A validated config. Paths are absolute (resolved against the file's folder).
 #[derive(Debug, Clone)]
@@ -104,6 +105,7 @@ pub struct PolicyConfig {
     pub wasm: PathBuf,
     pub failure: FailureMode,
     pub limits: PolicyLimits,
+    pub instances: Instances,
     /// The policy's `config` table as a JSON object, env references expanded.
     pub config_json: String,
     /// If set, the file must have this sha256 (lower-case hex) to load.
@@ -220,6 +222,8 @@ struct RawPolicy {
     wasm: PathBuf,
     #[serde(default)]
     failure: FailureMode,
+    #[serde(default)]
+    instances: Instances,
     deadline_ms: Option<u64>,
     memory_mb: Option<usize>,
     sha256: Option<String>,
@@ -315,6 +319,7 @@ fn validate(
                 wasm: base.join(&p.wasm),
                 failure: p.failure,
                 limits,
+                instances: p.instances,
                 config_json: json.to_string(),
                 sha256,
             },

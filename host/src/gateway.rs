@@ -99,6 +99,7 @@ impl Gateway {
                 config_json: p.config_json.clone(),
                 failure: p.failure,
                 limits: p.limits,
+                instances: p.instances,
             };
             let policy = runtime
                 .load(spec, &component)

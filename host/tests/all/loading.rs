@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use sidecar::bindings::{Decision, Request};
 use sidecar::capabilities::{KvLimits, Services};
-use sidecar::wasm::{EngineSettings, FailureMode, PolicyError, PolicyLimits, PolicySpec, Runtime};
+use sidecar::bindings::Response;
+use sidecar::capabilities::MemorySink;
+use sidecar::wasm::{
+    EngineSettings, FailureMode, Instances, PolicyError, PolicyLimits, PolicySpec, REUSE_MAX_USES,
+    Runtime,
+};
 
 fn runtime() -> Arc<Runtime> {
     Runtime::new(
@@ -25,6 +30,7 @@ fn spec(name: &str, config: serde_json::Value) -> PolicySpec {
             deadline: Duration::from_millis(100),
             memory_bytes: 16 * 1024 * 1024,
         },
+        instances: Instances::Fresh,
     }
 }
 
@@ -218,4 +224,94 @@ fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored(
         fresh_runtime().compile_cached(&bytes).unwrap().1,
         CompileSource::Disk
     );
+}
+
+/// Runs `n` requests through the tag fixture, one after the other, and
+/// returns what each response's `x-instance-served` said.
+async fn served_counts(instances: Instances, n: usize) -> Vec<String> {
+    let rt = runtime();
+    let component = rt.compile_file(Path::new(test_policies::TAG)).unwrap();
+    let mut spec = spec("tag", serde_json::json!({ "name": "t" }));
+    spec.instances = instances;
+    let policy = rt.load(spec, &component).await.unwrap();
+    let mut counts = Vec::new();
+    for _ in 0..n {
+        let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
+        instance.on_request(&request()).await.unwrap();
+        let resp = Response {
+            status: 200,
+            headers: vec![],
+            body: vec![],
+        };
+        let resp = instance.on_response(&request(), &resp).await.unwrap();
+        let served = resp.headers.iter().find(|h| h.name == "x-instance-served");
+        counts.push(served.expect("tag sets it").value.clone());
+    }
+    counts
+}
+
+#[tokio::test]
+async fn fresh_instances_share_nothing_between_requests() {
+    assert_eq!(served_counts(Instances::Fresh, 3).await, ["1", "1", "1"]);
+}
+
+#[tokio::test]
+async fn reused_instances_keep_their_state_and_are_replaced_after_max_uses() {
+    let counts = served_counts(Instances::Reuse, REUSE_MAX_USES as usize + 2).await;
+    assert_eq!(counts[..3], ["1", "2", "3"]);
+    let last = REUSE_MAX_USES as usize - 1;
+    assert_eq!(counts[last], REUSE_MAX_USES.to_string());
+    assert_eq!(counts[last + 1..], ["1", "2"], "a new instance after max uses");
+}
+
+#[tokio::test]
+async fn a_failed_instance_is_never_reused() {
+    let rt = runtime();
+    let component = rt.compile_file(Path::new(test_policies::HOSTILE)).unwrap();
+    let mut spec = spec(
+        "hostile",
+        serde_json::json!({ "mode": "trap", "hook": "response" }),
+    );
+    spec.instances = Instances::Reuse;
+    let policy = rt.load(spec, &component).await.unwrap();
+    for _ in 0..3 {
+        let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
+        // A reused instance would be refused as "already failed".
+        instance.on_request(&request()).await.unwrap();
+        let resp = Response {
+            status: 200,
+            headers: vec![],
+            body: vec![],
+        };
+        let err = instance.on_response(&request(), &resp).await.unwrap_err();
+        assert!(err.to_string().contains("trapped on purpose"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_reused_instance_logs_with_the_current_request_id() {
+    let sink = Arc::new(MemorySink::default());
+    let mut services = Services::production(KvLimits::default());
+    services.log = sink.clone();
+    let rt = Runtime::new(EngineSettings::default(), services).unwrap();
+    let component = rt.compile_file(Path::new(test_policies::LOGGING)).unwrap();
+    let mut spec = spec("logging", serde_json::json!({}));
+    spec.instances = Instances::Reuse;
+    let policy = rt.load(spec, &component).await.unwrap();
+    for id in ["first", "second"] {
+        let mut instance = policy.instantiate(&"r".into(), &id.into()).await.unwrap();
+        instance.on_request(&request()).await.unwrap();
+        let resp = Response {
+            status: 200,
+            headers: vec![],
+            body: vec![],
+        };
+        instance.on_response(&request(), &resp).await.unwrap();
+    }
+    let ids: Vec<String> = sink
+        .records()
+        .iter()
+        .map(|r| r.request_id.to_string())
+        .collect();
+    assert_eq!(ids, ["first", "second"]);
 }

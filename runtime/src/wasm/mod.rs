@@ -22,7 +22,8 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 pub use self::cache::{Source as CompileSource, sha256_hex};
 pub use self::policy::{
-    FailureMode, Policy, PolicyError, PolicyInstance, PolicyLimits, PolicySpec,
+    FailureMode, Instances, Policy, PolicyError, PolicyInstance, PolicyLimits, PolicySpec,
+    REUSE_MAX_USES,
 };
 pub use self::state::HostState;
 use crate::capabilities::{self, Services};

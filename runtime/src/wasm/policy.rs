@@ -1,6 +1,6 @@
 //! A loaded policy ([`Policy`]) and its per-request instance ([`PolicyInstance`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,6 +30,29 @@ pub enum FailureMode {
     Open,
 }
 
+/// Whether a request gets a fresh instance or may reuse one that served
+/// earlier requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Instances {
+    /// A new instance per request: nothing a policy keeps in its globals or
+    /// its heap can reach another request. The default.
+    #[default]
+    Fresh,
+    /// Instances are kept after a request and reused, already configured,
+    /// for up to [`REUSE_MAX_USES`] requests. Several times faster, but the
+    /// policy's globals and heap carry over from one request (and user) to
+    /// the next: only for policies written to keep no per-request state.
+    /// An instance that failed in any way is never reused.
+    Reuse,
+}
+
+/// Requests one reused instance serves before it is replaced, so a slow
+/// leak or a fragmented heap in a policy cannot grow without bound.
+pub const REUSE_MAX_USES: u32 = 1_000;
+/// Idle instances kept per policy (the rest are dropped).
+const REUSE_MAX_IDLE: usize = 64;
+
 /// Limits applied to every call into one policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyLimits {
@@ -57,6 +80,7 @@ pub struct PolicySpec {
     pub config_json: String,
     pub failure: FailureMode,
     pub limits: PolicyLimits,
+    pub instances: Instances,
 }
 
 /// Why a call into a policy failed. The detail is for logs, never clients.
@@ -84,7 +108,11 @@ pub struct Policy {
     pre: bindings::PolicyPre<HostState>,
     runtime: Arc<Runtime>,
     deadline_ticks: u64,
+    /// Idle instances, with [`Instances::Reuse`].
+    idle: Option<Arc<IdlePool>>,
 }
+
+type IdlePool = Mutex<Vec<Warm>>;
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,6 +135,7 @@ impl Policy {
             runtime.settings().max_memory_bytes
         );
         let pre = pre_instantiate(runtime.linker(), component)?;
+        let spec_reuse = spec.instances;
         // +1: the current tick may be about to end.
         let deadline_ticks = (spec.limits.deadline.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1;
         let policy = Arc::new(Self {
@@ -115,6 +144,7 @@ impl Policy {
             pre,
             runtime,
             deadline_ticks,
+            idle: (spec_reuse == Instances::Reuse).then(Default::default),
         });
         // Validate the config now, so a refused config stops the load
         // instead of failing every request.
@@ -137,7 +167,8 @@ impl Policy {
         self.spec.failure
     }
 
-    /// A fresh instance for one request, already configured.
+    /// An instance for one request, already configured: a fresh one, or
+    /// with [`Instances::Reuse`] an idle one when there is one.
     ///
     /// # Errors
     /// [`PolicyError`] if instantiation fails (e.g. the instance pool is
@@ -147,12 +178,32 @@ impl Policy {
         route: &Arc<str>,
         request_id: &Arc<str>,
     ) -> Result<PolicyInstance, PolicyError> {
-        let services = self.runtime.services();
         let caller = Caller {
             policy: self.name.clone(),
             route: route.clone(),
             request_id: request_id.clone(),
         };
+        let reused = self
+            .idle
+            .as_ref()
+            .and_then(|idle| idle.lock().unwrap_or_else(|e| e.into_inner()).pop());
+        if let Some(mut warm) = reused {
+            // Log lines of this request carry this request's id.
+            warm.store.data_mut().log.caller = caller;
+            return Ok(PolicyInstance {
+                policy: self.name.clone(),
+                limits: self.spec.limits,
+                deadline_ticks: self.deadline_ticks,
+                warm: Some(warm),
+                poisoned: false,
+                idle: self.idle.clone(),
+            });
+        }
+        self.fresh(caller).await
+    }
+
+    async fn fresh(&self, caller: Caller) -> Result<PolicyInstance, PolicyError> {
+        let services = self.runtime.services();
         // Panic messages land here, to be logged with the trap.
         let stderr = MemoryOutputPipe::new(4096);
         let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
@@ -195,17 +246,21 @@ impl Policy {
             policy: self.name.clone(),
             limits: self.spec.limits,
             deadline_ticks: self.deadline_ticks,
-            store,
-            bindings,
-            stderr,
+            warm: Some(Warm {
+                store,
+                bindings,
+                stderr,
+                uses: 0,
+            }),
             poisoned: false,
+            idle: self.idle.clone(),
         };
         let config = self.spec.config_json.as_str();
-        instance.enter()?;
-        let configured = instance
+        let warm = instance.enter()?;
+        let configured = warm
             .bindings
             .sidecar_policy_handler()
-            .call_configure(&mut instance.store, config)
+            .call_configure(&mut warm.store, config)
             .await;
         instance
             .outcome(configured)?
@@ -236,16 +291,44 @@ pub(super) fn pre_instantiate(
         })
 }
 
-/// One policy's instance for one request. Dropping it frees the slot.
+/// One policy's instance for one request. Dropping it frees the slot, or
+/// with [`Instances::Reuse`] parks it for a later request.
 pub struct PolicyInstance {
     policy: Arc<str>,
     limits: PolicyLimits,
     deadline_ticks: u64,
+    /// Always `Some` until dropped.
+    warm: Option<Warm>,
+    /// Set after a failed call: a trapped instance must not be entered again.
+    poisoned: bool,
+    /// Where to park it when dropped, with [`Instances::Reuse`].
+    idle: Option<Arc<IdlePool>>,
+}
+
+/// An instantiated and configured component, with what it needs to be
+/// called again.
+struct Warm {
     store: Store<HostState>,
     bindings: bindings::Policy,
     stderr: MemoryOutputPipe,
-    /// Set after a failed call: a trapped instance must not be entered again.
-    poisoned: bool,
+    /// Request hooks called so far (the instance that validated the
+    /// config at load time serves the first request, as if fresh).
+    uses: u32,
+}
+
+impl Drop for PolicyInstance {
+    fn drop(&mut self) {
+        let (Some(idle), Some(warm)) = (self.idle.take(), self.warm.take()) else {
+            return;
+        };
+        if self.poisoned || warm.uses >= REUSE_MAX_USES || !warm.stderr.contents().is_empty() {
+            return;
+        }
+        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < REUSE_MAX_IDLE {
+            idle.push(warm);
+        }
+    }
 }
 
 impl PolicyInstance {
@@ -258,11 +341,12 @@ impl PolicyInstance {
     /// # Errors
     /// [`PolicyError`] if the hook traps, times out or hits the memory cap.
     pub async fn on_request(&mut self, req: &Request) -> Result<Decision, PolicyError> {
-        self.enter()?;
-        let result = self
+        let warm = self.enter()?;
+        warm.uses += 1;
+        let result = warm
             .bindings
             .sidecar_policy_handler()
-            .call_on_request(&mut self.store, req)
+            .call_on_request(&mut warm.store, req)
             .await;
         self.outcome(result)
     }
@@ -276,33 +360,36 @@ impl PolicyInstance {
         req: &Request,
         resp: &Response,
     ) -> Result<Response, PolicyError> {
-        self.enter()?;
-        let result = self
+        let warm = self.enter()?;
+        let result = warm
             .bindings
             .sidecar_policy_handler()
-            .call_on_response(&mut self.store, req, resp)
+            .call_on_response(&mut warm.store, req, resp)
             .await;
         self.outcome(result)
     }
 
     /// Readies the store for a call: refuses a trapped instance, and gives
     /// the call the whole deadline, measured from its own start.
-    fn enter(&mut self) -> Result<(), PolicyError> {
-        if self.poisoned {
-            return Err(PolicyError::Trapped {
+    fn enter(&mut self) -> Result<&mut Warm, PolicyError> {
+        match &mut self.warm {
+            Some(warm) if !self.poisoned => {
+                warm.store.set_epoch_deadline(self.deadline_ticks);
+                Ok(warm)
+            }
+            _ => Err(PolicyError::Trapped {
                 policy: self.policy.clone(),
                 detail: "instance already failed in an earlier hook".into(),
-            });
+            }),
         }
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        Ok(())
     }
 
     /// Classifies a failed call, and poisons the instance after one.
     fn outcome<R>(&mut self, result: wasmtime::Result<R>) -> Result<R, PolicyError> {
         result.map_err(|e| {
             self.poisoned = true;
-            classify(&self.policy, &self.limits, &self.store, &self.stderr, e)
+            let warm = self.warm.as_ref().expect("present until dropped");
+            classify(&self.policy, &self.limits, &warm.store, &warm.stderr, e)
         })
     }
 }
