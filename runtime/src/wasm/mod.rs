@@ -92,15 +92,18 @@ impl SharedEngine {
             .max_memories_per_component(2)
             // One fiber stack per instance in flight (async calls run on one).
             .total_stacks(settings.max_instances)
-            .max_memory_size(settings.max_memory_bytes)
+            .max_memory_size(settings.max_memory_bytes);
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
             // Reset a freed slot by rewriting only the pages the instance
-            // touched (found with the PAGEMAP_SCAN ioctl where the kernel
-            // has it) instead of an `madvise` per memory and table: a
-            // per-request instance dirties a few pages, and the syscalls
-            // were most of the cost of a call.
-            .pagemap_scan(Enabled::Auto)
-            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
-            .table_keep_resident(KEEP_RESIDENT_BYTES);
+            // touched (found with the PAGEMAP_SCAN ioctl, Linux 6.7+)
+            // instead of an `madvise` per memory and table: a per-request
+            // instance dirties a few pages, and those syscalls were half the
+            // cost of a call (BENCHMARKS.md). Without the ioctl, keeping
+            // memory resident would mean a memset of all of it: keep madvise.
+            pool.pagemap_scan(Enabled::Yes)
+                .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+                .table_keep_resident(KEEP_RESIDENT_BYTES);
+        }
         let mut config = Config::new();
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
