@@ -22,6 +22,9 @@ bash scripts/build-python-policies.sh
 echo "==> host, harness, services and end-to-end tests"
 # Release: the same build as the demo, and wasm compiles fast in it.
 cargo test --release --workspace
+# The call benchmark in test mode: each case once, checking it measures the
+# path its name says (timing is `cargo bench`, see BENCHMARKS.md).
+cargo test --release -p sidecar --bench policy_calls
 
 echo "==> Python policy in the harness and in the demo chain"
 cargo test --release -p e2e -- --ignored

@@ -4,10 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sidecar::bindings::{Decision, Request};
-use sidecar::capabilities::{KvLimits, Services};
 use sidecar::bindings::Response;
+use sidecar::bindings::{Decision, Request};
 use sidecar::capabilities::MemorySink;
+use sidecar::capabilities::{KvLimits, Services};
 use sidecar::wasm::{
     EngineSettings, FailureMode, Instances, PolicyError, PolicyLimits, PolicySpec, REUSE_MAX_USES,
     Runtime,
@@ -261,7 +261,11 @@ async fn reused_instances_keep_their_state_and_are_replaced_after_max_uses() {
     assert_eq!(counts[..3], ["1", "2", "3"]);
     let last = REUSE_MAX_USES as usize - 1;
     assert_eq!(counts[last], REUSE_MAX_USES.to_string());
-    assert_eq!(counts[last + 1..], ["1", "2"], "a new instance after max uses");
+    assert_eq!(
+        counts[last + 1..],
+        ["1", "2"],
+        "a new instance after max uses"
+    );
 }
 
 #[tokio::test]

@@ -13,7 +13,9 @@ use sidecar::policy::clock;
 use sidecar::policy::log::{self, Field, Level, Value};
 use sidecar::policy::types::Header;
 
-/// Per-instance state; every request gets a fresh instance.
+/// Per-instance state. `on_request` sets `started_micros` before anything
+/// reads it, so an instance reused across requests (`instances = "reuse"`)
+/// never reports another request's start.
 struct State {
     config: Option<Config>,
     started_micros: Option<u64>,
