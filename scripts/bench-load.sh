@@ -2,7 +2,7 @@
 # The end-to-end load benchmark in one command: installs wrk and nginx
 # (Debian packages) if missing, builds everything in release mode, then runs
 # scripts/bench_load.py (direct vs nginx vs the sidecar, side by side).
-# Needs 2+ CPUs; about 3 minutes with the defaults (BENCH_SECONDS=10,
+# Needs 2+ CPUs; about 3 minutes once built, with the defaults (BENCH_SECONDS=10,
 # BENCH_CONNS="32 64"). The table is printed and kept in target/bench-load.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +25,13 @@ if [ "$(nproc)" -lt 2 ]; then
 fi
 
 build_plugins
-echo "==> building the sidecar and user-service (release)"
-cargo build --release --workspace
-echo "==> running (BENCH_SECONDS=${BENCH_SECONDS:-10}, BENCH_CONNS=\"${BENCH_CONNS:-32 64}\")"
+PROFILE="${BENCH_PROFILE:-release}"
+echo "==> building the sidecar and user-service (profile $PROFILE)"
+if [ "$PROFILE" = release ]; then
+  # The whole workspace, as scripts/test.sh builds it: nothing rebuilt after the tests.
+  cargo build --release --workspace
+else
+  cargo build --profile "$PROFILE" -p sidecar -p user-service
+fi
+echo "==> running (BENCH_SECONDS=${BENCH_SECONDS:-10}, BENCH_CONNS=\"${BENCH_CONNS:-32 64}\", BENCH_PROFILE=$PROFILE)"
 python3 scripts/bench_load.py

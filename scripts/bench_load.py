@@ -19,7 +19,8 @@ with a warm compile cache. Everything it starts, it stops; every loop is
 bounded in time; it talks to loopback only.
 
 Environment: BENCH_SECONDS (default 10) per measured run, BENCH_CONNS
-(default "32 64").
+(default "32 64"), BENCH_PROFILE (default "release": the cargo profile whose
+binaries are measured; "dist" adds thin LTO).
 """
 
 import json
@@ -35,7 +36,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+PROFILE = os.environ.get("BENCH_PROFILE", "release")
+BIN = os.path.join(ROOT, "target", PROFILE)
 WASM = os.path.join(ROOT, "plugins", "target", "wasm32-wasip2", "release")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 CONNS = [int(c) for c in os.environ.get("BENCH_CONNS", "32 64").split()]
@@ -301,6 +303,7 @@ def run(tmp, cache_env, lua):
     peak = {key: rss_kb(pid, "VmHWM") for key, pid in pids.items()}
 
     lines = [
+        f"binaries: target/{PROFILE}; "
         f"wrk -t1, {SECONDS} s per run after {WARMUP_SECONDS} s of warm-up; wrk on CPU {LOADGEN_CPU}, "
         f"servers on CPU {SERVER_CPU}; GET /profile with a bearer token.",
         "",
