@@ -22,6 +22,7 @@ use sidecar::bindings::Response;
 use sidecar::capabilities::{Clock, KvLimits, LogRecord, LogSink, MemoryKv, Services, SystemClock};
 use sidecar::chain::Chain;
 use sidecar::convert;
+use sidecar::metrics::Metrics;
 use sidecar::wasm::{EngineSettings, FailureMode, Instances, PolicyLimits, PolicySpec, Runtime};
 
 const SECRET: &str = "bench-secret";
@@ -63,6 +64,8 @@ struct Fixture {
     token: String,
     upstream: (http::response::Parts, Bytes),
     counter: AtomicU64,
+    /// Recorded as in the sidecar: its cost is part of a call's.
+    metrics: Metrics,
 }
 
 impl Fixture {
@@ -95,6 +98,7 @@ impl Fixture {
             token,
             upstream: (parts, body),
             counter: AtomicU64::new(0),
+            metrics: Metrics::new(),
         }
     }
 
@@ -128,7 +132,7 @@ impl Fixture {
         let request = convert::request_from_http(&parts, body, &self.route, self.client).unwrap();
         let outcome = case
             .chain
-            .on_request(request, &self.route, &self.request_id)
+            .on_request(request, &self.route, &self.request_id, &self.metrics)
             .await;
         let response = match (case.hooks, outcome.response) {
             (Hooks::Request, Some(answered)) => answered,
@@ -137,7 +141,7 @@ impl Fixture {
                 let response = answered.unwrap_or_else(|| self.upstream_response());
                 outcome
                     .entered
-                    .on_response(&outcome.request, response, &self.request_id)
+                    .on_response(&outcome.request, response, &self.request_id, &self.metrics)
                     .await
             }
         };

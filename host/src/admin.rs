@@ -1,16 +1,23 @@
-//! The admin listener (loopback by default): what is loaded, how the last
-//! reload went, and a way to trigger one.
+//! The admin listener (loopback by default): health, readiness, metrics,
+//! what is loaded, how the last reload went, and a way to trigger one.
 //!
+//! - `GET /healthz`: the process is up (200 from the moment it listens).
+//! - `GET /readyz`: 200 once every policy is loaded, 503 while loading and
+//!   again once shutdown has begun (so a load balancer stops sending traffic).
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text), see [`crate::metrics`].
 //! - `GET /policies`: routes and their policy chains, each policy's file,
 //!   sha256, contract version, load time; the reload status.
 //! - `POST /reload`: reload now; 200 with the new generation, or 422 with
 //!   why it was refused (the running config keeps serving).
-//! - `GET /healthz`: the process is up.
+//!
+//! It listens before the policies are loaded, so probes get an answer during
+//! a slow start (a Python policy compiles for seconds).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,21 +25,102 @@ use serde_json::json;
 
 use crate::server::Sidecar;
 
-pub fn router(sidecar: Arc<Sidecar>) -> Router {
+/// What the admin endpoints serve: the sidecar once it is loaded.
+#[derive(Debug, Default)]
+pub struct Admin {
+    sidecar: OnceLock<Arc<Sidecar>>,
+    draining: AtomicBool,
+}
+
+impl Admin {
+    /// Policies still loading: `/readyz` answers 503.
+    pub fn loading() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// A loaded sidecar.
+    pub fn serving(sidecar: Arc<Sidecar>) -> Arc<Self> {
+        let admin = Self::loading();
+        admin.set_ready(sidecar);
+        admin
+    }
+
+    pub fn set_ready(&self, sidecar: Arc<Sidecar>) {
+        // Set once: a second call would be a bug, and is ignored.
+        let _ = self.sidecar.set(sidecar);
+    }
+
+    /// Shutdown has begun: `/readyz` answers 503 from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/policies", get(policies))
         .route("/reload", post(reload))
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                Json(json!({ "error": "no such admin endpoint (try /policies, /reload, /healthz)", "code": "not_found" })),
+                Json(json!({ "error": "no such admin endpoint (try /healthz, /readyz, /metrics, /policies, /reload)", "code": "not_found" })),
             )
         })
-        .with_state(sidecar)
+        .with_state(admin)
 }
 
-async fn policies(State(sidecar): State<Arc<Sidecar>>) -> Json<serde_json::Value> {
+fn loading() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": "policies are still loading", "code": "loading" })),
+    )
+        .into_response()
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let Some(sidecar) = admin.sidecar.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "loading" })),
+        )
+            .into_response();
+    };
+    if admin.draining.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response();
+    }
+    let gateway = sidecar.gateway();
+    Json(json!({
+        "status": "ready",
+        "routes": gateway.routes.len(),
+        "routes_with_upstream": gateway.routes.iter().filter(|r| r.upstream.is_some()).count(),
+        "policies": gateway.policies.len(),
+        "generation": sidecar.reload_status().generation,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.sidecar.get() {
+        Some(sidecar) => (
+            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+            sidecar.metrics.render(),
+        )
+            .into_response(),
+        None => loading(),
+    }
+}
+
+async fn policies(State(admin): State<Arc<Admin>>) -> Response {
+    let Some(sidecar) = admin.sidecar.get() else {
+        return loading();
+    };
     let gateway = sidecar.gateway();
     let routes: Vec<_> = gateway
         .routes
@@ -52,9 +140,13 @@ async fn policies(State(sidecar): State<Arc<Sidecar>>) -> Json<serde_json::Value
         "routes": routes,
         "policies": gateway.policies,
     }))
+    .into_response()
 }
 
-async fn reload(State(sidecar): State<Arc<Sidecar>>) -> Response {
+async fn reload(State(admin): State<Arc<Admin>>) -> Response {
+    let Some(sidecar) = admin.sidecar.get() else {
+        return loading();
+    };
     match sidecar.reload().await {
         Ok(generation) => {
             Json(json!({ "status": "reloaded", "generation": generation })).into_response()

@@ -14,9 +14,11 @@
 //! `open` skips the policy for this request.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::bindings::{Decision, Request, Response};
 use crate::error::SidecarError;
+use crate::metrics::Metrics;
 use crate::wasm::{FailureMode, Policy, PolicyError, PolicyInstance};
 
 /// Policies in request-hook order.
@@ -56,13 +58,16 @@ impl Chain {
         mut request: Request,
         route: &Arc<str>,
         request_id: &Arc<str>,
+        metrics: &Metrics,
     ) -> RequestOutcome {
         let mut entered = Vec::with_capacity(self.policies.len());
         for policy in &self.policies {
+            let started = Instant::now();
             let called = match policy.instantiate(route, request_id).await {
                 Ok(mut instance) => instance.on_request(&request).await.map(|d| (instance, d)),
                 Err(e) => Err(e),
             };
+            metrics.policy_call(policy.name(), "request", started.elapsed());
             match called {
                 Ok((instance, decision)) => {
                     entered.push((policy.failure_mode(), instance));
@@ -70,6 +75,7 @@ impl Chain {
                         Decision::Continue(None) => {}
                         Decision::Continue(Some(changed)) => request = changed,
                         Decision::Respond(response) => {
+                            metrics.policy_denial(policy.name());
                             return RequestOutcome {
                                 request,
                                 response: Some(response),
@@ -79,6 +85,7 @@ impl Chain {
                     }
                 }
                 Err(error) => {
+                    metrics.policy_failure(policy.name(), "request", &error);
                     if let Some(response) =
                         on_failure(policy.failure_mode(), error, "request", request_id)
                     {
@@ -106,11 +113,16 @@ impl Entered {
         request: &Request,
         mut response: Response,
         request_id: &str,
+        metrics: &Metrics,
     ) -> Response {
         while let Some((mode, mut instance)) = self.instances.pop() {
-            match instance.on_response(request, &response).await {
+            let started = Instant::now();
+            let called = instance.on_response(request, &response).await;
+            metrics.policy_call(instance.policy(), "response", started.elapsed());
+            match called {
                 Ok(changed) => response = changed,
                 Err(error) => {
+                    metrics.policy_failure(instance.policy(), "response", &error);
                     if let Some(failed) = on_failure(mode, error, "response", request_id) {
                         response = failed;
                     }

@@ -12,7 +12,8 @@
 //! - [`config`]: the TOML config, validated with errors that name file and field;
 //! - [`gateway`]: config + runtime → the routes and chains that serve requests;
 //! - [`reload`], [`admin`]: drop-in policies (file watcher, SIGHUP, `POST /reload`)
-//!   and the admin listener;
+//!   and the admin listener (health, readiness, metrics);
+//! - [`metrics`]: the Prometheus metrics the request path records;
 //! - [`policy_cli`]: `sidecar policy check|call|test|new`, on `policy-harness`.
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod policy_cli;
 pub mod reload;
 pub mod server;

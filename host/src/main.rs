@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sidecar::admin::Admin;
 use sidecar::capabilities::Services;
 use sidecar::server::Sidecar;
 use sidecar::{config, policy_cli};
@@ -16,12 +17,24 @@ use sidecar::{config, policy_cli};
 /// An HTTP sidecar that applies WebAssembly policies to the requests it proxies.
 ///
 /// Policy log lines go to stdout as JSON; the sidecar's own diagnostics go to
-/// stderr (RUST_LOG=debug for more).
+/// stderr, human-readable or JSON (--log-format), filtered by RUST_LOG
+/// (default `info`). Every line about a request carries its request id.
 #[derive(Parser)]
 #[command(name = "sidecar", version)]
 struct Cli {
+    /// Format of the sidecar's own log lines on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SIDECAR_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One readable line per event, with the request's span (`request{id=…}`).
+    Human,
+    /// One JSON object per line, with the request's span fields (`"span":{"id":…}`).
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -77,13 +90,21 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Human => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -162,6 +183,20 @@ fn check(file: PathBuf) -> anyhow::Result<()> {
 fn serve(file: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&file)?;
     async_runtime()?.block_on(async {
+        // The admin listener comes first, so probes get answers (`/healthz`
+        // 200, `/readyz` 503) while the policies load.
+        let admin = Admin::loading();
+        if let Some(addr) = config.admin.listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("{}: admin.listen: cannot bind {addr}", file.display()))?;
+            eprintln!(
+                "sidecar admin on http://{} (/healthz, /readyz, /metrics, /policies, POST /reload)",
+                l.local_addr()?
+            );
+            let router = sidecar::admin::router(admin.clone());
+            tokio::spawn(async move { axum::serve(l, router).await });
+        }
         let sidecar = Arc::new(Sidecar::new(&config, Services::production(config.kv)).await?);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -178,19 +213,16 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
             );
         }
         eprintln!("sidecar listening on http://{addr}");
-        if let Some(admin) = config.admin.listen {
-            let l = tokio::net::TcpListener::bind(admin)
-                .await
-                .with_context(|| format!("{}: admin.listen: cannot bind {admin}", file.display()))?;
-            eprintln!("sidecar admin on http://{} (GET /policies, POST /reload)", l.local_addr()?);
-            let router = sidecar::admin::router(sidecar.clone());
-            tokio::spawn(async move { axum::serve(l, router).await });
-        }
+        admin.set_ready(sidecar.clone());
         if config.reload.watch {
             tokio::spawn(sidecar::reload::watch(sidecar.clone(), config.reload.interval));
         }
         tokio::spawn(reload_on_sighup(sidecar.clone()));
-        sidecar.serve(listener, shutdown_signal()).await
+        let shutdown = async move {
+            shutdown_signal().await;
+            admin.drain();
+        };
+        sidecar.serve(listener, shutdown).await
     })
 }
 

@@ -51,6 +51,7 @@ impl Sidecar {
     pub async fn reload(&self) -> anyhow::Result<u64> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let result = self.try_reload().await;
+        self.metrics.reload(result.is_ok());
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.last_attempt_at = Some(now_secs());
         match &result {

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -16,12 +17,14 @@ use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::capabilities::Services;
 use crate::config::Config;
 use crate::convert;
 use crate::error::SidecarError;
 use crate::gateway::{Gateway, Route};
+use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::wasm::Runtime;
 
@@ -33,11 +36,14 @@ pub struct AppState {
     /// that version to the end, so a swap never mixes two configs.
     gateway: watch::Receiver<Arc<Gateway>>,
     upstream: UpstreamClient,
+    metrics: Arc<Metrics>,
 }
 
 /// A ready-to-serve sidecar: runtime, gateway, and the channel to swap it.
 pub struct Sidecar {
     pub runtime: Arc<Runtime>,
+    /// Kept across reloads: counters never reset while the process lives.
+    pub metrics: Arc<Metrics>,
     pub(crate) gateway: watch::Sender<Arc<Gateway>>,
     state: Arc<AppState>,
     /// The config now applied: what reloads compare against and watch.
@@ -68,12 +74,15 @@ impl Sidecar {
             Runtime::with_compile_cache(config.engine, services, config.compile_cache.clone())?;
         let gateway = Arc::new(Gateway::build(config, &runtime).await?);
         let (tx, rx) = watch::channel(gateway);
+        let metrics = Arc::new(Metrics::new());
         let state = Arc::new(AppState {
             gateway: rx,
             upstream: UpstreamClient::new(),
+            metrics: metrics.clone(),
         });
         Ok(Self {
             runtime,
+            metrics,
             gateway: tx,
             state,
             config: std::sync::Mutex::new(config.clone()),
@@ -118,22 +127,37 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
+/// Route label of requests that matched no route (or were refused first).
+const NO_ROUTE: &str = "(none)";
+
 async fn handle(
     State(state): State<Arc<AppState>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     req: http::Request<Body>,
 ) -> axum::response::Response {
+    let started = Instant::now();
     let request_id = request_id(&req);
-    let mut resp = match proxy(&state, client, req, &request_id).await {
+    // Every log line of this request, the sidecar's and its policies'
+    // failures alike, carries its id.
+    let span = tracing::info_span!("request", id = %request_id);
+    let mut route = None;
+    let result = proxy(&state, client, req, &request_id, &mut route)
+        .instrument(span.clone())
+        .await;
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(error) => {
-            tracing::warn!(%request_id, %error, "request refused");
+            span.in_scope(|| tracing::warn!(%error, "request refused"));
             error.into_response()
         }
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
+    let route = route.as_deref().unwrap_or(NO_ROUTE);
+    state
+        .metrics
+        .request(route, resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -142,6 +166,7 @@ async fn proxy(
     client: SocketAddr,
     req: http::Request<Body>,
     request_id: &Arc<str>,
+    matched: &mut Option<Arc<str>>,
 ) -> Result<http::Response<Body>, SidecarError> {
     let gateway = state.gateway.borrow().clone();
 
@@ -150,6 +175,7 @@ async fn proxy(
     let route = gateway
         .route(req.uri().path())
         .ok_or(SidecarError::NoRoute)?;
+    *matched = Some(route.name.clone());
 
     // Body, bounded, before any policy sees the request.
     let (mut parts, body) = req.into_parts();
@@ -173,7 +199,7 @@ async fn proxy(
     // Request hooks, in chain order.
     let outcome = route
         .chain
-        .on_request(request, &route.name, request_id)
+        .on_request(request, &route.name, request_id, &state.metrics)
         .await;
 
     // Upstream, unless a policy already answered. Its failures become
@@ -189,7 +215,10 @@ async fn proxy(
         )
         .await
         .unwrap_or_else(|error| {
-            tracing::warn!(%request_id, route = %route.name, %error, "upstream failed");
+            tracing::warn!(route = %route.name, %error, "upstream failed");
+            if let SidecarError::Upstream(e) = &error {
+                state.metrics.upstream_error(&route.name, e);
+            }
             error.to_policy_response()
         }),
     };
@@ -197,7 +226,7 @@ async fn proxy(
     // Response hooks, in reverse chain order.
     let response = outcome
         .entered
-        .on_response(&outcome.request, response, request_id)
+        .on_response(&outcome.request, response, request_id, &state.metrics)
         .await;
 
     convert::response_to_http(response).map_err(|detail| SidecarError::BadPolicyOutput {

@@ -52,7 +52,7 @@ async fn start(dir: PathBuf, config: &str, upstream: &Upstream, watch: bool) -> 
     let (base, _, sidecar) = crate::support::serve(&config).await;
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = format!("http://{}", admin_listener.local_addr().unwrap());
-    let router = sidecar::admin::router(sidecar.clone());
+    let router = sidecar::admin::router(sidecar::admin::Admin::serving(sidecar.clone()));
     tokio::spawn(async move { axum::serve(admin_listener, router).await.unwrap() });
     if watch {
         tokio::spawn(sidecar::reload::watch(

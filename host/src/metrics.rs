@@ -1,0 +1,293 @@
+//! The sidecar's Prometheus metrics, served as OpenMetrics text on the admin
+//! listener (`GET /metrics`). One [`Metrics`] per sidecar, kept across
+//! reloads so counters never reset while the process lives.
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `sidecar_requests_total` | `route`, `status` |
+//! | `sidecar_request_duration_seconds` (histogram) | `route` |
+//! | `sidecar_upstream_errors_total` | `route`, `kind` (`unavailable`, `timeout`, `too_large`, `bad_response`) |
+//! | `sidecar_policy_calls_total` | `policy`, `hook` (`request`, `response`) |
+//! | `sidecar_policy_call_duration_seconds` (histogram, instance creation included) | `policy`, `hook` |
+//! | `sidecar_policy_denials_total` (the request hook answered) | `policy` |
+//! | `sidecar_policy_failures_total` | `policy`, `hook`, `reason` (`trap`, `deadline`, `memory_cap`, `config_refused`, `unavailable`) |
+//! | `sidecar_reloads_total` | `result` (`applied`, `refused`) |
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::upstream::UpstreamError;
+use crate::wasm::PolicyError;
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    route: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyHookLabels {
+    policy: String,
+    hook: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyFailureLabels {
+    policy: String,
+    hook: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric the sidecar records, and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Histograms<RouteLabels>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    policy_calls: Family<PolicyHookLabels, Counter>,
+    policy_duration: Histograms<PolicyHookLabels>,
+    policy_denials: Family<PolicyLabels, Counter>,
+    policy_failures: Family<PolicyFailureLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// 100 µs to ~3 s: a proxied request.
+fn request_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// 2 µs to ~65 ms: one policy hook, up to past the default 50 ms deadline.
+fn policy_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_002, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register(
+            "sidecar_requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        let request_duration: Histograms<RouteLabels> =
+            Family::new_with_constructor(request_buckets);
+        registry.register_with_unit(
+            "sidecar_request_duration",
+            "Time from the request's head to the response, by route",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "sidecar_upstream_errors",
+            "Upstream exchanges that failed, by route and kind",
+            upstream_errors.clone(),
+        );
+        let policy_calls = Family::default();
+        registry.register(
+            "sidecar_policy_calls",
+            "Policy hook calls, by policy and hook",
+            policy_calls.clone(),
+        );
+        let policy_duration: Histograms<PolicyHookLabels> =
+            Family::new_with_constructor(policy_buckets);
+        registry.register_with_unit(
+            "sidecar_policy_call_duration",
+            "Time of one policy hook call, instance creation included",
+            Unit::Seconds,
+            policy_duration.clone(),
+        );
+        let policy_denials = Family::default();
+        registry.register(
+            "sidecar_policy_denials",
+            "Requests a policy answered itself (its request hook responded)",
+            policy_denials.clone(),
+        );
+        let policy_failures = Family::default();
+        registry.register(
+            "sidecar_policy_failures",
+            "Policy calls that failed, by policy, hook and reason",
+            policy_failures.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            "sidecar_reloads",
+            "Config and policy reloads, by result",
+            reloads.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_errors,
+            policy_calls,
+            policy_duration,
+            policy_denials,
+            policy_failures,
+            reloads,
+        }
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn request(&self, route: &str, status: u16, took: Duration) {
+        let route = route.to_owned();
+        self.request_duration
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .observe(took.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+    }
+
+    pub fn upstream_error(&self, route: &str, error: &UpstreamError) {
+        let kind = match error {
+            UpstreamError::Unavailable(_) => "unavailable",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::ResponseTooLarge { .. } => "too_large",
+            UpstreamError::BadResponse(_) => "bad_response",
+        };
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                route: route.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// One hook call of `policy`, whatever its outcome.
+    pub fn policy_call(&self, policy: &str, hook: &'static str, took: Duration) {
+        let labels = PolicyHookLabels {
+            policy: policy.to_owned(),
+            hook,
+        };
+        self.policy_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        self.policy_calls.get_or_create(&labels).inc();
+    }
+
+    pub fn policy_denial(&self, policy: &str) {
+        self.policy_denials
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn policy_failure(&self, policy: &str, hook: &'static str, error: &PolicyError) {
+        let reason = match error {
+            PolicyError::TimedOut { .. } => "deadline",
+            PolicyError::MemoryCap { .. } => "memory_cap",
+            PolicyError::Trapped { .. } => "trap",
+            PolicyError::ConfigRefused { .. } => "config_refused",
+            PolicyError::Unavailable { .. } => "unavailable",
+        };
+        self.policy_failures
+            .get_or_create(&PolicyFailureLabels {
+                policy: policy.to_owned(),
+                hook,
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms_with_their_labels() {
+        let m = Metrics::new();
+        m.request("users", 200, Duration::from_millis(3));
+        m.request("users", 200, Duration::from_millis(1));
+        m.request("users", 401, Duration::from_micros(300));
+        m.policy_call("auth", "request", Duration::from_micros(20));
+        m.policy_denial("auth");
+        m.policy_failure(
+            "auth",
+            "request",
+            &PolicyError::TimedOut {
+                policy: Arc::from("auth"),
+                deadline: Duration::from_millis(50),
+            },
+        );
+        m.upstream_error("users", &UpstreamError::Timeout(Duration::from_secs(1)));
+        m.reload(false);
+        let text = m.render();
+        for line in [
+            r#"sidecar_requests_total{route="users",status="200"} 2"#,
+            r#"sidecar_requests_total{route="users",status="401"} 1"#,
+            r#"sidecar_request_duration_seconds_count{route="users"} 3"#,
+            r#"sidecar_policy_calls_total{policy="auth",hook="request"} 1"#,
+            r#"sidecar_policy_call_duration_seconds_count{policy="auth",hook="request"} 1"#,
+            r#"sidecar_policy_denials_total{policy="auth"} 1"#,
+            r#"sidecar_policy_failures_total{policy="auth",hook="request",reason="deadline"} 1"#,
+            r#"sidecar_upstream_errors_total{route="users",kind="timeout"} 1"#,
+            r#"sidecar_reloads_total{result="refused"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing `{line}` in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
