@@ -1,6 +1,7 @@
 //! Integration tests of the sidecar: a real listener, real policies built
 //! from `plugins/` (see the `test-policies` crate), and a fake upstream.
 
+mod admin;
 mod chain;
 mod limits;
 mod loading;

@@ -1,0 +1,151 @@
+//! The admin listener: readiness through start-up and shutdown, and the
+//! metrics the request path records.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sidecar::admin::{self, Admin};
+use tokio::net::TcpListener;
+
+use crate::support::{Upstream, client, get_json, serve};
+
+const ROUTES: &str = r#"
+[[route]]
+name = "api"
+prefix = "/api"
+upstream = "{UPSTREAM}"
+policies = ["tagger"]
+
+[[route]]
+name = "denied"
+prefix = "/denied"
+upstream = "{UPSTREAM}"
+policies = ["bouncer"]
+
+[[route]]
+name = "broken"
+prefix = "/broken"
+upstream = "{UPSTREAM}"
+policies = ["boom"]
+
+[[route]]
+name = "down"
+prefix = "/down"
+upstream = "http://127.0.0.1:9"
+
+[policy.tagger]
+wasm = "{TAG}"
+config = { name = "t" }
+[policy.bouncer]
+wasm = "{TAG}"
+config = { name = "b", respond = 403 }
+[policy.boom]
+wasm = "{HOSTILE}"
+config = { mode = "trap" }
+"#;
+
+async fn admin_listener(admin: Arc<Admin>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = admin::router(admin);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+fn config(upstream: &Upstream) -> sidecar::config::Config {
+    let text = ROUTES
+        .replace("{UPSTREAM}", &upstream.url())
+        .replace("{TAG}", test_policies::TAG)
+        .replace("{HOSTILE}", test_policies::HOSTILE);
+    sidecar::config::parse(&text, Path::new("/test/sidecar.toml"), &|_| None).unwrap()
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_loading_200_when_ready_and_503_once_draining() {
+    let upstream = Upstream::start().await;
+    let state = Admin::loading();
+    let admin = admin_listener(state.clone()).await;
+
+    assert_eq!(get_json(&format!("{admin}/healthz")).await.0, 200);
+    let (status, body) = get_json(&format!("{admin}/readyz")).await;
+    assert_eq!((status, body["status"].as_str()), (503, Some("loading")));
+    let (status, body) = get_json(&format!("{admin}/policies")).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("loading")));
+
+    let (_, _, sidecar) = serve(&config(&upstream)).await;
+    state.set_ready(sidecar);
+    let (status, body) = get_json(&format!("{admin}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["routes"], 4);
+    assert_eq!(body["policies"], 3);
+
+    state.drain();
+    let (status, body) = get_json(&format!("{admin}/readyz")).await;
+    assert_eq!((status, body["status"].as_str()), (503, Some("draining")));
+    assert_eq!(
+        get_json(&format!("{admin}/healthz")).await.0,
+        200,
+        "still alive"
+    );
+}
+
+/// The value of the sample `line` starts with (`name{labels}`), if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_policy_calls_denials_failures_and_upstream_errors() {
+    let upstream = Upstream::start().await;
+    let (base, _, sidecar) = serve(&config(&upstream)).await;
+    let admin = admin_listener(Admin::serving(sidecar)).await;
+    let c = client();
+    for path in ["/api/a", "/api/b", "/denied/x", "/broken/x", "/down/x", "/nowhere"] {
+        c.get(format!("{base}{path}")).send().await.unwrap();
+    }
+
+    let resp = c.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = resp.text().await.unwrap();
+    let expect = [
+        (r#"sidecar_requests_total{route="api",status="200"}"#, 2.0),
+        (r#"sidecar_requests_total{route="denied",status="403"}"#, 1.0),
+        (r#"sidecar_requests_total{route="broken",status="503"}"#, 1.0),
+        (r#"sidecar_requests_total{route="down",status="502"}"#, 1.0),
+        (r#"sidecar_requests_total{route="(none)",status="404"}"#, 1.0),
+        (r#"sidecar_request_duration_seconds_count{route="api"}"#, 2.0),
+        (r#"sidecar_policy_calls_total{policy="tagger",hook="request"}"#, 2.0),
+        (r#"sidecar_policy_calls_total{policy="tagger",hook="response"}"#, 2.0),
+        (r#"sidecar_policy_call_duration_seconds_count{policy="tagger",hook="request"}"#, 2.0),
+        (r#"sidecar_policy_denials_total{policy="bouncer"}"#, 1.0),
+        (r#"sidecar_policy_failures_total{policy="boom",hook="request",reason="trap"}"#, 1.0),
+        (r#"sidecar_upstream_errors_total{route="down",kind="unavailable"}"#, 1.0),
+    ];
+    for (series, value) in expect {
+        assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
+    }
+
+    // Counters move as traffic flows.
+    c.get(format!("{base}/api/c")).send().await.unwrap();
+    let text = c
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&text, r#"sidecar_requests_total{route="api",status="200"}"#),
+        Some(3.0)
+    );
+}
