@@ -141,7 +141,7 @@ impl Fixture {
                 let response = answered.unwrap_or_else(|| self.upstream_response());
                 outcome
                     .entered
-                    .on_response(&outcome.request, response, &self.request_id, &self.metrics)
+                    .on_response(&outcome.request, response, &self.metrics)
                     .await
             }
         };

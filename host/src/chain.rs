@@ -87,7 +87,7 @@ impl Chain {
                 Err(error) => {
                     metrics.policy_failure(policy.name(), "request", &error);
                     if let Some(response) =
-                        on_failure(policy.failure_mode(), error, "request", request_id)
+                        on_failure(policy.failure_mode(), error, "request")
                     {
                         return RequestOutcome {
                             request,
@@ -112,7 +112,6 @@ impl Entered {
         mut self,
         request: &Request,
         mut response: Response,
-        request_id: &str,
         metrics: &Metrics,
     ) -> Response {
         while let Some((mode, mut instance)) = self.instances.pop() {
@@ -123,7 +122,7 @@ impl Entered {
                 Ok(changed) => response = changed,
                 Err(error) => {
                     metrics.policy_failure(instance.policy(), "response", &error);
-                    if let Some(failed) = on_failure(mode, error, "response", request_id) {
+                    if let Some(failed) = on_failure(mode, error, "response") {
                         response = failed;
                     }
                 }
@@ -133,21 +132,17 @@ impl Entered {
     }
 }
 
-/// Logs a policy failure and returns the response that replaces the
-/// request's (fail closed) or `None` to carry on without it (fail open).
-fn on_failure(
-    mode: FailureMode,
-    error: PolicyError,
-    hook: &str,
-    request_id: &str,
-) -> Option<Response> {
+/// Logs a policy failure (in the request's span, which carries its id) and
+/// returns the response that replaces the request's (fail closed) or `None`
+/// to carry on without it (fail open).
+fn on_failure(mode: FailureMode, error: PolicyError, hook: &str) -> Option<Response> {
     match mode {
         FailureMode::Open => {
-            tracing::warn!(%request_id, hook, error = %error, "policy failed; skipped (failure = open)");
+            tracing::warn!(hook, error = %error, "policy failed; skipped (failure = open)");
             None
         }
         FailureMode::Closed => {
-            tracing::error!(%request_id, hook, error = %error, "policy failed; answering 503 (failure = closed)");
+            tracing::error!(hook, error = %error, "policy failed; answering 503 (failure = closed)");
             Some(SidecarError::Policy(error).to_policy_response())
         }
     }

@@ -226,7 +226,7 @@ async fn proxy(
     // Response hooks, in reverse chain order.
     let response = outcome
         .entered
-        .on_response(&outcome.request, response, request_id, &state.metrics)
+        .on_response(&outcome.request, response, &state.metrics)
         .await;
 
     convert::response_to_http(response).map_err(|detail| SidecarError::BadPolicyOutput {

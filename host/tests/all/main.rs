@@ -5,6 +5,7 @@ mod admin;
 mod chain;
 mod limits;
 mod loading;
+mod logs;
 mod proxy;
 mod reload;
 mod support;
