@@ -60,6 +60,8 @@ Try the seed's commands:
 With --python: curl -i http://localhost:4000/user-service/admin   (403 from the Python acl policy;
   with -H "x-role: admin" it passes the acl and auth answers 401)
 
+Watch it:  curl -s localhost:9901/metrics | grep ^sidecar_requests    (also /readyz, /policies)
+
 Access logs from the logging policy appear below as JSON lines. Ctrl-C stops all three.
 MSG
 wait -n "${pids[@]}"
