@@ -11,6 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup.sh
+install_redis_server
 
 echo "==> Rust policies: unit and harness tests (plugins/)"
 cargo test --manifest-path plugins/Cargo.toml

@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use sidecar_runtime::capabilities::{Clock, KvLimits, KvStore, LogRecord, Services};
+use sidecar_runtime::capabilities::{Clock, KvLimits, LogRecord, Services};
 use sidecar_runtime::wasm::{
     Component, EngineSettings, FailureMode, Policy, PolicySpec, Runtime, SharedEngine,
 };

@@ -27,7 +27,8 @@ use anyhow::{Context as _, anyhow, bail};
 use http::Uri;
 use serde::Deserialize;
 
-use crate::capabilities::KvLimits;
+use crate::capabilities::redis::{RedisSettings, check_url};
+use crate::capabilities::{KvBackend, KvLimits, KvSettings};
 use crate::wasm::{EngineSettings, FailureMode, Instances, PolicyLimits};
 
 /// A validated config. Paths are absolute (resolved against the file's folder).
@@ -38,7 +39,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub proxy: ProxySettings,
     pub engine: EngineSettings,
-    pub kv: KvLimits,
+    /// The `kv` store: its backend (memory or Redis) and limits.
+    pub kv: KvSettings,
     pub admin: AdminSettings,
     pub reload: ReloadSettings,
     /// Where compiled policies are cached across restarts; `None` disables.
@@ -199,9 +201,15 @@ struct RawReload {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawKv {
+    /// "memory" (default) or "redis".
+    backend: Option<String>,
     max_entries: Option<usize>,
     max_key_bytes: Option<usize>,
     max_value_bytes: Option<usize>,
+    /// Redis only.
+    url: Option<String>,
+    timeout_ms: Option<u64>,
+    key_prefix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -269,15 +277,7 @@ fn validate(
             .min(engine.max_memory_bytes),
     };
 
-    let kv_defaults = KvLimits::default();
-    let kv = KvLimits {
-        max_entries: positive("kv.max_entries", raw.kv.max_entries)?
-            .unwrap_or(kv_defaults.max_entries),
-        max_key_bytes: positive("kv.max_key_bytes", raw.kv.max_key_bytes)?
-            .unwrap_or(kv_defaults.max_key_bytes),
-        max_value_bytes: positive("kv.max_value_bytes", raw.kv.max_value_bytes)?
-            .unwrap_or(kv_defaults.max_value_bytes),
-    };
+    let kv = kv_settings(raw.kv)?;
 
     let mut policies = BTreeMap::new();
     for (name, p) in raw.policies {
@@ -412,6 +412,48 @@ fn validate(
         routes,
         policies,
     })
+}
+
+fn kv_settings(raw: RawKv) -> anyhow::Result<KvSettings> {
+    let defaults = KvLimits::default();
+    let limits = KvLimits {
+        max_entries: positive("kv.max_entries", raw.max_entries)?.unwrap_or(defaults.max_entries),
+        max_key_bytes: positive("kv.max_key_bytes", raw.max_key_bytes)?
+            .unwrap_or(defaults.max_key_bytes),
+        max_value_bytes: positive("kv.max_value_bytes", raw.max_value_bytes)?
+            .unwrap_or(defaults.max_value_bytes),
+    };
+    let backend = match raw.backend.as_deref().unwrap_or("memory") {
+        "memory" => {
+            let redis_only = [
+                ("url", raw.url.is_some()),
+                ("timeout_ms", raw.timeout_ms.is_some()),
+                ("key_prefix", raw.key_prefix.is_some()),
+            ];
+            if let Some((field, _)) = redis_only.iter().find(|(_, set)| *set) {
+                bail!("kv.{field}: only used with backend = \"redis\"");
+            }
+            KvBackend::Memory
+        }
+        "redis" => {
+            if raw.max_entries.is_some() {
+                bail!(
+                    "kv.max_entries: bounds the memory backend only; bound Redis with its own `maxmemory`"
+                );
+            }
+            let defaults = RedisSettings::default();
+            let url = raw.url.unwrap_or(defaults.url);
+            check_url(&url).map_err(|e| anyhow!("kv.url: `{url}` is not a Redis URL ({e})"))?;
+            KvBackend::Redis(RedisSettings {
+                url,
+                timeout: positive("kv.timeout_ms", raw.timeout_ms)?
+                    .map_or(defaults.timeout, Duration::from_millis),
+                key_prefix: raw.key_prefix.unwrap_or(defaults.key_prefix),
+            })
+        }
+        other => bail!("kv.backend: `{other}` is not \"memory\" or \"redis\""),
+    };
+    Ok(KvSettings { limits, backend })
 }
 
 /// `$XDG_CACHE_HOME/wasm-policy-sidecar`, else `~/.cache/wasm-policy-sidecar`.

@@ -169,7 +169,7 @@ fn read_input(flag: &str, value: &str) -> anyhow::Result<String> {
 fn check(file: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&file)?;
     let sidecar =
-        async_runtime()?.block_on(Sidecar::new(&config, Services::production(config.kv)))?;
+        async_runtime()?.block_on(Sidecar::new(&config, Services::with_kv(&config.kv)?))?;
     let gateway = sidecar.gateway();
     println!(
         "{}: ok ({} routes, {} policies)",
@@ -197,7 +197,7 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
             let router = sidecar::admin::router(admin.clone());
             tokio::spawn(async move { axum::serve(l, router).await });
         }
-        let sidecar = Arc::new(Sidecar::new(&config, Services::production(config.kv)).await?);
+        let sidecar = Arc::new(Sidecar::new(&config, Services::with_kv(&config.kv)?).await?);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("{}: listen: cannot bind {}", file.display(), config.listen))?;

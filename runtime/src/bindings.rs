@@ -9,7 +9,10 @@ wasmtime::component::bindgen!({
     // Hooks are called with `call_async`: the guest's WASI streams (a panic
     // message on stderr, a stray println!) are async in wasmtime-wasi, and a
     // sync call from inside the tokio runtime would have to block on them.
-    // Host capabilities stay sync: they never wait.
+    // `kv` is async too: with the Redis backend a call waits on the network,
+    // and it must suspend the policy's fiber, not block a tokio worker.
+    // `log` and `clock` stay sync: they never wait.
+    imports: { "sidecar:policy/kv": async },
     exports: { default: async },
 });
 

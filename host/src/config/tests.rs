@@ -157,3 +157,75 @@ fn admin_reload_and_compile_cache_have_safe_defaults_and_can_be_turned_off() {
     ));
     assert!(e.contains("policy.p.sha256"), "{e}");
 }
+
+#[test]
+fn kv_defaults_to_memory_and_takes_a_redis_backend() {
+    let c = parse_str(MINIMAL).unwrap();
+    assert_eq!(c.kv, KvSettings::default());
+    assert_eq!(c.kv.backend, KvBackend::Memory);
+
+    let c = parse_str(&format!(
+        "[kv]\nbackend = \"redis\"\nmax_value_bytes = 2048\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.kv.backend, KvBackend::Redis(RedisSettings::default()));
+    assert_eq!(c.kv.limits.max_value_bytes, 2048);
+
+    let c = parse_str(&format!(
+        "[kv]\nbackend = \"redis\"\nurl = \"redis://cache.internal:6380/2\"\ntimeout_ms = 5\nkey_prefix = \"edge:\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.kv.backend,
+        KvBackend::Redis(RedisSettings {
+            url: "redis://cache.internal:6380/2".to_owned(),
+            timeout: Duration::from_millis(5),
+            key_prefix: "edge:".to_owned(),
+        })
+    );
+}
+
+#[test]
+fn kv_errors_name_the_file_and_the_field() {
+    let e = err(&format!("[kv]\nbackend = \"memcached\"\n{MINIMAL}"));
+    assert!(
+        e.starts_with("/etc/sidecar/sidecar.toml: kv.backend: `memcached`"),
+        "{e}"
+    );
+
+    let e = err(&format!(
+        "[kv]\nbackend = \"redis\"\nurl = \"http://127.0.0.1:6379\"\n{MINIMAL}"
+    ));
+    assert!(
+        e.starts_with("/etc/sidecar/sidecar.toml: kv.url: `http://127.0.0.1:6379`"),
+        "{e}"
+    );
+
+    let e = err(&format!(
+        "[kv]\nbackend = \"redis\"\ntimeout_ms = 0\n{MINIMAL}"
+    ));
+    assert!(e.contains("kv.timeout_ms: must be greater than 0"), "{e}");
+
+    let e = err(&format!(
+        "[kv]\nbackend = \"redis\"\nmax_entries = 10\n{MINIMAL}"
+    ));
+    assert!(
+        e.contains("kv.max_entries: bounds the memory backend"),
+        "{e}"
+    );
+
+    let e = err(&format!(
+        "[kv]\nurl = \"redis://127.0.0.1:6379\"\n{MINIMAL}"
+    ));
+    assert!(
+        e.contains("kv.url: only used with backend = \"redis\""),
+        "{e}"
+    );
+    let e = err(&format!("[kv]\nkey_prefix = \"x:\"\n{MINIMAL}"));
+    assert!(e.contains("kv.key_prefix: only used"), "{e}");
+
+    let e = err(&format!(
+        "[kv]\nbackend = \"redis\"\nurll = \"x\"\n{MINIMAL}"
+    ));
+    assert!(e.contains("unknown field `urll`"), "{e}");
+}

@@ -7,5 +7,6 @@ mod limits;
 mod loading;
 mod logs;
 mod proxy;
+mod redis;
 mod reload;
 mod support;

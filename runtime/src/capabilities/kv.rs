@@ -5,6 +5,8 @@
 //! in the sidecar config): one policy cannot read or overwrite another's keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,18 +25,43 @@ pub enum KvError {
     Other(String),
 }
 
+/// What a [`KvStore`] operation returns: a boxed future, so the trait stays
+/// object-safe and a networked store (Redis) can wait without blocking a
+/// thread. The in-memory store answers at once.
+pub type KvFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// A key-value store shared by all policy instances. Keys are scoped by
 /// `namespace` (the policy's name).
+///
+/// A store that cannot be reached degrades, it never fails a request: `get`
+/// is a miss, `set` an [`KvError::Other`], `delete` false.
 pub trait KvStore: Send + Sync + 'static {
-    fn get(&self, namespace: &str, key: &str) -> Option<Vec<u8>>;
-    fn set(
-        &self,
-        namespace: &str,
-        key: &str,
+    fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>>;
+    fn set<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
         value: Vec<u8>,
         ttl: Option<Duration>,
-    ) -> Result<(), KvError>;
-    fn delete(&self, namespace: &str, key: &str) -> bool;
+    ) -> KvFuture<'a, Result<(), KvError>>;
+    fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, bool>;
+}
+
+/// Which store backs the `kv` capability, and its bounds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KvSettings {
+    pub limits: KvLimits,
+    pub backend: KvBackend,
+}
+
+/// The store behind the `kv` capability.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KvBackend {
+    /// [`MemoryKv`]: per sidecar, bounded by `max_entries`.
+    #[default]
+    Memory,
+    /// [`RedisKv`](super::RedisKv): shared by every sidecar on the same Redis.
+    Redis(super::RedisSettings),
 }
 
 /// Bounds on what one store holds.
@@ -53,6 +80,27 @@ impl Default for KvLimits {
             max_key_bytes: 1024,
             max_value_bytes: 1024 * 1024,
         }
+    }
+}
+
+impl KvLimits {
+    /// Refuses a key or value above the limits, as every store must.
+    pub(crate) fn check(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        if key.len() > self.max_key_bytes {
+            return Err(KvError::TooLarge(format!(
+                "key is {} bytes, the limit is {}",
+                key.len(),
+                self.max_key_bytes
+            )));
+        }
+        if value.len() > self.max_value_bytes {
+            return Err(KvError::TooLarge(format!(
+                "value is {} bytes, the limit is {}",
+                value.len(),
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -163,8 +211,11 @@ impl Entry {
     }
 }
 
-impl KvStore for MemoryKv {
-    fn get(&self, namespace: &str, key: &str) -> Option<Vec<u8>> {
+/// The store's own operations are synchronous (the plugin test harness
+/// calls them directly); [`KvStore`] wraps them in ready futures.
+impl MemoryKv {
+    /// The value under `key` in `namespace`, if present and unexpired.
+    pub fn get(&self, namespace: &str, key: &str) -> Option<Vec<u8>> {
         let now = self.clock.now_micros();
         let mut inner = self.lock();
         let k = (namespace.to_owned(), key.to_owned());
@@ -178,27 +229,19 @@ impl KvStore for MemoryKv {
         }
     }
 
-    fn set(
+    /// Stores `value`, replacing any earlier one; `ttl` counts on the
+    /// store's clock.
+    ///
+    /// # Errors
+    /// [`KvError::TooLarge`] above the key or value limit.
+    pub fn set(
         &self,
         namespace: &str,
         key: &str,
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<(), KvError> {
-        if key.len() > self.limits.max_key_bytes {
-            return Err(KvError::TooLarge(format!(
-                "key is {} bytes, the limit is {}",
-                key.len(),
-                self.limits.max_key_bytes
-            )));
-        }
-        if value.len() > self.limits.max_value_bytes {
-            return Err(KvError::TooLarge(format!(
-                "value is {} bytes, the limit is {}",
-                value.len(),
-                self.limits.max_value_bytes
-            )));
-        }
+        self.limits.check(key, &value)?;
         let now = self.clock.now_micros();
         let expires_at = ttl.map(|t| now.saturating_add(t.as_micros() as u64));
         let mut inner = self.lock();
@@ -210,11 +253,34 @@ impl KvStore for MemoryKv {
         Ok(())
     }
 
-    fn delete(&self, namespace: &str, key: &str) -> bool {
+    /// Removes `key`; whether a live entry was there.
+    pub fn delete(&self, namespace: &str, key: &str) -> bool {
         let now = self.clock.now_micros();
         self.lock()
             .remove(&(namespace.to_owned(), key.to_owned()))
             .is_some_and(|e| !e.expired(now))
+    }
+}
+
+impl KvStore for MemoryKv {
+    fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(std::future::ready(MemoryKv::get(self, namespace, key)))
+    }
+
+    fn set<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> KvFuture<'a, Result<(), KvError>> {
+        Box::pin(std::future::ready(MemoryKv::set(
+            self, namespace, key, value, ttl,
+        )))
+    }
+
+    fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, bool> {
+        Box::pin(std::future::ready(MemoryKv::delete(self, namespace, key)))
     }
 }
 
@@ -224,12 +290,19 @@ pub struct KvState {
     pub(crate) namespace: Arc<str>,
 }
 
+// The imports are async in the bindings: a policy's `kv` call suspends its
+// fiber while the store answers (a Redis round trip never blocks a thread).
 impl wit::Host for KvState {
-    fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.store.get(&self.namespace, &key)
+    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.store.get(&self.namespace, &key).await
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), wit::Error> {
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), wit::Error> {
         self.store
             .set(
                 &self.namespace,
@@ -237,14 +310,15 @@ impl wit::Host for KvState {
                 value,
                 ttl_ms.map(Duration::from_millis),
             )
+            .await
             .map_err(|e| match e {
                 KvError::TooLarge(m) => wit::Error::TooLarge(m),
                 KvError::Other(m) => wit::Error::Other(m),
             })
     }
 
-    fn delete(&mut self, key: String) -> bool {
-        self.store.delete(&self.namespace, &key)
+    async fn delete(&mut self, key: String) -> bool {
+        self.store.delete(&self.namespace, &key).await
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod kv;
 pub mod log;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -17,8 +18,9 @@ use wasmtime::component::Linker;
 use crate::wasm::HostState;
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
-pub use self::kv::{KvError, KvLimits, KvStore, MemoryKv};
+pub use self::kv::{KvBackend, KvError, KvFuture, KvLimits, KvSettings, KvStore, MemoryKv};
 pub use self::log::{FieldValue, Level, LogRecord, LogSink, MemorySink, StdoutSink};
+pub use self::redis::{RedisKv, RedisSettings};
 
 /// The long-lived services behind the capabilities, shared by every policy
 /// instance of a sidecar (cheap to clone).
@@ -38,6 +40,22 @@ impl Services {
             clock,
             log: Arc::new(StdoutSink::default()),
         }
+    }
+
+    /// Wall clock, the store `kv` describes (in memory or on Redis), JSON
+    /// lines on stdout. Does not connect: a Redis store connects on first
+    /// use, and until it answers lookups miss.
+    ///
+    /// # Errors
+    /// The Redis URL is invalid.
+    pub fn with_kv(kv: &KvSettings) -> anyhow::Result<Self> {
+        let mut services = Self::production(kv.limits);
+        if let KvBackend::Redis(settings) = &kv.backend {
+            let store = RedisKv::new(settings.clone(), kv.limits)
+                .map_err(|e| anyhow::anyhow!("kv.url: `{}`: {e}", settings.url))?;
+            services.kv = Arc::new(store);
+        }
+        Ok(services)
     }
 }
 
