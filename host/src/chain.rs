@@ -86,9 +86,7 @@ impl Chain {
                 }
                 Err(error) => {
                     metrics.policy_failure(policy.name(), "request", &error);
-                    if let Some(response) =
-                        on_failure(policy.failure_mode(), error, "request")
-                    {
+                    if let Some(response) = on_failure(policy.failure_mode(), error, "request") {
                         return RequestOutcome {
                             request,
                             response: Some(response),

@@ -103,7 +103,14 @@ async fn metrics_count_requests_policy_calls_denials_failures_and_upstream_error
     let (base, _, sidecar) = serve(&config(&upstream)).await;
     let admin = admin_listener(Admin::serving(sidecar)).await;
     let c = client();
-    for path in ["/api/a", "/api/b", "/denied/x", "/broken/x", "/down/x", "/nowhere"] {
+    for path in [
+        "/api/a",
+        "/api/b",
+        "/denied/x",
+        "/broken/x",
+        "/down/x",
+        "/nowhere",
+    ] {
         c.get(format!("{base}{path}")).send().await.unwrap();
     }
 
@@ -118,17 +125,44 @@ async fn metrics_count_requests_policy_calls_denials_failures_and_upstream_error
     let text = resp.text().await.unwrap();
     let expect = [
         (r#"sidecar_requests_total{route="api",status="200"}"#, 2.0),
-        (r#"sidecar_requests_total{route="denied",status="403"}"#, 1.0),
-        (r#"sidecar_requests_total{route="broken",status="503"}"#, 1.0),
+        (
+            r#"sidecar_requests_total{route="denied",status="403"}"#,
+            1.0,
+        ),
+        (
+            r#"sidecar_requests_total{route="broken",status="503"}"#,
+            1.0,
+        ),
         (r#"sidecar_requests_total{route="down",status="502"}"#, 1.0),
-        (r#"sidecar_requests_total{route="(none)",status="404"}"#, 1.0),
-        (r#"sidecar_request_duration_seconds_count{route="api"}"#, 2.0),
-        (r#"sidecar_policy_calls_total{policy="tagger",hook="request"}"#, 2.0),
-        (r#"sidecar_policy_calls_total{policy="tagger",hook="response"}"#, 2.0),
-        (r#"sidecar_policy_call_duration_seconds_count{policy="tagger",hook="request"}"#, 2.0),
+        (
+            r#"sidecar_requests_total{route="(none)",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"sidecar_request_duration_seconds_count{route="api"}"#,
+            2.0,
+        ),
+        (
+            r#"sidecar_policy_calls_total{policy="tagger",hook="request"}"#,
+            2.0,
+        ),
+        (
+            r#"sidecar_policy_calls_total{policy="tagger",hook="response"}"#,
+            2.0,
+        ),
+        (
+            r#"sidecar_policy_call_duration_seconds_count{policy="tagger",hook="request"}"#,
+            2.0,
+        ),
         (r#"sidecar_policy_denials_total{policy="bouncer"}"#, 1.0),
-        (r#"sidecar_policy_failures_total{policy="boom",hook="request",reason="trap"}"#, 1.0),
-        (r#"sidecar_upstream_errors_total{route="down",kind="unavailable"}"#, 1.0),
+        (
+            r#"sidecar_policy_failures_total{policy="boom",hook="request",reason="trap"}"#,
+            1.0,
+        ),
+        (
+            r#"sidecar_upstream_errors_total{route="down",kind="unavailable"}"#,
+            1.0,
+        ),
     ];
     for (series, value) in expect {
         assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");

@@ -62,10 +62,16 @@ async fn stderr_of_two_requests(format: &str) -> String {
     let base = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     while client().get(format!("{base}/")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "sidecar did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "sidecar did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for (path, id) in [("/down/x", "id-of-the-down-request"), ("/boom/x", "id-of-the-trap-request")] {
+    for (path, id) in [
+        ("/down/x", "id-of-the-down-request"),
+        ("/boom/x", "id-of-the-trap-request"),
+    ] {
         let resp = client()
             .get(format!("{base}{path}"))
             .header("x-request-id", id)
@@ -82,7 +88,12 @@ async fn stderr_of_two_requests(format: &str) -> String {
         .unwrap();
     child.wait().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     err
 }
 
@@ -127,11 +138,17 @@ async fn human_lines_about_a_request_carry_its_id() {
         .lines()
         .find(|l| l.contains("upstream failed"))
         .unwrap_or_else(|| panic!("no upstream line in:\n{err}"));
-    assert!(line.contains("request{id=id-of-the-down-request}"), "{line}");
+    assert!(
+        line.contains("request{id=id-of-the-down-request}"),
+        "{line}"
+    );
     let line = err
         .lines()
         .find(|l| l.contains("policy failed"))
         .unwrap_or_else(|| panic!("no policy line in:\n{err}"));
-    assert!(line.contains("request{id=id-of-the-trap-request}"), "{line}");
+    assert!(
+        line.contains("request{id=id-of-the-trap-request}"),
+        "{line}"
+    );
     assert!(!err.contains("{\"timestamp\""), "human format is not JSON");
 }
