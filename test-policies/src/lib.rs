@@ -1,5 +1,7 @@
-//! Paths of the policy components built from `plugins/` by this crate's
-//! `build.rs`, for tests: `sidecar`'s integration tests and the end-to-end
-//! tests depend on it so they always run against freshly built policies.
+//! Fixtures for tests: the paths of the policy components built from
+//! `plugins/` by this crate's `build.rs` (so tests always run against freshly
+//! built policies), and a real `redis-server` ([`redis_server`]).
+
+pub mod redis_server;
 
 include!(concat!(env!("OUT_DIR"), "/policies.rs"));

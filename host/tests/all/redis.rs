@@ -3,9 +3,8 @@
 //! Without `redis-server` installed these tests fail: `scripts/test.sh`
 //! installs it.
 
-use std::net::TcpListener as StdListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,65 +12,14 @@ use sidecar::capabilities::{MemorySink, Services};
 use sidecar::server::Sidecar;
 use tokio::net::TcpListener;
 
+use test_policies::redis_server::RedisServer;
+
 use crate::support::{Upstream, client};
-
-/// A `redis-server` child on a free loopback port, killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = Self { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    /// (Re)starts it on the same port, empty.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start `redis-server` ({e}): the Redis backend's tests need it \
-                     installed (scripts/test.sh installs it; or `apt-get install redis-server`)"
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A sidecar whose cache policy stores in `redis`, built the way `sidecar
 /// run` builds it (`Services::with_kv`). The policy fails closed: a store
 /// error that reached the request would be a 503.
-async fn sidecar(redis: &Redis, upstream: &Upstream) -> String {
+async fn sidecar(redis: &RedisServer, upstream: &Upstream) -> String {
     let text = format!(
         r#"
 [kv]
@@ -93,7 +41,7 @@ failure = "closed"
 deadline_ms = 2000
 config = {{ ttl_secs = 60 }}
 "#,
-        port = redis.port,
+        port = redis.port(),
         upstream = upstream.url(),
         cache = test_policies::CACHE,
     );
@@ -125,7 +73,7 @@ async fn get(url: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn cache_on_redis_misses_then_hits() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let upstream = Upstream::start().await;
     let base = sidecar(&redis, &upstream).await;
     assert_eq!(get(&format!("{base}/api/a")).await, (200, "miss".into()));
@@ -136,7 +84,7 @@ async fn cache_on_redis_misses_then_hits() {
 
 #[tokio::test]
 async fn two_sidecars_on_one_redis_share_cached_responses() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let upstream = Upstream::start().await;
     let a = sidecar(&redis, &upstream).await;
     let b = sidecar(&redis, &upstream).await;
@@ -154,7 +102,7 @@ async fn two_sidecars_on_one_redis_share_cached_responses() {
 
 #[tokio::test]
 async fn redis_stopped_mid_run_degrades_to_misses_and_comes_back() {
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start();
     let upstream = Upstream::start().await;
     let base = sidecar(&redis, &upstream).await;
     assert_eq!(get(&format!("{base}/api/x")).await, (200, "miss".into()));

@@ -2,76 +2,19 @@
 //! kills when done). Without `redis-server` installed these tests fail: the
 //! test command (`scripts/test.sh`) installs it.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use test_policies::redis_server::RedisServer;
 
 use super::*;
 
-/// A `redis-server` child on a free loopback port, killed on drop.
-struct Server {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self { port, child: None };
-        server.restart();
-        server
-    }
-
-    /// (Re)starts the server on the same port, empty.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start `redis-server` ({e}): the Redis backend's tests need it \
-                     installed (scripts/test.sh installs it; or `apt-get install redis-server`)"
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn store(&self, prefix: &str, limits: KvLimits) -> RedisKv {
-        let settings = RedisSettings {
-            url: self.url(),
-            // Generous for a loaded CI machine; production uses less.
-            timeout: Duration::from_millis(500),
-            key_prefix: prefix.to_owned(),
-        };
-        RedisKv::new(settings, limits).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// A store on `server` with the given key prefix.
+fn store(server: &RedisServer, prefix: &str, limits: KvLimits) -> RedisKv {
+    let settings = RedisSettings {
+        url: server.url(),
+        // Generous for a loaded CI machine; production uses less.
+        timeout: Duration::from_millis(500),
+        key_prefix: prefix.to_owned(),
+    };
+    RedisKv::new(settings, limits).unwrap()
 }
 
 /// Polls `get` until it returns `want`, for at most `within`.
@@ -96,8 +39,8 @@ async fn eventually(
 
 #[tokio::test]
 async fn set_get_delete_round_trip() {
-    let server = Server::start();
-    let kv = server.store("t:", KvLimits::default());
+    let server = RedisServer::start();
+    let kv = store(&server, "t:", KvLimits::default());
     assert_eq!(kv.get("p", "k").await, None);
     kv.set("p", "k", b"v".to_vec(), None).await.unwrap();
     assert_eq!(kv.get("p", "k").await.as_deref(), Some(&b"v"[..]));
@@ -108,8 +51,8 @@ async fn set_get_delete_round_trip() {
 
 #[tokio::test]
 async fn entry_expires_after_its_ttl() {
-    let server = Server::start();
-    let kv = server.store("t:", KvLimits::default());
+    let server = RedisServer::start();
+    let kv = store(&server, "t:", KvLimits::default());
     let set_at = Instant::now();
     kv.set("p", "k", b"v".to_vec(), Some(Duration::from_millis(200)))
         .await
@@ -129,8 +72,8 @@ async fn entry_expires_after_its_ttl() {
 
 #[tokio::test]
 async fn zero_ttl_is_expired_at_once() {
-    let server = Server::start();
-    let kv = server.store("t:", KvLimits::default());
+    let server = RedisServer::start();
+    let kv = store(&server, "t:", KvLimits::default());
     kv.set("p", "k", b"v".to_vec(), None).await.unwrap();
     kv.set("p", "k", b"w".to_vec(), Some(Duration::ZERO))
         .await
@@ -140,8 +83,8 @@ async fn zero_ttl_is_expired_at_once() {
 
 #[tokio::test]
 async fn overwriting_a_key_replaces_value_and_ttl() {
-    let server = Server::start();
-    let kv = server.store("t:", KvLimits::default());
+    let server = RedisServer::start();
+    let kv = store(&server, "t:", KvLimits::default());
     kv.set("p", "k", vec![1], Some(Duration::from_millis(100)))
         .await
         .unwrap();
@@ -152,8 +95,8 @@ async fn overwriting_a_key_replaces_value_and_ttl() {
 
 #[tokio::test]
 async fn namespaces_do_not_see_each_other() {
-    let server = Server::start();
-    let kv = server.store("t:", KvLimits::default());
+    let server = RedisServer::start();
+    let kv = store(&server, "t:", KvLimits::default());
     kv.set("a", "k", b"1".to_vec(), None).await.unwrap();
     assert_eq!(kv.get("b", "k").await, None);
     assert!(!kv.delete("b", "k").await);
@@ -163,9 +106,9 @@ async fn namespaces_do_not_see_each_other() {
 
 #[tokio::test]
 async fn keys_carry_the_prefix_and_the_policy_name() {
-    let server = Server::start();
-    let one = server.store("one:", KvLimits::default());
-    let other = server.store("other:", KvLimits::default());
+    let server = RedisServer::start();
+    let one = store(&server, "one:", KvLimits::default());
+    let other = store(&server, "other:", KvLimits::default());
     one.set("cache", "k", b"v".to_vec(), None).await.unwrap();
     assert_eq!(other.get("cache", "k").await, None, "prefixes are apart");
 
@@ -181,13 +124,13 @@ async fn keys_carry_the_prefix_and_the_policy_name() {
 
 #[tokio::test]
 async fn refuses_oversized_keys_and_values() {
-    let server = Server::start();
+    let server = RedisServer::start();
     let limits = KvLimits {
         max_key_bytes: 4,
         max_value_bytes: 4,
         ..KvLimits::default()
     };
-    let kv = server.store("t:", limits);
+    let kv = store(&server, "t:", limits);
     assert!(matches!(
         kv.set("p", "too-long", vec![], None).await,
         Err(KvError::TooLarge(_))
@@ -202,9 +145,9 @@ async fn refuses_oversized_keys_and_values() {
 
 #[tokio::test]
 async fn two_stores_on_one_redis_share_entries() {
-    let server = Server::start();
-    let a = server.store("shared:", KvLimits::default());
-    let b = server.store("shared:", KvLimits::default());
+    let server = RedisServer::start();
+    let a = store(&server, "shared:", KvLimits::default());
+    let b = store(&server, "shared:", KvLimits::default());
     a.set(
         "cache",
         "k",
@@ -220,8 +163,8 @@ async fn two_stores_on_one_redis_share_entries() {
 
 #[tokio::test]
 async fn a_stopped_redis_is_a_miss_and_the_store_recovers_when_it_is_back() {
-    let mut server = Server::start();
-    let kv = server.store("t:", KvLimits::default());
+    let mut server = RedisServer::start();
+    let kv = store(&server, "t:", KvLimits::default());
     kv.set("p", "k", b"v".to_vec(), None).await.unwrap();
     server.stop();
 
@@ -253,7 +196,7 @@ async fn a_stopped_redis_is_a_miss_and_the_store_recovers_when_it_is_back() {
 
 #[tokio::test]
 async fn no_redis_at_all_is_a_miss() {
-    let port = TcpListener::bind("127.0.0.1:0")
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
