@@ -4,8 +4,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sidecar::capabilities::{FieldValue, KvLimits, MemoryKv, MemorySink, Services, SystemClock};
+use sidecar::capabilities::{
+    FieldValue, KvLimits, KvStore, MemoryKv, MemorySink, RedisKv, RedisSettings, Services,
+    SystemClock,
+};
 use sidecar::server::Sidecar;
+use test_policies::redis_server::RedisServer;
 use tokio::net::TcpListener;
 
 pub struct Trio {
@@ -24,6 +28,12 @@ async fn listener() -> (TcpListener, String) {
 /// Starts the three services, the sidecar with `config/<config>` as shipped
 /// (only its ports changed).
 pub async fn start_trio(config: &str) -> Trio {
+    let kv = Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default()));
+    start_trio_on(config, kv).await
+}
+
+/// The trio with the sidecar's kv store (the cache's storage) of choice.
+pub async fn start_trio_on(config: &str, kv: Arc<dyn KvStore>) -> Trio {
     // user-service, counting what reaches it.
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
@@ -52,7 +62,7 @@ pub async fn start_trio(config: &str) -> Trio {
     );
     let logs = Arc::new(MemorySink::default());
     let services = Services {
-        kv: Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default())),
+        kv,
         clock: Arc::new(SystemClock),
         log: logs.clone(),
     };
@@ -120,8 +130,25 @@ fn access_lines(logs: &MemorySink) -> Vec<sidecar::capabilities::LogRecord> {
 
 #[tokio::test]
 async fn seed_flow_login_profile_denial_cache_and_logs() {
-    let trio = start_trio("demo.toml").await;
+    seed_flow(&start_trio("demo.toml").await).await;
+}
 
+/// The same flow, cache included, with the store on a real Redis (what
+/// replicas share with `[kv] backend = "redis"`).
+#[tokio::test]
+async fn seed_flow_with_the_cache_on_redis() {
+    let redis = RedisServer::start();
+    let settings = RedisSettings {
+        url: redis.url(),
+        // Generous for a loaded CI machine; the default is 20 ms.
+        timeout: Duration::from_millis(500),
+        ..RedisSettings::default()
+    };
+    let kv = Arc::new(RedisKv::new(settings, KvLimits::default()).unwrap());
+    seed_flow(&start_trio_on("demo.toml", kv).await).await;
+}
+
+async fn seed_flow(trio: &Trio) {
     // The seed's first command: login → 201 with a token.
     let (status, body) = login(&trio, "admin", "password").await;
     assert_eq!(status, 201, "{body}");
