@@ -150,13 +150,13 @@ async fn seed_flow_with_the_cache_on_redis() {
 
 async fn seed_flow(trio: &Trio) {
     // The seed's first command: login → 201 with a token.
-    let (status, body) = login(&trio, "admin", "password").await;
+    let (status, body) = login(trio, "admin", "password").await;
     assert_eq!(status, 201, "{body}");
     let token = body["token"].as_str().expect("a token").to_owned();
     assert_eq!(trio.user_service_hits.load(Ordering::SeqCst), 1);
 
     // The seed's second command: profile with the token → 200.
-    let (status, cache, body) = profile(&trio, Some(&token)).await;
+    let (status, cache, body) = profile(trio, Some(&token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
@@ -166,14 +166,14 @@ async fn seed_flow(trio: &Trio) {
     assert_eq!(trio.user_service_hits.load(Ordering::SeqCst), 2);
 
     // Without the token: 401 from the auth policy; user-service never sees it.
-    let (status, _, body) = profile(&trio, None).await;
+    let (status, _, body) = profile(trio, None).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["code"], "missing_token");
     // A tampered token: 401 too.
     let mut tampered = token.clone();
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
-    let (status, _, _) = profile(&trio, Some(&tampered)).await;
+    let (status, _, _) = profile(trio, Some(&tampered)).await;
     assert_eq!(status, 401);
     assert_eq!(
         trio.user_service_hits.load(Ordering::SeqCst),
@@ -182,7 +182,7 @@ async fn seed_flow(trio: &Trio) {
     );
 
     // The second profile read is served from the cache.
-    let (status, cache, body) = profile(&trio, Some(&token)).await;
+    let (status, cache, body) = profile(trio, Some(&token)).await;
     assert_eq!(status, 200);
     assert_eq!(cache.as_deref(), Some("hit"));
     assert_eq!(body["profile"]["name"], "Admin User");
@@ -193,16 +193,16 @@ async fn seed_flow(trio: &Trio) {
     );
 
     // Another user gets their own profile, never admin's cached one.
-    let (status, body) = login(&trio, "alice", "wonderland").await;
+    let (status, body) = login(trio, "alice", "wonderland").await;
     assert_eq!(status, 201);
     let alice = body["token"].as_str().unwrap().to_owned();
-    let (status, cache, body) = profile(&trio, Some(&alice)).await;
+    let (status, cache, body) = profile(trio, Some(&alice)).await;
     assert_eq!(status, 200);
     assert_eq!(cache.as_deref(), Some("miss"));
     assert_eq!(body["profile"]["name"], "Alice Liddell");
 
     // Wrong password: the upstream's 401 passes through.
-    let (status, body) = login(&trio, "admin", "nope").await;
+    let (status, body) = login(trio, "admin", "nope").await;
     assert_eq!(status, 401);
     assert_eq!(body["code"], "invalid_credentials");
 
