@@ -37,6 +37,7 @@ pub struct Config {
     /// The file it came from, for messages.
     pub source: PathBuf,
     pub listen: SocketAddr,
+    pub server: ServerSettings,
     pub proxy: ProxySettings,
     pub engine: EngineSettings,
     /// The `kv` store: its backend (memory or Redis) and limits.
@@ -85,6 +86,37 @@ impl Default for ProxySettings {
         }
     }
 }
+
+/// The client-facing listener's limits (`[server]`); a change takes effect
+/// at the next restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// A request head (request line and headers) larger than this gets 431.
+    pub max_header_bytes: usize,
+    /// A client that has not sent a whole request head within this time
+    /// (slow or stalled headers) is disconnected.
+    pub header_read_timeout: Duration,
+    /// Requests in progress at once; beyond it 503 with `retry-after`, at
+    /// once, never queued.
+    pub max_concurrent_requests: usize,
+    /// On SIGTERM: how long in-flight requests may take to finish before the
+    /// sidecar exits anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// hyper's smallest read buffer: a head limit below it cannot be enforced.
+const MIN_HEADER_BYTES: usize = 8192;
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -148,6 +180,8 @@ pub fn parse(
 struct RawConfig {
     listen: Option<String>,
     #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
     proxy: RawProxy,
     #[serde(default)]
     wasm: RawWasm,
@@ -161,6 +195,15 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default, rename = "policy")]
     policies: BTreeMap<String, RawPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    max_header_bytes: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    max_concurrent_requests: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -251,6 +294,30 @@ fn validate(
     let listen: SocketAddr = listen
         .parse()
         .map_err(|e| anyhow!("listen: `{listen}` is not an address like 127.0.0.1:4000 ({e})"))?;
+
+    let server_defaults = ServerSettings::default();
+    let server = ServerSettings {
+        max_header_bytes: positive("server.max_header_bytes", raw.server.max_header_bytes)?
+            .unwrap_or(server_defaults.max_header_bytes),
+        header_read_timeout: positive(
+            "server.header_read_timeout_ms",
+            raw.server.header_read_timeout_ms,
+        )?
+        .map_or(server_defaults.header_read_timeout, Duration::from_millis),
+        max_concurrent_requests: positive(
+            "server.max_concurrent_requests",
+            raw.server.max_concurrent_requests,
+        )?
+        .unwrap_or(server_defaults.max_concurrent_requests),
+        shutdown_grace: positive("server.shutdown_grace_ms", raw.server.shutdown_grace_ms)?
+            .map_or(server_defaults.shutdown_grace, Duration::from_millis),
+    };
+    if server.max_header_bytes < MIN_HEADER_BYTES {
+        bail!(
+            "server.max_header_bytes: {} is below the smallest enforceable limit, {MIN_HEADER_BYTES}",
+            server.max_header_bytes
+        );
+    }
 
     let defaults = ProxySettings::default();
     let proxy = ProxySettings {
@@ -403,6 +470,7 @@ fn validate(
     Ok(Config {
         source: path.to_owned(),
         listen,
+        server,
         proxy,
         engine,
         kv,

@@ -32,6 +32,8 @@ pub enum SidecarError {
     },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("the sidecar is at its limit of {limit} requests in progress; retry shortly")]
+    Overloaded { limit: usize },
 }
 
 impl SidecarError {
@@ -40,7 +42,7 @@ impl SidecarError {
             Self::NoRoute | Self::NoUpstream { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Policy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Policy(_) | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadPolicyOutput { .. } => StatusCode::BAD_GATEWAY,
             Self::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -54,6 +56,7 @@ impl SidecarError {
             Self::BadRequest(_) => "bad_request",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::Policy(_) => "policy_failed",
+            Self::Overloaded { .. } => "overloaded",
             Self::BadPolicyOutput { .. } => "bad_policy_output",
             Self::Upstream(UpstreamError::Unavailable(_)) => "upstream_unavailable",
             Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
@@ -113,6 +116,11 @@ impl IntoResponse for SidecarError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Self::Overloaded { .. } = self {
+            // Load sheds in well under a second; a client may come back then.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }

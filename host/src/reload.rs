@@ -81,6 +81,7 @@ impl Sidecar {
         let old = self.current_config();
         let restart_only = [
             ("listen", old.listen != new.listen),
+            ("[server]", old.server != new.server),
             ("admin.listen", old.admin != new.admin),
             ("[wasm] engine limits", old.engine != new.engine),
             ("[kv]", old.kv != new.kv),

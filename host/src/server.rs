@@ -6,17 +6,21 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
 use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::capabilities::Services;
@@ -37,6 +41,9 @@ pub struct AppState {
     gateway: watch::Receiver<Arc<Gateway>>,
     upstream: UpstreamClient,
     metrics: Arc<Metrics>,
+    /// One permit per request in progress (`[server] max_concurrent_requests`).
+    in_flight: Semaphore,
+    max_in_flight: usize,
 }
 
 /// A ready-to-serve sidecar: runtime, gateway, and the channel to swap it.
@@ -79,6 +86,8 @@ impl Sidecar {
             gateway: rx,
             upstream: UpstreamClient::new(),
             metrics: metrics.clone(),
+            in_flight: Semaphore::new(config.server.max_concurrent_requests),
+            max_in_flight: config.server.max_concurrent_requests,
         });
         Ok(Self {
             runtime,
@@ -106,19 +115,67 @@ impl Sidecar {
     ///
     /// # Errors
     /// I/O errors of the listener.
+    /// Serves on `listener` until `shutdown` resolves; then stops accepting,
+    /// lets in-flight requests finish for up to `[server] shutdown_grace`,
+    /// and returns. Every connection gets the `[server]` limits: a request
+    /// head over `max_header_bytes` is answered 431, a head not complete
+    /// within `header_read_timeout` closes the connection.
+    ///
+    /// # Errors
+    /// None today: accept errors (e.g. out of file descriptors) are logged
+    /// and retried, not fatal.
     pub async fn serve(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(
-            listener,
-            self.router()
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")
+        let settings = self.current_config().server;
+        let app = self.router();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, client) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = app
+                .clone()
+                .map_request(move |mut req: http::Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(client));
+                    req
+                });
+            let connection = graceful.watch(
+                http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
+            );
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%client, %error, "connection closed with an error");
+                }
+            });
+        }
+        // No new connections from here; idle keep-alive ones are closed,
+        // busy ones finish their request first.
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("every in-flight request finished"),
+            () = tokio::time::sleep(settings.shutdown_grace) => tracing::warn!(
+                grace = ?settings.shutdown_grace,
+                "shutdown grace period over; closing the connections still open"
+            ),
+        }
+        Ok(())
     }
 }
 
@@ -141,9 +198,18 @@ async fn handle(
     // failures alike, carries its id.
     let span = tracing::info_span!("request", id = %request_id);
     let mut route = None;
-    let result = proxy(&state, client, req, &request_id, &mut route)
-        .instrument(span.clone())
-        .await;
+    // Beyond the limit, shed at once: a queue would only add latency to
+    // requests whose clients have likely given up.
+    let result = match state.in_flight.try_acquire() {
+        Ok(_permit) => {
+            proxy(&state, client, req, &request_id, &mut route)
+                .instrument(span.clone())
+                .await
+        }
+        Err(_) => Err(SidecarError::Overloaded {
+            limit: state.max_in_flight,
+        }),
+    };
     let mut resp = match result {
         Ok(resp) => resp,
         Err(error) => {

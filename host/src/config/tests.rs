@@ -229,3 +229,35 @@ fn kv_errors_name_the_file_and_the_field() {
     ));
     assert!(e.contains("unknown field `urll`"), "{e}");
 }
+
+#[test]
+fn server_limits_have_defaults_and_errors_name_the_field() {
+    let c = parse_str(MINIMAL).unwrap();
+    assert_eq!(c.server, ServerSettings::default());
+    let c = parse_str(&format!(
+        "[server]\nmax_header_bytes = 16384\nheader_read_timeout_ms = 500\n\
+         max_concurrent_requests = 8\nshutdown_grace_ms = 2000\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.server,
+        ServerSettings {
+            max_header_bytes: 16384,
+            header_read_timeout: Duration::from_millis(500),
+            max_concurrent_requests: 8,
+            shutdown_grace: Duration::from_secs(2),
+        }
+    );
+    let e = err(&format!("[server]\nmax_header_bytes = 1024\n{MINIMAL}"));
+    assert!(
+        e.contains("server.max_header_bytes: 1024 is below the smallest enforceable limit, 8192"),
+        "{e}"
+    );
+    let e = err(&format!("[server]\nmax_concurrent_requests = 0\n{MINIMAL}"));
+    assert!(
+        e.contains("server.max_concurrent_requests: must be greater than 0"),
+        "{e}"
+    );
+    let e = err(&format!("[server]\nslow_loris = true\n{MINIMAL}"));
+    assert!(e.contains("slow_loris"), "{e}");
+}

@@ -9,4 +9,5 @@ mod logs;
 mod proxy;
 mod redis;
 mod reload;
+mod server;
 mod support;
