@@ -75,7 +75,11 @@ impl Chain {
                         Decision::Continue(None) => {}
                         Decision::Continue(Some(changed)) => request = changed,
                         Decision::Respond(response) => {
-                            metrics.policy_denial(policy.name());
+                            // An answer is a denial when it is an error; a
+                            // cache hit answers too, with a 200.
+                            if response.status >= 400 {
+                                metrics.policy_denial(policy.name());
+                            }
                             return RequestOutcome {
                                 request,
                                 response: Some(response),

@@ -9,7 +9,7 @@
 //! | `sidecar_upstream_errors_total` | `route`, `kind` (`unavailable`, `timeout`, `too_large`, `bad_response`) |
 //! | `sidecar_policy_calls_total` | `policy`, `hook` (`request`, `response`) |
 //! | `sidecar_policy_call_duration_seconds` (histogram, instance creation included) | `policy`, `hook` |
-//! | `sidecar_policy_denials_total` (the request hook answered) | `policy` |
+//! | `sidecar_policy_denials_total` (the request hook answered 4xx/5xx itself) | `policy` |
 //! | `sidecar_policy_failures_total` | `policy`, `hook`, `reason` (`trap`, `deadline`, `memory_cap`, `config_refused`, `unavailable`) |
 //! | `sidecar_reloads_total` | `result` (`applied`, `refused`) |
 
@@ -144,7 +144,7 @@ impl Metrics {
         let policy_denials = Family::default();
         registry.register(
             "sidecar_policy_denials",
-            "Requests a policy answered itself (its request hook responded)",
+            "Requests a policy refused (its request hook answered 4xx or 5xx itself)",
             policy_denials.clone(),
         );
         let policy_failures = Family::default();

@@ -23,6 +23,12 @@ upstream = "{UPSTREAM}"
 policies = ["bouncer"]
 
 [[route]]
+name = "answered"
+prefix = "/answered"
+upstream = "{UPSTREAM}"
+policies = ["answerer"]
+
+[[route]]
 name = "broken"
 prefix = "/broken"
 upstream = "{UPSTREAM}"
@@ -39,6 +45,9 @@ config = { name = "t" }
 [policy.bouncer]
 wasm = "{TAG}"
 config = { name = "b", respond = 403 }
+[policy.answerer]
+wasm = "{TAG}"
+config = { name = "a", respond = 200 }
 [policy.boom]
 wasm = "{HOSTILE}"
 config = { mode = "trap" }
@@ -77,8 +86,8 @@ async fn readyz_is_503_while_loading_200_when_ready_and_503_once_draining() {
     let (status, body) = get_json(&format!("{admin}/readyz")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ready");
-    assert_eq!(body["routes"], 4);
-    assert_eq!(body["policies"], 3);
+    assert_eq!(body["routes"], 5);
+    assert_eq!(body["policies"], 4);
 
     state.drain();
     let (status, body) = get_json(&format!("{admin}/readyz")).await;
@@ -107,6 +116,7 @@ async fn metrics_count_requests_policy_calls_denials_failures_and_upstream_error
         "/api/a",
         "/api/b",
         "/denied/x",
+        "/answered/x",
         "/broken/x",
         "/down/x",
         "/nowhere",
@@ -167,6 +177,18 @@ async fn metrics_count_requests_policy_calls_denials_failures_and_upstream_error
     for (series, value) in expect {
         assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
     }
+    // Answering with a 200 (a cache hit, say) is no denial.
+    assert_eq!(
+        sample(&text, r#"sidecar_policy_denials_total{policy="answerer"}"#),
+        None
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"sidecar_requests_total{route="answered",status="200"}"#
+        ),
+        Some(1.0)
+    );
 
     // Counters move as traffic flows.
     c.get(format!("{base}/api/c")).send().await.unwrap();
