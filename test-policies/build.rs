@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Components the tests use: (constant name, file stem).
-const POLICIES: [(&str, &str); 6] = [
+const POLICIES: [(&str, &str); 7] = [
     ("AUTH", "auth"),
     ("LOGGING", "logging"),
     ("CACHE", "cache"),
     ("TAG", "tag"),
     ("HOSTILE", "hostile"),
     ("NOOP", "noop"),
+    ("SANDBOX", "sandbox"),
 ];
 
 fn main() {

@@ -319,3 +319,32 @@ async fn a_reused_instance_logs_with_the_current_request_id() {
         .collect();
     assert_eq!(ids, ["first", "second"]);
 }
+
+#[tokio::test]
+async fn a_policy_gets_no_files_environment_network_or_wall_clock() {
+    // Something to connect to, so a refused connection is the sandbox's doing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Something in the sidecar's own environment a policy must not see.
+    assert!(std::env::vars().count() > 0);
+
+    let rt = runtime();
+    let component = rt.compile_file(Path::new(test_policies::SANDBOX)).unwrap();
+    let policy = rt
+        .load(spec("sandbox", serde_json::json!({})), &component)
+        .await
+        .unwrap();
+    let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
+    let mut req = request();
+    req.headers.push(sidecar::bindings::Header {
+        name: "x-port".into(),
+        value: port.to_string(),
+    });
+    let Decision::Respond(resp) = instance.on_request(&req).await.unwrap() else {
+        panic!("the sandbox fixture always answers");
+    };
+    assert_eq!(
+        String::from_utf8(resp.body).unwrap(),
+        "fs=denied;dir=denied;env=0;net=denied;clock=0"
+    );
+}

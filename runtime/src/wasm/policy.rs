@@ -9,7 +9,7 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use super::state::{HostState, MemoryCap};
+use super::state::{EpochWallClock, HostState, MemoryCap};
 use super::{EPOCH_TICK, Runtime};
 use crate::bindings::{self, Decision, Request, Response};
 use crate::capabilities::Caller;
@@ -206,7 +206,15 @@ impl Policy {
         let services = self.runtime.services();
         // Panic messages land here, to be logged with the trap.
         let stderr = MemoryOutputPipe::new(4096);
-        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        // Deny by default, said out loud: no preopened directories, no
+        // environment or arguments, no sockets, and no wall clock.
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .wall_clock(EpochWallClock)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),

@@ -3,7 +3,7 @@
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::clock::ClockState;
 use crate::capabilities::kv::KvState;
@@ -61,5 +61,22 @@ impl ResourceLimiter for MemoryCap {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
+    }
+}
+
+/// WASI's wall clock as a policy sees it: frozen at the Unix epoch. The time
+/// of day is granted through the `clock` capability only (which the plugin
+/// harness controls, so TTL tests need no sleeping); WASI's own wall clock
+/// would be an ungranted side door. WASI's monotonic clock stays real: it
+/// tells no date, and language runtimes need it for their own timeouts.
+pub(crate) struct EpochWallClock;
+
+impl HostWallClock for EpochWallClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
