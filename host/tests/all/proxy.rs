@@ -104,6 +104,51 @@ async fn path_tricks_are_400_and_never_reach_upstream() {
 }
 
 #[tokio::test]
+async fn near_miss_prefixes_match_no_route_and_never_reach_upstream() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    // Case, trailing dots and look-alike segments: prefixes match exact,
+    // whole segments, so none of these is the `/api` route.
+    for path in [
+        "/API/x",
+        "/Api/x",
+        "/api./x",
+        "/api%2e/x",
+        "/apix",
+        "/api.json",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let status = raw_status(&sidecar.base, &request).await;
+        assert!(status == 404 || status == 400, "{path}: {status}");
+    }
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn malformed_http_and_very_long_paths_get_4xx_and_never_reach_upstream() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    for request in [
+        "GARBAGE\r\n\r\n".to_owned(),
+        "GET /api/x HTTP/9.9\r\nhost: x\r\n\r\n".to_owned(),
+        "GET /api/x HTTP/1.1\r\nbad header line\r\n\r\n".to_owned(),
+        "GET /api/x HTTP/1.1\r\nhost: x\r\ncontent-length: nope\r\n\r\n".to_owned(),
+    ] {
+        let status = raw_status(&sidecar.base, &request).await;
+        assert_eq!(status, 400, "{request:?}");
+    }
+    // 100 KB of path: over the head limit (431) or the URI limit (414).
+    let long = format!("/api/{}", "a".repeat(100 * 1024));
+    let status = raw_status(
+        &sidecar.base,
+        &format!("GET {long} HTTP/1.1\r\nhost: x\r\n\r\n"),
+    )
+    .await;
+    assert!(status == 414 || status == 431, "very long path: {status}");
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
 async fn oversized_body_is_413() {
     let upstream = Upstream::start().await;
     let sidecar = start(PLAIN, &upstream).await;
