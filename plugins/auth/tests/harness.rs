@@ -278,6 +278,57 @@ fn rejects_tampered_payload() {
 }
 
 #[test]
+fn rejects_tampered_header_and_signature() {
+    let good = token_for("alice");
+    let parts: Vec<&str> = good.split('.').collect();
+    // A header that differs by one field, signature kept.
+    let header = b64(r#"{"alg":"HS256","typ":"JWT","x":"y"}"#);
+    let forged = format!("{header}.{}.{}", parts[1], parts[2]);
+    assert_eq!(code_for_token(config(), &forged), "bad_signature");
+    // One flipped character in the signature.
+    let mut sig: Vec<char> = parts[2].chars().collect();
+    sig[5] = if sig[5] == 'A' { 'B' } else { 'A' };
+    let flipped = format!(
+        "{}.{}.{}",
+        parts[0],
+        parts[1],
+        sig.iter().collect::<String>()
+    );
+    assert_eq!(code_for_token(config(), &flipped), "bad_signature");
+}
+
+#[test]
+fn kid_cannot_choose_the_key() {
+    // Verifiers that look keys up by `kid` have been tricked into using a
+    // file, an empty key or an attacker's key; this policy has one key and
+    // never reads `kid`: whatever it says, only the configured secret verifies.
+    let payload = json!({ "sub": "admin", "iat": NOW, "exp": NOW + 300 }).to_string();
+    for kid in [
+        "../../../../dev/null",
+        "' OR '1'='1",
+        "",
+        "http://attacker.example/key",
+    ] {
+        let header = json!({ "alg": "HS256", "typ": "JWT", "kid": kid }).to_string();
+        for secret in ["x", "attacker-secret"] {
+            let token = hand_signed(&header, &payload, secret);
+            assert_eq!(
+                code_for_token(config(), &token),
+                "bad_signature",
+                "kid {kid:?}, signed with {secret:?}"
+            );
+        }
+        // With the real secret the `kid` is simply ignored.
+        let token = hand_signed(&header, &payload, SECRET);
+        assert_eq!(
+            forwarded_user(&call(config(), get("/").bearer(&token))).as_deref(),
+            Some("admin"),
+            "kid {kid:?}"
+        );
+    }
+}
+
+#[test]
 fn rejects_alg_none() {
     let payload = json!({ "sub": "admin", "iat": NOW, "exp": NOW + 300 }).to_string();
     for header in [
