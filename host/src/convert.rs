@@ -56,7 +56,15 @@ fn headers_to_list(map: &HeaderMap) -> Result<Vec<Header>, String> {
     Ok(out)
 }
 
+/// Most headers a policy may put on a request or response. Far above what
+/// real messages carry, far below what an HTTP header map can hold (it
+/// panics past 32 768).
+pub const MAX_HEADERS: usize = 1024;
+
 fn list_to_headers(list: &[Header]) -> Result<HeaderMap, String> {
+    if list.len() > MAX_HEADERS {
+        return Err(format!("{} headers (at most {MAX_HEADERS})", list.len()));
+    }
     let mut map = HeaderMap::with_capacity(list.len());
     for h in list {
         let name = HeaderName::from_bytes(h.name.as_bytes())

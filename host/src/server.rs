@@ -24,7 +24,7 @@ use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::capabilities::Services;
-use crate::config::Config;
+use crate::config::{Config, ProxySettings};
 use crate::convert;
 use crate::error::SidecarError;
 use crate::gateway::{Gateway, Route};
@@ -272,21 +272,15 @@ async fn proxy(
     // responses that the response hooks still see.
     let response = match outcome.response {
         Some(answered) => answered,
-        None => forward(
-            state,
-            gateway.proxy.max_response_bytes,
-            route,
-            &outcome.request,
-            client,
-        )
-        .await
-        .unwrap_or_else(|error| {
-            tracing::warn!(route = %route.name, %error, "upstream failed");
-            if let SidecarError::Upstream(e) = &error {
-                state.metrics.upstream_error(&route.name, e);
-            }
-            error.to_policy_response()
-        }),
+        None => forward(state, &gateway.proxy, route, &outcome.request, client)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(route = %route.name, %error, "upstream failed");
+                if let SidecarError::Upstream(e) = &error {
+                    state.metrics.upstream_error(&route.name, e);
+                }
+                error.to_policy_response()
+            }),
     };
 
     // Response hooks, in reverse chain order.
@@ -295,6 +289,15 @@ async fn proxy(
         .on_response(&outcome.request, response, &state.metrics)
         .await;
 
+    // A policy's answer is bounded like an upstream's.
+    let limit = gateway.proxy.max_response_bytes;
+    if response.body.len() > limit {
+        return Err(SidecarError::BadPolicyOutput {
+            route: route.name.to_string(),
+            what: "response",
+            detail: format!("a body of {} bytes (at most {limit})", response.body.len()),
+        });
+    }
     convert::response_to_http(response).map_err(|detail| SidecarError::BadPolicyOutput {
         route: route.name.to_string(),
         what: "response",
@@ -304,11 +307,23 @@ async fn proxy(
 
 async fn forward(
     state: &AppState,
-    max_response_bytes: usize,
+    limits: &ProxySettings,
     route: &Route,
     request: &crate::bindings::Request,
     client: SocketAddr,
 ) -> Result<crate::bindings::Response, SidecarError> {
+    // A request a policy rewrote is bounded like a client's.
+    if request.body.len() > limits.max_body_bytes {
+        return Err(SidecarError::BadPolicyOutput {
+            route: route.name.to_string(),
+            what: "request",
+            detail: format!(
+                "a body of {} bytes (at most {})",
+                request.body.len(),
+                limits.max_body_bytes
+            ),
+        });
+    }
     let upstream = route
         .upstream
         .as_ref()
@@ -329,7 +344,7 @@ async fn forward(
     })?;
     let (parts, body) = state
         .upstream
-        .send(outgoing, route.timeout, max_response_bytes)
+        .send(outgoing, route.timeout, limits.max_response_bytes)
         .await?;
     Ok(convert::response_from_upstream(&parts, body)?)
 }

@@ -150,3 +150,44 @@ async fn policies_before_a_failed_one_still_see_the_503_in_their_response_hook()
     assert_eq!(access[0].field("status"), Some(&FieldValue::Int(503)));
     assert_eq!(&*access[0].policy, "logging");
 }
+
+#[tokio::test]
+async fn deep_recursion_is_a_contained_trap() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&config("recurse", "closed", "request"), &upstream).await;
+    let (status, body) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("policy_failed"))
+    );
+    assert_eq!(upstream.hits(), 0);
+    assert_healthy_route_still_serves(&sidecar.base).await;
+}
+
+#[tokio::test]
+async fn an_answer_with_thousands_of_headers_is_502_not_a_crash() {
+    for hook in ["request", "response"] {
+        let upstream = Upstream::start().await;
+        let sidecar = start(&config("headers", "closed", hook), &upstream).await;
+        let (status, body) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+        assert_eq!(status, 502, "{hook}: {body}");
+        assert_eq!(body["code"], "bad_policy_output");
+        assert!(
+            body["error"].as_str().unwrap().contains("invalid response"),
+            "{body}"
+        );
+        assert_healthy_route_still_serves(&sidecar.base).await;
+    }
+}
+
+#[tokio::test]
+async fn an_answer_over_the_response_limit_is_502() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&config("body", "closed", "request"), &upstream).await;
+    let (status, body) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (502, Some("bad_policy_output"))
+    );
+    assert_healthy_route_still_serves(&sidecar.base).await;
+}
