@@ -58,7 +58,12 @@ impl Guest for Component {
         else {
             return Decision::Continue(None);
         };
-        if serve && let Some(entry) = kv::get(&key).as_deref().and_then(Entry::decode) {
+        // A stored variant for other `Vary` values is a miss: the response
+        // to this request replaces it.
+        if serve
+            && let Some(entry) = kv::get(&key).as_deref().and_then(Entry::decode)
+            && policy::vary_matches(&entry, &headers)
+        {
             st.outcome = Outcome::Hit;
             let headers = policy::hit_headers(&entry, clock::now_micros());
             return Decision::Respond(Response {
@@ -74,7 +79,7 @@ impl Guest for Component {
         Decision::Continue(None)
     }
 
-    fn on_response(_req: Request, mut resp: Response) -> Response {
+    fn on_response(req: Request, mut resp: Response) -> Response {
         let st = state();
         let (Some(cfg), Outcome::Miss { key }) = (st.config.as_ref(), &st.outcome) else {
             return resp;
@@ -85,6 +90,7 @@ impl Guest for Component {
                 let entry = policy::entry_for(
                     resp.status,
                     &headers,
+                    &pairs(&req.headers),
                     resp.body.clone(),
                     clock::now_micros(),
                 );

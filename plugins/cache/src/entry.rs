@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Format version inside the meta, checked on read.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -14,6 +14,9 @@ pub struct Entry {
     pub headers: Vec<(String, String)>,
     /// When it was stored (host clock), for the `age` header.
     pub stored_at_micros: u64,
+    /// The response's `Vary` headers (lower-case names) with the values the
+    /// stored request had for them: served only to requests that match.
+    pub vary: Vec<(String, Option<String>)>,
     pub body: Vec<u8>,
 }
 
@@ -23,6 +26,7 @@ struct Meta {
     status: u16,
     headers: Vec<(String, String)>,
     stored_at_micros: u64,
+    vary: Vec<(String, Option<String>)>,
 }
 
 impl Entry {
@@ -32,6 +36,7 @@ impl Entry {
             status: self.status,
             headers: self.headers,
             stored_at_micros: self.stored_at_micros,
+            vary: self.vary,
         };
         // Serializing plain strings and integers cannot fail.
         let meta = serde_json::to_vec(&meta).unwrap_or_default();
@@ -51,6 +56,7 @@ impl Entry {
             status: meta.status,
             headers: meta.headers,
             stored_at_micros: meta.stored_at_micros,
+            vary: meta.vary,
             body: bytes[end..].to_vec(),
         })
     }
@@ -65,6 +71,7 @@ mod tests {
             status: 200,
             headers: vec![("content-type".into(), "application/octet-stream".into())],
             stored_at_micros: 1_700_000_000_123_456,
+            vary: vec![("accept-language".into(), Some("en".into())), ("x-v".into(), None)],
             body: vec![0, 159, 146, 150, 255, b'{'],
         }
     }
@@ -99,9 +106,9 @@ mod tests {
         let mut other_version = sample().encode();
         let pos = other_version
             .windows(5)
-            .position(|w| w == b"\"v\":1")
+            .position(|w| w == b"\"v\":2")
             .unwrap();
-        other_version[pos + 4] = b'2';
+        other_version[pos + 4] = b'1';
         assert_eq!(Entry::decode(&other_version), None);
     }
 }

@@ -11,6 +11,9 @@
 //! `no-store`/`private`/`no-cache` or `vary: *` is stored for its
 //! `s-maxage`/`max-age` (capped) or `ttl_secs`. Request `no-store` bypasses
 //! the cache; request `no-cache` skips the lookup but may refresh the entry.
+//! A response with `Vary` is stored with the request's values of those
+//! headers and served only to requests with the same values (one variant
+//! per key: another variant's response replaces it).
 //!
 //! The logic lives in plain modules so `cargo test` runs natively; only
 //! `component` touches the generated bindings and is built for wasm32 only.

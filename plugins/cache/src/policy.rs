@@ -96,8 +96,15 @@ const UNSTORED: &[&str] = &[
 ];
 
 /// The entry to store for a response.
-pub fn entry_for(status: u16, headers: &[(&str, &str)], body: Vec<u8>, now_micros: u64) -> Entry {
+pub fn entry_for(
+    status: u16,
+    headers: &[(&str, &str)],
+    request_headers: &[(&str, &str)],
+    body: Vec<u8>,
+    now_micros: u64,
+) -> Entry {
     Entry {
+        vary: vary_of(headers, request_headers),
         status,
         headers: headers
             .iter()
@@ -107,6 +114,39 @@ pub fn entry_for(status: u16, headers: &[(&str, &str)], body: Vec<u8>, now_micro
         stored_at_micros: now_micros,
         body,
     }
+}
+
+/// The headers a response varies on (its `Vary`), each with the value the
+/// request had (several values joined by `, `; `None` when absent).
+pub fn vary_of(response: &[(&str, &str)], request: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
+    let mut names: Vec<String> = values(response, "vary")
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let value = request_value(request, &name);
+            (name, value)
+        })
+        .collect()
+}
+
+fn request_value(request: &[(&str, &str)], name: &str) -> Option<String> {
+    let found: Vec<&str> = values(request, name).collect();
+    (!found.is_empty()).then(|| found.join(", "))
+}
+
+/// Whether a stored entry may answer this request: every header its
+/// response varied on has the same value now as when it was stored.
+pub fn vary_matches(entry: &Entry, request: &[(&str, &str)]) -> bool {
+    entry
+        .vary
+        .iter()
+        .all(|(name, value)| request_value(request, name) == *value)
 }
 
 /// The headers of a hit: the stored ones plus `x-cache: hit` and `age`.
@@ -121,6 +161,32 @@ pub fn hit_headers(entry: &Entry, now_micros: u64) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vary_records_the_request_values_and_matches_only_the_same() {
+        let response = [("vary", "Accept-Language, accept-encoding"), ("vary", "x-v")];
+        let request = [("accept-language", "en"), ("accept-encoding", "gzip")];
+        let vary = vary_of(&response, &request);
+        assert_eq!(
+            vary,
+            [
+                ("accept-encoding".to_owned(), Some("gzip".to_owned())),
+                ("accept-language".to_owned(), Some("en".to_owned())),
+                ("x-v".to_owned(), None),
+            ]
+        );
+        let entry = entry_for(200, &response, &request, vec![], 0);
+        assert!(vary_matches(&entry, &request));
+        assert!(!vary_matches(
+            &entry,
+            &[("accept-language", "fr"), ("accept-encoding", "gzip")]
+        ));
+        assert!(!vary_matches(&entry, &[("accept-encoding", "gzip")]));
+        assert!(!vary_matches(
+            &entry,
+            &[("accept-language", "en"), ("accept-encoding", "gzip"), ("x-v", "1")]
+        ));
+    }
 
     fn cfg() -> Config {
         Config::parse("{}").unwrap()
@@ -246,6 +312,7 @@ mod tests {
                 ("age", "3"),
                 ("etag", "\"1\""),
             ],
+            &[],
             b"hi".to_vec(),
             5,
         );
@@ -261,7 +328,7 @@ mod tests {
 
     #[test]
     fn hit_headers_add_age() {
-        let e = entry_for(200, &[("content-type", "text/plain")], vec![], 1_000_000);
+        let e = entry_for(200, &[("content-type", "text/plain")], &[], vec![], 1_000_000);
         let h = hit_headers(&e, 8_500_000);
         assert_eq!(
             h[1..],

@@ -285,6 +285,24 @@ fn authorization_only_callers_get_their_own_entries() {
 }
 
 #[test]
+fn vary_serves_a_stored_variant_only_to_requests_that_match_it() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    let in_lang = |lang: &str| get("/greeting").header("accept-language", lang);
+    let varied = |body: &str| ok(body).header("vary", "Accept-Language");
+
+    assert_miss(&trip(&p, in_lang("en"), varied("hello")), "hello");
+    assert_hit(&trip(&p, in_lang("en"), varied("x")), "hello");
+    // Another language never gets the English variant; its answer replaces it.
+    assert_miss(&trip(&p, in_lang("fr"), varied("bonjour")), "bonjour");
+    assert_hit(&trip(&p, in_lang("fr"), varied("x")), "bonjour");
+    // No accept-language at all is a value of its own.
+    assert_miss(&trip(&p, get("/greeting"), varied("hi")), "hi");
+    assert_hit(&trip(&p, get("/greeting"), varied("x")), "hi");
+    assert_miss(&trip(&p, in_lang("en"), varied("hello again")), "hello again");
+}
+
+#[test]
 fn query_string_is_part_of_the_key() {
     let h = harness();
     let p = h.configure(json!({})).unwrap();
