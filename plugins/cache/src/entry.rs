@@ -71,7 +71,10 @@ mod tests {
             status: 200,
             headers: vec![("content-type".into(), "application/octet-stream".into())],
             stored_at_micros: 1_700_000_000_123_456,
-            vary: vec![("accept-language".into(), Some("en".into())), ("x-v".into(), None)],
+            vary: vec![
+                ("accept-language".into(), Some("en".into())),
+                ("x-v".into(), None),
+            ],
             body: vec![0, 159, 146, 150, 255, b'{'],
         }
     }

@@ -118,7 +118,10 @@ pub fn entry_for(
 
 /// The headers a response varies on (its `Vary`), each with the value the
 /// request had (several values joined by `, `; `None` when absent).
-pub fn vary_of(response: &[(&str, &str)], request: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
+pub fn vary_of(
+    response: &[(&str, &str)],
+    request: &[(&str, &str)],
+) -> Vec<(String, Option<String>)> {
     let mut names: Vec<String> = values(response, "vary")
         .flat_map(|v| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
@@ -164,7 +167,10 @@ mod tests {
 
     #[test]
     fn vary_records_the_request_values_and_matches_only_the_same() {
-        let response = [("vary", "Accept-Language, accept-encoding"), ("vary", "x-v")];
+        let response = [
+            ("vary", "Accept-Language, accept-encoding"),
+            ("vary", "x-v"),
+        ];
         let request = [("accept-language", "en"), ("accept-encoding", "gzip")];
         let vary = vary_of(&response, &request);
         assert_eq!(
@@ -184,7 +190,11 @@ mod tests {
         assert!(!vary_matches(&entry, &[("accept-encoding", "gzip")]));
         assert!(!vary_matches(
             &entry,
-            &[("accept-language", "en"), ("accept-encoding", "gzip"), ("x-v", "1")]
+            &[
+                ("accept-language", "en"),
+                ("accept-encoding", "gzip"),
+                ("x-v", "1")
+            ]
         ));
     }
 
@@ -328,7 +338,13 @@ mod tests {
 
     #[test]
     fn hit_headers_add_age() {
-        let e = entry_for(200, &[("content-type", "text/plain")], &[], vec![], 1_000_000);
+        let e = entry_for(
+            200,
+            &[("content-type", "text/plain")],
+            &[],
+            vec![],
+            1_000_000,
+        );
         let h = hit_headers(&e, 8_500_000);
         assert_eq!(
             h[1..],

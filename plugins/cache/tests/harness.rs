@@ -299,7 +299,10 @@ fn vary_serves_a_stored_variant_only_to_requests_that_match_it() {
     // No accept-language at all is a value of its own.
     assert_miss(&trip(&p, get("/greeting"), varied("hi")), "hi");
     assert_hit(&trip(&p, get("/greeting"), varied("x")), "hi");
-    assert_miss(&trip(&p, in_lang("en"), varied("hello again")), "hello again");
+    assert_miss(
+        &trip(&p, in_lang("en"), varied("hello again")),
+        "hello again",
+    );
 }
 
 #[test]
