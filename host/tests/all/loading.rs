@@ -226,6 +226,15 @@ fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored(
     );
 }
 
+/// An empty 200, as the upstream's answer for the response hooks.
+fn upstream_ok() -> Response {
+    Response {
+        status: 200,
+        headers: vec![],
+        body: vec![],
+    }
+}
+
 /// Runs `n` requests through the tag fixture, one after the other, and
 /// returns what each response's `x-instance-served` said.
 async fn served_counts(instances: Instances, n: usize) -> Vec<String> {
@@ -238,11 +247,7 @@ async fn served_counts(instances: Instances, n: usize) -> Vec<String> {
     for _ in 0..n {
         let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
         instance.on_request(&request()).await.unwrap();
-        let resp = Response {
-            status: 200,
-            headers: vec![],
-            body: vec![],
-        };
+        let resp = upstream_ok();
         let resp = instance.on_response(&request(), &resp).await.unwrap();
         let served = resp.headers.iter().find(|h| h.name == "x-instance-served");
         counts.push(served.expect("tag sets it").value.clone());
@@ -282,11 +287,7 @@ async fn a_failed_instance_is_never_reused() {
         let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
         // A reused instance would be refused as "already failed".
         instance.on_request(&request()).await.unwrap();
-        let resp = Response {
-            status: 200,
-            headers: vec![],
-            body: vec![],
-        };
+        let resp = upstream_ok();
         let err = instance.on_response(&request(), &resp).await.unwrap_err();
         assert!(err.to_string().contains("trapped on purpose"), "{err}");
     }
@@ -305,11 +306,7 @@ async fn a_reused_instance_logs_with_the_current_request_id() {
     for id in ["first", "second"] {
         let mut instance = policy.instantiate(&"r".into(), &id.into()).await.unwrap();
         instance.on_request(&request()).await.unwrap();
-        let resp = Response {
-            status: 200,
-            headers: vec![],
-            body: vec![],
-        };
+        let resp = upstream_ok();
         instance.on_response(&request(), &resp).await.unwrap();
     }
     let ids: Vec<String> = sink
