@@ -45,6 +45,7 @@ fn traps_deadlines_and_memory_caps_are_typed_errors_under_production_limits() {
         .with_limits(PolicyLimits {
             deadline: Duration::from_millis(20),
             memory_bytes: 8 * 1024 * 1024,
+            ..PolicyLimits::default()
         });
     let call = |mode: &str| {
         h.configure(json!({ "mode": mode }))

@@ -134,11 +134,22 @@ async fn policies(State(admin): State<Arc<Admin>>) -> Response {
             })
         })
         .collect();
+    // Each loaded policy, with how it has been failing (`null` if never).
+    let failing = sidecar.metrics.policy_failures();
+    let policies: Vec<_> = gateway
+        .policies
+        .iter()
+        .map(|p| {
+            let mut entry = json!(p);
+            entry["failures"] = json!(failing.get(&p.name));
+            entry
+        })
+        .collect();
     Json(json!({
         "config": sidecar.current_config().source,
         "reload": sidecar.reload_status(),
         "routes": routes,
-        "policies": gateway.policies,
+        "policies": policies,
     }))
     .into_response()
 }

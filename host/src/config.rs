@@ -223,6 +223,8 @@ struct RawWasm {
     /// Defaults for policies that set none.
     deadline_ms: Option<u64>,
     memory_mb: Option<usize>,
+    kv_ops_per_request: Option<u32>,
+    kv_bytes_per_request: Option<usize>,
     /// A folder for compiled policies, or "off".
     compile_cache: Option<String>,
 }
@@ -277,6 +279,8 @@ struct RawPolicy {
     instances: Instances,
     deadline_ms: Option<u64>,
     memory_mb: Option<usize>,
+    kv_ops_per_request: Option<u32>,
+    kv_bytes_per_request: Option<usize>,
     sha256: Option<String>,
     #[serde(default)]
     config: toml::Table,
@@ -342,6 +346,10 @@ fn validate(
         memory_bytes: positive("wasm.memory_mb", raw.wasm.memory_mb)?
             .map_or(PolicyLimits::default().memory_bytes, |mb| mb * MB)
             .min(engine.max_memory_bytes),
+        kv_ops: positive("wasm.kv_ops_per_request", raw.wasm.kv_ops_per_request)?
+            .unwrap_or(PolicyLimits::default().kv_ops),
+        kv_bytes: positive("wasm.kv_bytes_per_request", raw.wasm.kv_bytes_per_request)?
+            .unwrap_or(PolicyLimits::default().kv_bytes),
     };
 
     let kv = kv_settings(raw.kv)?;
@@ -369,6 +377,13 @@ fn validate(
             deadline: positive(&format!("{field}.deadline_ms"), p.deadline_ms)?
                 .map_or(limit_defaults.deadline, Duration::from_millis),
             memory_bytes,
+            kv_ops: positive(&format!("{field}.kv_ops_per_request"), p.kv_ops_per_request)?
+                .unwrap_or(limit_defaults.kv_ops),
+            kv_bytes: positive(
+                &format!("{field}.kv_bytes_per_request"),
+                p.kv_bytes_per_request,
+            )?
+            .unwrap_or(limit_defaults.kv_bytes),
         };
         let mut json = serde_json::to_value(&p.config)
             .with_context(|| format!("{field}.config: cannot be expressed as JSON"))?;

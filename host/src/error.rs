@@ -72,6 +72,7 @@ impl SidecarError {
                 let policy = match e {
                     PolicyError::TimedOut { policy, .. }
                     | PolicyError::MemoryCap { policy, .. }
+                    | PolicyError::KvQuota { policy, .. }
                     | PolicyError::Trapped { policy, .. }
                     | PolicyError::ConfigRefused { policy, .. }
                     | PolicyError::Unavailable { policy, .. } => policy,

@@ -10,10 +10,12 @@
 //! | `sidecar_policy_calls_total` | `policy`, `hook` (`request`, `response`) |
 //! | `sidecar_policy_call_duration_seconds` (histogram, instance creation included) | `policy`, `hook` |
 //! | `sidecar_policy_denials_total` (the request hook answered 4xx/5xx itself) | `policy` |
-//! | `sidecar_policy_failures_total` | `policy`, `hook`, `reason` (`trap`, `deadline`, `memory_cap`, `config_refused`, `unavailable`) |
+//! | `sidecar_policy_failures_total` | `policy`, `hook`, `reason` (`trap`, `deadline`, `memory_cap`, `kv_quota`, `config_refused`, `unavailable`) |
 //! | `sidecar_reloads_total` | `result` (`applied`, `refused`) |
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -80,6 +82,23 @@ pub struct Metrics {
     policy_denials: Family<PolicyLabels, Counter>,
     policy_failures: Family<PolicyFailureLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    /// The admin view of failures per policy (the counters above cannot be
+    /// read back). Touched only when a call fails.
+    failing: Mutex<HashMap<String, PolicyFailures>>,
+}
+
+/// How a policy has been failing, for the admin view (`GET /policies`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyFailures {
+    /// Failed calls since the process started.
+    pub total: u64,
+    /// The last failure: `reason` as in `sidecar_policy_failures_total`,
+    /// `hook`, `at` (Unix seconds) and the error, trap text included (the
+    /// admin listener is for operators; clients never see this).
+    pub last_reason: &'static str,
+    pub last_hook: &'static str,
+    pub last_at: u64,
+    pub last_error: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,7 +188,16 @@ impl Metrics {
             policy_denials,
             policy_failures,
             reloads,
+            failing: Mutex::default(),
         }
+    }
+
+    /// Failures so far of each policy that has failed at least once.
+    pub fn policy_failures(&self) -> HashMap<String, PolicyFailures> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The OpenMetrics text exposition of every metric.
@@ -231,6 +259,7 @@ impl Metrics {
         let reason = match error {
             PolicyError::TimedOut { .. } => "deadline",
             PolicyError::MemoryCap { .. } => "memory_cap",
+            PolicyError::KvQuota { .. } => "kv_quota",
             PolicyError::Trapped { .. } => "trap",
             PolicyError::ConfigRefused { .. } => "config_refused",
             PolicyError::Unavailable { .. } => "unavailable",
@@ -242,6 +271,24 @@ impl Metrics {
                 reason,
             })
             .inc();
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = failing
+            .entry(policy.to_owned())
+            .or_insert_with(|| PolicyFailures {
+                total: 0,
+                last_reason: reason,
+                last_hook: hook,
+                last_at: at,
+                last_error: String::new(),
+            });
+        entry.total += 1;
+        entry.last_reason = reason;
+        entry.last_hook = hook;
+        entry.last_at = at;
+        entry.last_error = error.to_string();
     }
 
     pub fn reload(&self, applied: bool) {

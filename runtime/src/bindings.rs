@@ -11,8 +11,9 @@ wasmtime::component::bindgen!({
     // sync call from inside the tokio runtime would have to block on them.
     // `kv` is async too: with the Redis backend a call waits on the network,
     // and it must suspend the policy's fiber, not block a tokio worker.
+    // `kv` is trappable: a call beyond the request's quota traps the policy.
     // `log` and `clock` stay sync: they never wait.
-    imports: { "sidecar:policy/kv": async },
+    imports: { "sidecar:policy/kv": async | trappable },
     exports: { default: async },
 });
 

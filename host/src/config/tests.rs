@@ -261,3 +261,26 @@ fn server_limits_have_defaults_and_errors_name_the_field() {
     let e = err(&format!("[server]\nslow_loris = true\n{MINIMAL}"));
     assert!(e.contains("slow_loris"), "{e}");
 }
+
+#[test]
+fn kv_quotas_default_are_overridable_and_must_be_positive() {
+    let c = parse_str(
+        "[wasm]\nkv_ops_per_request = 50\n[[route]]\nprefix = \"/a\"\npolicies = [\"p\", \"q\"]\n[policy.p]\nwasm = \"p.wasm\"\n[policy.q]\nwasm = \"q.wasm\"\nkv_ops_per_request = 7\nkv_bytes_per_request = 4096\n",
+    )
+    .unwrap();
+    let (p, q) = (&c.policies["p"].limits, &c.policies["q"].limits);
+    assert_eq!(
+        (p.kv_ops, p.kv_bytes),
+        (50, PolicyLimits::default().kv_bytes)
+    );
+    assert_eq!((q.kv_ops, q.kv_bytes), (7, 4096));
+
+    let e = err(
+        "[[route]]\nprefix = \"/a\"\npolicies = [\"p\"]\n[policy.p]\nwasm = \"p.wasm\"\nkv_ops_per_request = 0\n",
+    );
+    assert!(e.contains("policy.p.kv_ops_per_request"), "{e}");
+    let e = err(
+        "[wasm]\nkv_bytes_per_request = 0\n[[route]]\nprefix = \"/\"\nupstream = \"http://h:1\"\n",
+    );
+    assert!(e.contains("wasm.kv_bytes_per_request"), "{e}");
+}

@@ -238,6 +238,7 @@ fn check_error(e: &PolicyError, want: &str) -> Result<(), String> {
         ("trap", PolicyError::Trapped { .. })
             | ("timeout", PolicyError::TimedOut { .. })
             | ("memory", PolicyError::MemoryCap { .. })
+            | ("kv_quota", PolicyError::KvQuota { .. })
     );
     if ok {
         Ok(())

@@ -205,3 +205,39 @@ async fn metrics_count_requests_policy_calls_denials_failures_and_upstream_error
         Some(3.0)
     );
 }
+
+#[tokio::test]
+async fn a_policy_that_keeps_failing_shows_in_the_policies_view() {
+    let upstream = Upstream::start().await;
+    let (base, _, sidecar) = serve(&config(&upstream)).await;
+    let admin = admin_listener(Admin::serving(sidecar)).await;
+    for _ in 0..3 {
+        let (status, _) = get_json(&format!("{base}/broken/x")).await;
+        assert_eq!(status, 503);
+    }
+    get_json(&format!("{base}/api/x")).await;
+
+    let (status, view) = get_json(&format!("{admin}/policies")).await;
+    assert_eq!(status, 200);
+    let policy = |name: &str| {
+        view["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {view}"))
+            .clone()
+    };
+    let boom = policy("boom");
+    assert_eq!(boom["failures"]["total"], 3, "{boom}");
+    assert_eq!(boom["failures"]["last_reason"], "trap");
+    assert_eq!(boom["failures"]["last_hook"], "request");
+    assert!(
+        boom["failures"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("trapped on purpose"),
+        "operators see why: {boom}"
+    );
+    assert!(policy("tagger")["failures"].is_null());
+}

@@ -191,3 +191,57 @@ async fn an_answer_over_the_response_limit_is_502() {
     );
     assert_healthy_route_still_serves(&sidecar.base).await;
 }
+
+#[tokio::test]
+async fn policy_abusing_the_store_is_stopped_by_its_kv_quota() {
+    for mode in ["kv-loop", "kv-huge"] {
+        let upstream = Upstream::start().await;
+        // A deadline far away: what stops the policy must be the quota.
+        let toml =
+            config(mode, "closed", "request").replace("deadline_ms = 100", "deadline_ms = 30000");
+        let sidecar = start(&toml, &upstream).await;
+        for _ in 0..3 {
+            let (status, body) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (503, Some("policy_failed")),
+                "{mode}: {body}"
+            );
+        }
+        let metrics = sidecar.sidecar.metrics.render();
+        assert!(
+            metrics.contains(
+                r#"sidecar_policy_failures_total{policy="hostile",hook="request",reason="kv_quota"} 3"#
+            ),
+            "{mode}: {metrics}"
+        );
+        assert_eq!(upstream.hits(), 0);
+        assert_healthy_route_still_serves(&sidecar.base).await;
+    }
+}
+
+#[tokio::test]
+async fn kv_quota_failing_open_skips_the_policy() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(&config("kv-loop", "open", "request"), &upstream).await;
+    let (status, _) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn kv_quota_is_configurable_per_policy() {
+    // Quota of 5 operations: even the first loop iterations trap at once;
+    // the count in the failure says the configured value was applied.
+    let upstream = Upstream::start().await;
+    let toml = config("kv-loop", "closed", "request").replace(
+        "deadline_ms = 100",
+        "deadline_ms = 100\nkv_ops_per_request = 5",
+    );
+    let sidecar = start(&toml, &upstream).await;
+    let (status, _) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
+    assert_eq!(status, 503);
+    let failing = sidecar.sidecar.metrics.policy_failures();
+    let error = &failing["hostile"].last_error;
+    assert!(error.contains("more than 5 kv operations"), "{error}");
+}

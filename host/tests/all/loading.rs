@@ -29,6 +29,7 @@ fn spec(name: &str, config: serde_json::Value) -> PolicySpec {
         limits: PolicyLimits {
             deadline: Duration::from_millis(100),
             memory_bytes: 16 * 1024 * 1024,
+            ..PolicyLimits::default()
         },
         instances: Instances::Fresh,
     }

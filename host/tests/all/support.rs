@@ -78,6 +78,7 @@ impl Upstream {
 pub struct Running {
     pub base: String,
     pub logs: Arc<MemorySink>,
+    pub sidecar: Arc<Sidecar>,
 }
 
 /// `toml` may use `{UPSTREAM}` and `{TAG}`, `{HOSTILE}`, `{AUTH}`,
@@ -91,8 +92,12 @@ pub async fn start(toml: &str, upstream: &Upstream) -> Running {
         .replace("{LOGGING}", test_policies::LOGGING)
         .replace("{CACHE}", test_policies::CACHE);
     let config = sidecar::config::parse(&text, Path::new("/test/sidecar.toml"), &|_| None).unwrap();
-    let (base, logs, _) = serve(&config).await;
-    Running { base, logs }
+    let (base, logs, sidecar) = serve(&config).await;
+    Running {
+        base,
+        logs,
+        sidecar,
+    }
 }
 
 /// Serves `config` on a free port, with logs captured: the base URL, the

@@ -288,13 +288,72 @@ impl KvStore for MemoryKv {
 pub struct KvState {
     pub(crate) store: Arc<dyn KvStore>,
     pub(crate) namespace: Arc<str>,
+    pub(crate) quota: KvQuota,
 }
 
-// The imports are async in the bindings: a policy's `kv` call suspends its
-// fiber while the store answers (a Redis round trip never blocks a thread).
+/// What one request may still do with the store. A policy that calls the
+/// store in a tight loop, or moves huge values again and again, is stopped
+/// here (a trap, reported as [`KvQuotaExceeded`]) long before it could slow
+/// the store for everyone else; the epoch deadline alone would let it make
+/// millions of calls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KvQuota {
+    max_ops: u32,
+    max_bytes: usize,
+    ops: u32,
+    bytes: usize,
+}
+
+/// The trap raised when a request exceeds its `kv` quota.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KvQuotaExceeded(pub String);
+
+impl KvQuota {
+    pub(crate) fn new(max_ops: u32, max_bytes: usize) -> Self {
+        Self {
+            max_ops,
+            max_bytes,
+            ops: 0,
+            bytes: 0,
+        }
+    }
+
+    /// A new request starts with the whole quota.
+    pub(crate) fn reset(&mut self) {
+        self.ops = 0;
+        self.bytes = 0;
+    }
+
+    /// Counts `ops` operations moving `bytes`; an error once over either
+    /// bound.
+    fn charge(&mut self, ops: u32, bytes: usize) -> wasmtime::Result<()> {
+        self.ops = self.ops.saturating_add(ops);
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.ops > self.max_ops {
+            return Err(wasmtime::Error::new(KvQuotaExceeded(format!(
+                "more than {} kv operations in one request",
+                self.max_ops
+            ))));
+        }
+        if self.bytes > self.max_bytes {
+            return Err(wasmtime::Error::new(KvQuotaExceeded(format!(
+                "more than {} kv bytes in one request",
+                self.max_bytes
+            ))));
+        }
+        Ok(())
+    }
+}
+
 impl wit::Host for KvState {
-    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.store.get(&self.namespace, &key).await
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.quota.charge(1, key.len())?;
+        let value = self.store.get(&self.namespace, &key).await;
+        // What the store hands back counts too: reading a huge value over
+        // and over costs the host as much as writing it.
+        self.quota.charge(0, value.as_ref().map_or(0, Vec::len))?;
+        Ok(value)
     }
 
     async fn set(
@@ -302,8 +361,10 @@ impl wit::Host for KvState {
         key: String,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
-    ) -> Result<(), wit::Error> {
-        self.store
+    ) -> wasmtime::Result<Result<(), wit::Error>> {
+        self.quota.charge(1, key.len() + value.len())?;
+        Ok(self
+            .store
             .set(
                 &self.namespace,
                 &key,
@@ -314,11 +375,12 @@ impl wit::Host for KvState {
             .map_err(|e| match e {
                 KvError::TooLarge(m) => wit::Error::TooLarge(m),
                 KvError::Other(m) => wit::Error::Other(m),
-            })
+            }))
     }
 
-    async fn delete(&mut self, key: String) -> bool {
-        self.store.delete(&self.namespace, &key).await
+    async fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
+        self.quota.charge(1, key.len())?;
+        Ok(self.store.delete(&self.namespace, &key).await)
     }
 }
 

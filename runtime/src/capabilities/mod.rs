@@ -18,7 +18,9 @@ use wasmtime::component::Linker;
 use crate::wasm::HostState;
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
-pub use self::kv::{KvBackend, KvError, KvFuture, KvLimits, KvSettings, KvStore, MemoryKv};
+pub use self::kv::{
+    KvBackend, KvError, KvFuture, KvLimits, KvQuotaExceeded, KvSettings, KvStore, MemoryKv,
+};
 pub use self::log::{FieldValue, Level, LogRecord, LogSink, MemorySink, StdoutSink};
 pub use self::redis::{RedisKv, RedisSettings};
 

@@ -14,7 +14,7 @@ use super::{EPOCH_TICK, Runtime};
 use crate::bindings::{self, Decision, Request, Response};
 use crate::capabilities::Caller;
 use crate::capabilities::clock::ClockState;
-use crate::capabilities::kv::KvState;
+use crate::capabilities::kv::{KvQuota, KvQuotaExceeded, KvState};
 use crate::capabilities::log::LogState;
 
 /// What happens to a request when its policy fails (traps, times out, hits
@@ -60,6 +60,12 @@ pub struct PolicyLimits {
     pub deadline: Duration,
     /// Linear memory one instance may grow to.
     pub memory_bytes: usize,
+    /// `kv` calls one request may make into this policy's store (all hooks
+    /// together); one more traps the instance.
+    pub kv_ops: u32,
+    /// Key and value bytes one request may move through `kv` (read and
+    /// written, all hooks together); more traps the instance.
+    pub kv_bytes: usize,
 }
 
 impl Default for PolicyLimits {
@@ -67,6 +73,10 @@ impl Default for PolicyLimits {
         Self {
             deadline: Duration::from_millis(50),
             memory_bytes: 32 * 1024 * 1024,
+            // Ample for a cache (a lookup and a store of a 1 MiB body per
+            // request), and a hard stop for a policy looping on the store.
+            kv_ops: 100,
+            kv_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -93,6 +103,8 @@ pub enum PolicyError {
     },
     #[error("policy `{policy}` exceeded its memory cap of {limit} bytes")]
     MemoryCap { policy: Arc<str>, limit: usize },
+    #[error("policy `{policy}` exceeded its key-value quota: {detail}")]
+    KvQuota { policy: Arc<str>, detail: String },
     #[error("policy `{policy}` trapped: {detail}")]
     Trapped { policy: Arc<str>, detail: String },
     #[error("policy `{policy}` refused its config: {message}")]
@@ -230,6 +242,7 @@ impl Policy {
             kv: KvState {
                 store: services.kv.clone(),
                 namespace: self.name.clone(),
+                quota: KvQuota::new(self.spec.limits.kv_ops, self.spec.limits.kv_bytes),
             },
             clock: ClockState {
                 clock: services.clock.clone(),
@@ -351,6 +364,8 @@ impl PolicyInstance {
     pub async fn on_request(&mut self, req: &Request) -> Result<Decision, PolicyError> {
         let warm = self.enter()?;
         warm.uses += 1;
+        // Each request gets the whole quota (on a reused instance too).
+        warm.store.data_mut().kv.quota.reset();
         let result = warm
             .bindings
             .sidecar_policy_handler()
@@ -414,6 +429,12 @@ fn classify(
         return PolicyError::MemoryCap {
             policy,
             limit: limits.memory_bytes,
+        };
+    }
+    if let Some(quota) = error.downcast_ref::<KvQuotaExceeded>() {
+        return PolicyError::KvQuota {
+            policy,
+            detail: quota.0.clone(),
         };
     }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
