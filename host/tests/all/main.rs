@@ -11,4 +11,5 @@ mod proxy;
 mod redis;
 mod reload;
 mod server;
+mod shipping;
 mod support;
