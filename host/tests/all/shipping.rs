@@ -397,6 +397,60 @@ retries = 0
     assert_eq!(dropped + shutdown, n as u64, "every line accounted for");
 }
 
+#[tokio::test]
+async fn file_sink_rotates_without_losing_lines() {
+    let upstream = Upstream::start().await;
+    let dir = std::env::temp_dir().join(format!("sidecar-file-sink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    // An access line is a few hundred bytes: a handful per file.
+    let config = config(
+        &upstream,
+        &format!(
+            "[[log.sink]]\ntype = \"file\"\npath = \"{}\"\nmax_bytes = 2000\nkeep = 50\nflush_ms = 20\n",
+            log.display()
+        ),
+    );
+    let s = serve_with_sinks(&config).await;
+    let sent = ids("file", 100);
+    send_all(&s.base, &sent).await;
+    s.shipping.shutdown(Duration::from_secs(2)).await;
+
+    let mut written = Vec::new();
+    let mut files = 0;
+    for n in (0..=50).rev() {
+        let path = if n == 0 {
+            log.clone()
+        } else {
+            dir.join(format!("access.log.{n}"))
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        files += 1;
+        assert!(
+            text.len() <= 2000,
+            "{}: {} bytes",
+            path.display(),
+            text.len()
+        );
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            written.push(v["request_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(files > 5, "rotated: {files} files");
+    assert_eq!(sorted(written), sorted(sent.clone()), "every line once");
+    assert_eq!(
+        metric(
+            &s.sidecar,
+            r#"sidecar_log_lines_shipped_total{sink="file"}"#
+        ),
+        sent.len() as u64
+    );
+}
+
 /// The binary, with a file sink and a collector that refuses connections:
 /// on SIGTERM the file gets every access line (only the shutdown flush
 /// writes it here) and the drops are reported on stderr.
