@@ -115,10 +115,15 @@ impl Shipping {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(REPORT_EVERY);
                 tick.tick().await;
+                // Without a `Shipping` to shut down (dropped), keep reporting.
+                let mut attached = true;
                 loop {
                     tokio::select! {
                         _ = tick.tick() => r.report(),
-                        _ = stopped.changed() => return,
+                        changed = stopped.changed(), if attached => match changed {
+                            Ok(()) => return,
+                            Err(_) => attached = false,
+                        },
                     }
                 }
             });
