@@ -31,6 +31,9 @@ use crate::capabilities::redis::{RedisSettings, check_url};
 use crate::capabilities::{KvBackend, KvLimits, KvSettings};
 use crate::wasm::{EngineSettings, FailureMode, Instances, PolicyLimits};
 
+mod logs;
+pub use self::logs::{FileSinkSettings, HttpSinkSettings, LogSettings, SinkKind, SinkSettings};
+
 /// A validated config. Paths are absolute (resolved against the file's folder).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,6 +47,8 @@ pub struct Config {
     pub kv: KvSettings,
     pub admin: AdminSettings,
     pub reload: ReloadSettings,
+    /// Where policy log lines go (`[[log.sink]]`).
+    pub log: LogSettings,
     /// Where compiled policies are cached across restarts; `None` disables.
     pub compile_cache: Option<PathBuf>,
     pub routes: Vec<RouteConfig>,
@@ -191,6 +196,8 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     reload: RawReload,
+    #[serde(default)]
+    log: logs::RawLog,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
     #[serde(default, rename = "policy")]
@@ -353,6 +360,7 @@ fn validate(
     };
 
     let kv = kv_settings(raw.kv)?;
+    let log = logs::log_settings(raw.log, base, env)?;
 
     let mut policies = BTreeMap::new();
     for (name, p) in raw.policies {
@@ -491,6 +499,7 @@ fn validate(
         kv,
         admin,
         reload,
+        log,
         compile_cache,
         routes,
         policies,
@@ -560,6 +569,12 @@ fn positive<T: PartialEq + Default + Copy>(field: &str, v: Option<T>) -> anyhow:
 }
 
 fn parse_upstream(s: &str) -> anyhow::Result<Uri> {
+    parse_upstream_like(s, false)
+}
+
+/// An `http://host:port` URL, with a path when `with_path` (a collector's
+/// endpoint), without one otherwise (an upstream: routes rewrite paths).
+fn parse_upstream_like(s: &str, with_path: bool) -> anyhow::Result<Uri> {
     let uri: Uri = s.parse().map_err(|e| anyhow!("`{s}` is not a URL ({e})"))?;
     match uri.scheme_str() {
         Some("http") => {}
@@ -569,7 +584,7 @@ fn parse_upstream(s: &str) -> anyhow::Result<Uri> {
     if uri.authority().is_none() {
         bail!("`{s}` needs a host");
     }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+    if !with_path && (!matches!(uri.path(), "" | "/") || uri.query().is_some()) {
         bail!("`{s}`: give only scheme://host:port; use `rewrite` for a path");
     }
     Ok(uri)

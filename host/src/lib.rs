@@ -14,6 +14,8 @@
 //! - [`reload`], [`admin`]: drop-in policies (file watcher, SIGHUP, `POST /reload`)
 //!   and the admin listener (health, readiness, metrics);
 //! - [`metrics`]: the Prometheus metrics the request path records;
+//! - [`shipping`]: policy log lines to stdout, rotating files and collectors,
+//!   off the request path;
 //! - [`policy_cli`]: `sidecar policy check|call|test|new`, on `policy-harness`.
 
 pub mod admin;
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod policy_cli;
 pub mod reload;
 pub mod server;
+pub mod shipping;
 pub mod upstream;
 
 pub use sidecar_runtime::{bindings, capabilities, wasm};

@@ -10,15 +10,18 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sidecar::admin::Admin;
-use sidecar::capabilities::Services;
+use sidecar::capabilities::{Level, Services, StdoutSink};
+use sidecar::metrics::Metrics;
 use sidecar::server::Sidecar;
+use sidecar::shipping::Shipping;
 use sidecar::{config, policy_cli};
 
 /// An HTTP sidecar that applies WebAssembly policies to the requests it proxies.
 ///
-/// Policy log lines go to stdout as JSON; the sidecar's own diagnostics go to
-/// stderr, human-readable or JSON (--log-format), filtered by RUST_LOG
-/// (default `info`). Every line about a request carries its request id.
+/// Policy log lines go to stdout as JSON, or to the sinks of `[[log.sink]]`
+/// (files, a collector); the sidecar's own diagnostics go to stderr,
+/// human-readable or JSON (--log-format), filtered by RUST_LOG (default
+/// `info`). Every line about a request carries its request id.
 #[derive(Parser)]
 #[command(name = "sidecar", version)]
 struct Cli {
@@ -197,7 +200,17 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
             let router = sidecar::admin::router(admin.clone());
             tokio::spawn(async move { axum::serve(l, router).await });
         }
-        let sidecar = Arc::new(Sidecar::new(&config, Services::with_kv(&config.kv)?).await?);
+        // The sinks record into the sidecar's metrics, so both exist first.
+        let metrics = Arc::new(Metrics::new());
+        let shipping = Shipping::start(
+            &config.log,
+            &metrics,
+            Arc::new(StdoutSink::new(Level::Trace)),
+        )
+        .with_context(|| file.display().to_string())?;
+        let mut services = Services::with_kv(&config.kv)?;
+        services.log = shipping.sink();
+        let sidecar = Arc::new(Sidecar::with_metrics(&config, services, metrics).await?);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("{}: listen: cannot bind {}", file.display(), config.listen))?;
@@ -222,9 +235,15 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
             shutdown_signal().await;
             admin.drain();
         };
-        sidecar.serve(listener, shutdown).await
+        let served = sidecar.serve(listener, shutdown).await;
+        // After the drain, so the last requests' lines are in the queues.
+        shipping.shutdown(LOG_FLUSH_WITHIN).await;
+        served
     })
 }
+
+/// On shutdown, how long log sinks get to write or send what they hold.
+const LOG_FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

@@ -12,6 +12,8 @@
 //! | `sidecar_policy_denials_total` (the request hook answered 4xx/5xx itself) | `policy` |
 //! | `sidecar_policy_failures_total` | `policy`, `hook`, `reason` (`trap`, `deadline`, `memory_cap`, `kv_quota`, `config_refused`, `unavailable`) |
 //! | `sidecar_reloads_total` | `result` (`applied`, `refused`) |
+//! | `sidecar_log_lines_shipped_total` (written to a file, or accepted by a collector) | `sink` |
+//! | `sidecar_log_lines_dropped_total` | `sink`, `reason` (`queue_full`, `send_failed`, `shutdown`) |
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -69,6 +71,30 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkDropLabels {
+    sink: String,
+    reason: &'static str,
+}
+
+/// One log sink's counters, created up front so the request path only
+/// bumps an atomic (no label lookup) and every series exists from the start.
+#[derive(Clone, Debug, Default)]
+pub struct SinkCounters {
+    pub shipped: Counter,
+    /// The sink's queue was full: the line was never queued.
+    pub queue_full: Counter,
+    /// The batch failed every attempt (or was refused) and was given up.
+    pub send_failed: Counter,
+    /// Still queued when the shutdown flush ran out of time.
+    pub shutdown: Counter,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the sidecar records, and the registry that renders them.
@@ -82,6 +108,8 @@ pub struct Metrics {
     policy_denials: Family<PolicyLabels, Counter>,
     policy_failures: Family<PolicyFailureLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    log_shipped: Family<SinkLabels, Counter>,
+    log_dropped: Family<SinkDropLabels, Counter>,
     /// The admin view of failures per policy (the counters above cannot be
     /// read back). Touched only when a call fails.
     failing: Mutex<HashMap<String, PolicyFailures>>,
@@ -178,6 +206,18 @@ impl Metrics {
             "Config and policy reloads, by result",
             reloads.clone(),
         );
+        let log_shipped = Family::default();
+        registry.register(
+            "sidecar_log_lines_shipped",
+            "Policy log lines a sink wrote or a collector accepted, by sink",
+            log_shipped.clone(),
+        );
+        let log_dropped = Family::default();
+        registry.register(
+            "sidecar_log_lines_dropped",
+            "Policy log lines a sink gave up, by sink and reason",
+            log_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -188,6 +228,8 @@ impl Metrics {
             policy_denials,
             policy_failures,
             reloads,
+            log_shipped,
+            log_dropped,
             failing: Mutex::default(),
         }
     }
@@ -291,6 +333,29 @@ impl Metrics {
         entry.last_error = error.to_string();
     }
 
+    /// The counters of log sink `sink` (the same ones on every call).
+    pub fn log_sink(&self, sink: &str) -> SinkCounters {
+        let dropped = |reason| {
+            self.log_dropped
+                .get_or_create(&SinkDropLabels {
+                    sink: sink.to_owned(),
+                    reason,
+                })
+                .clone()
+        };
+        SinkCounters {
+            shipped: self
+                .log_shipped
+                .get_or_create(&SinkLabels {
+                    sink: sink.to_owned(),
+                })
+                .clone(),
+            queue_full: dropped("queue_full"),
+            send_failed: dropped("send_failed"),
+            shutdown: dropped("shutdown"),
+        }
+    }
+
     pub fn reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "refused" };
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
@@ -321,6 +386,9 @@ mod tests {
         );
         m.upstream_error("users", &UpstreamError::Timeout(Duration::from_secs(1)));
         m.reload(false);
+        let sink = m.log_sink("collector");
+        sink.shipped.inc_by(5);
+        m.log_sink("collector").queue_full.inc_by(2);
         let text = m.render();
         for line in [
             r#"sidecar_requests_total{route="users",status="200"} 2"#,
@@ -332,6 +400,9 @@ mod tests {
             r#"sidecar_policy_failures_total{policy="auth",hook="request",reason="deadline"} 1"#,
             r#"sidecar_upstream_errors_total{route="users",kind="timeout"} 1"#,
             r#"sidecar_reloads_total{result="refused"} 1"#,
+            r#"sidecar_log_lines_shipped_total{sink="collector"} 5"#,
+            r#"sidecar_log_lines_dropped_total{sink="collector",reason="queue_full"} 2"#,
+            r#"sidecar_log_lines_dropped_total{sink="collector",reason="send_failed"} 0"#,
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }

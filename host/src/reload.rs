@@ -85,6 +85,7 @@ impl Sidecar {
             ("admin.listen", old.admin != new.admin),
             ("[wasm] engine limits", old.engine != new.engine),
             ("[kv]", old.kv != new.kv),
+            ("[[log.sink]]", old.log != new.log),
             ("wasm.compile_cache", old.compile_cache != new.compile_cache),
             ("[reload]", old.reload != new.reload),
         ];

@@ -76,12 +76,24 @@ impl Sidecar {
     /// # Errors
     /// A message naming the config file and the field or policy at fault.
     pub async fn new(config: &Config, services: Services) -> anyhow::Result<Self> {
+        Self::with_metrics(config, services, Arc::new(Metrics::new())).await
+    }
+
+    /// As [`Sidecar::new`], recording into `metrics`: for services made
+    /// before the sidecar that record there too (the log sinks).
+    ///
+    /// # Errors
+    /// As [`Sidecar::new`].
+    pub async fn with_metrics(
+        config: &Config,
+        services: Services,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let loaded = crate::reload::fingerprint_of(config);
         let runtime =
             Runtime::with_compile_cache(config.engine, services, config.compile_cache.clone())?;
         let gateway = Arc::new(Gateway::build(config, &runtime).await?);
         let (tx, rx) = watch::channel(gateway);
-        let metrics = Arc::new(Metrics::new());
         let state = Arc::new(AppState {
             gateway: rx,
             upstream: UpstreamClient::new(),

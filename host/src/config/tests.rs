@@ -284,3 +284,121 @@ fn kv_quotas_default_are_overridable_and_must_be_positive() {
     );
     assert!(e.contains("wasm.kv_bytes_per_request"), "{e}");
 }
+
+#[test]
+fn log_sinks_default_to_stdout_and_take_files_and_collectors() {
+    let c = parse_str(MINIMAL).unwrap();
+    assert_eq!(c.log, LogSettings::default());
+    assert_eq!(c.log.sinks[0].kind, SinkKind::Stdout);
+    assert_eq!(c.log.sinks[0].level, crate::capabilities::Level::Info);
+
+    let c = parse_str(&format!(
+        r#"{MINIMAL}
+[[log.sink]]
+type = "file"
+path = "logs/access.log"
+max_bytes = 1000
+keep = 2
+level = "warn"
+
+[[log.sink]]
+type = "http"
+url = "http://collector.internal:8080/v1/logs?tenant=a"
+batch_lines = 100
+flush_ms = 250
+buffer_lines = 5000
+timeout_ms = 2000
+retries = 0
+headers = {{ authorization = "Bearer ${{SECRET}}" }}
+
+[[log.sink]]
+type = "http"
+name = "backup"
+url = "http://backup:9000/"
+"#
+    ))
+    .unwrap();
+    let [file, http, backup] = &c.log.sinks[..] else {
+        panic!("{:?}", c.log.sinks)
+    };
+    assert_eq!(file.name, "file");
+    assert_eq!(file.level, crate::capabilities::Level::Warn);
+    assert_eq!(
+        file.kind,
+        SinkKind::File(FileSinkSettings {
+            path: PathBuf::from("/etc/sidecar/logs/access.log"),
+            max_bytes: 1000,
+            keep: 2,
+            ..FileSinkSettings::default()
+        })
+    );
+    let SinkKind::Http(h) = &http.kind else {
+        panic!("{http:?}")
+    };
+    assert_eq!(http.name, "http");
+    assert_eq!(h.url, "http://collector.internal:8080/v1/logs?tenant=a");
+    assert_eq!((h.batch_lines, h.buffer_lines, h.retries), (100, 5000, 0));
+    assert_eq!(h.flush, Duration::from_millis(250));
+    assert_eq!(h.timeout, Duration::from_secs(2));
+    assert_eq!(h.headers[0].0, "authorization");
+    assert_eq!(h.headers[0].1, "Bearer from-env");
+    let SinkKind::Http(b) = &backup.kind else {
+        panic!("{backup:?}")
+    };
+    assert_eq!(backup.name, "backup");
+    assert_eq!(
+        *b,
+        HttpSinkSettings::new("http://backup:9000/".parse().unwrap()),
+        "defaults"
+    );
+}
+
+#[test]
+fn log_sink_errors_name_the_file_and_the_field() {
+    let sink = |body: &str| err(&format!("{MINIMAL}[[log.sink]]\n{body}\n"));
+    let e = sink("type = \"syslog\"");
+    assert!(
+        e.starts_with("/etc/sidecar/sidecar.toml: log.sink[0].type: `syslog`"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[[log.sink]]\ntype = \"stdout\"\n[[log.sink]]\ntype = \"http\"\nurl = \"ftp://x\"\n"
+    ));
+    assert!(
+        e.starts_with("/etc/sidecar/sidecar.toml: log.sink[1].url: `ftp://x`"),
+        "{e}"
+    );
+    assert!(sink("type = \"http\"").contains("log.sink[0].url: required"));
+    assert!(sink("type = \"file\"").contains("log.sink[0].path: required"));
+    let e = sink("type = \"file\"\npath = \"a.log\"\nurl = \"http://h:1/\"");
+    assert!(
+        e.contains("log.sink[0].url: not used with type = \"file\""),
+        "{e}"
+    );
+    let e = sink("type = \"stdout\"\nlevel = \"loud\"");
+    assert!(e.contains("log.sink[0].level: `loud`"), "{e}");
+    let e = sink("type = \"http\"\nurl = \"http://h:1/\"\nbatch_lines = 0");
+    assert!(
+        e.contains("log.sink[0].batch_lines: must be greater than 0"),
+        "{e}"
+    );
+    let e = sink("type = \"http\"\nurl = \"http://h:1/\"\nformat = \"otlp\"");
+    assert!(e.contains("log.sink[0].format: `otlp`"), "{e}");
+    let e = sink("type = \"http\"\nurl = \"http://h:1/\"\nheaders = { \"bad header\" = \"x\" }");
+    assert!(e.contains("log.sink[0].headers.bad header"), "{e}");
+    let e =
+        sink("type = \"http\"\nurl = \"http://h:1/\"\nheaders = { authorization = \"${UNSET}\" }");
+    assert!(
+        e.contains("log.sink[0].headers.authorization: environment variable `UNSET`"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[[log.sink]]\ntype = \"file\"\npath = \"a.log\"\n[[log.sink]]\ntype = \"file\"\npath = \"b.log\"\n"
+    ));
+    assert!(
+        e.contains("log.sink[1].name: `file` is already the name of log.sink[0]"),
+        "{e}"
+    );
+    let e = sink("type = \"stdout\"\nlevle = \"info\"");
+    assert!(e.contains("unknown field `levle`"), "{e}");
+}

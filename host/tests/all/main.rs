@@ -11,5 +11,6 @@ mod proxy;
 mod redis;
 mod reload;
 mod server;
+mod shipping;
 mod support;
 mod upstream_faults;

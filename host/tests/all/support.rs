@@ -12,7 +12,9 @@ use axum::extract::Request;
 use axum::routing::any;
 use http_body_util::BodyExt;
 use sidecar::capabilities::{KvLimits, MemoryKv, MemorySink, Services, SystemClock};
+use sidecar::metrics::Metrics;
 use sidecar::server::Sidecar;
+use sidecar::shipping::Shipping;
 use tokio::net::TcpListener;
 
 /// Counts the requests it gets and echoes them back as JSON.
@@ -120,6 +122,46 @@ pub async fn serve(config: &sidecar::config::Config) -> (String, Arc<MemorySink>
             .unwrap()
     });
     (base, logs, sidecar)
+}
+
+/// A sidecar serving with its `[[log.sink]]` sinks running, as `sidecar
+/// run` does; `type = "stdout"` sinks write to `logs`.
+pub struct Shipped {
+    pub base: String,
+    pub logs: Arc<MemorySink>,
+    pub sidecar: Arc<Sidecar>,
+    pub shipping: Shipping,
+}
+
+pub async fn serve_with_sinks(config: &sidecar::config::Config) -> Shipped {
+    let logs = Arc::new(MemorySink::default());
+    let metrics = Arc::new(Metrics::new());
+    let shipping = Shipping::start(&config.log, &metrics, logs.clone()).unwrap();
+    let services = Services {
+        kv: Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default())),
+        clock: Arc::new(SystemClock),
+        log: shipping.sink(),
+    };
+    let sidecar = Arc::new(
+        Sidecar::with_metrics(config, services, metrics)
+            .await
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let serving = sidecar.clone();
+    tokio::spawn(async move {
+        serving
+            .serve(listener, std::future::pending())
+            .await
+            .unwrap()
+    });
+    Shipped {
+        base,
+        logs,
+        sidecar,
+        shipping,
+    }
 }
 
 pub fn client() -> reqwest::Client {
