@@ -11,5 +11,6 @@ mod proxy;
 mod redis;
 mod reload;
 mod server;
+mod soak;
 mod support;
 mod upstream_faults;
