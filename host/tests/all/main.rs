@@ -12,5 +12,6 @@ mod redis;
 mod reload;
 mod server;
 mod shipping;
+mod soak;
 mod support;
 mod upstream_faults;
