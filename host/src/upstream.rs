@@ -1,10 +1,12 @@
 //! The HTTP client to the services behind the sidecar: one pooled,
-//! keep-alive client for all routes.
+//! keep-alive client for all routes (plus one per route with `[route.tls]`),
+//! speaking `http://` and `https://`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -25,7 +27,7 @@ pub enum UpstreamError {
 /// A pooled client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for UpstreamClient {
@@ -35,10 +37,24 @@ impl Default for UpstreamClient {
 }
 
 impl UpstreamClient {
+    /// `https://` upstreams are checked against the system's roots.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Self::with_tls(crate::tls::system_client_config())
+    }
+
+    /// `tls` is used for `https://` upstreams; a failed handshake is an
+    /// [`UpstreamError::Unavailable`] (502), its reason in the log.
+    pub fn with_tls(tls: rustls::ClientConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        // The https connector decides by scheme; plain http must pass too.
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
