@@ -151,9 +151,10 @@ impl Sidecar {
         let app = self.router();
         // Ends with this function: the watcher serves this listener only.
         let _cert_watch = match &self.tls {
-            Some(tls) if config.reload.watch => Some(AbortOnDrop(tokio::spawn(
-                crate::tls::watch(tls.clone(), config.reload.interval),
-            ))),
+            Some(tls) if config.reload.watch => Some(AbortOnDrop(tokio::spawn(crate::tls::watch(
+                tls.clone(),
+                config.reload.interval,
+            )))),
             _ => None,
         };
         let mut http = hyper::server::conn::http1::Builder::new();

@@ -77,7 +77,12 @@ impl ListenerTls {
 
     /// What a new connection shakes hands with.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        TlsAcceptor::from(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 
     /// Re-reads the files if they differ from what is serving.
@@ -137,11 +142,15 @@ pub async fn watch(tls: Arc<ListenerTls>, interval: Duration) {
 }
 
 fn files(settings: &ServerTls) -> Vec<PathBuf> {
-    [Some(&settings.cert), Some(&settings.key), settings.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect()
+    [
+        Some(&settings.cert),
+        Some(&settings.key),
+        settings.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect()
 }
 
 /// The listener's rustls config: HTTP/1.1 over ALPN, and client

@@ -76,7 +76,7 @@ impl UpstreamClient {
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
-                if e.is_connect() {
+                if e.is_connect() || is_tls_failure(&e) {
                     UpstreamError::Unavailable(format!("{e:#}"))
                 } else {
                     UpstreamError::BadResponse(format!("{e:#}"))
@@ -102,4 +102,28 @@ impl UpstreamClient {
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))?
     }
+}
+
+/// Whether a TLS error lies behind `e`. With TLS 1.3 an upstream that
+/// refuses the sidecar's client certificate says so after the handshake
+/// looked done to the client, so the refusal comes with the first read
+/// instead of as a connect error; it is still an unavailable upstream, not
+/// a bad response.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        // An `io::Error`'s `source()` skips the error it wraps.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && inner.is::<rustls::Error>()
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }

@@ -288,12 +288,22 @@ fn tls_paths_resolve_against_the_config_folder() {
             }),
         })
     );
-    assert_eq!(c.routes[0].upstream.as_ref().unwrap().scheme_str(), Some("https"));
+    assert_eq!(
+        c.routes[0].upstream.as_ref().unwrap().scheme_str(),
+        Some("https")
+    );
     assert_eq!(c.routes[1].tls, None, "system roots, no client certificate");
-    assert_eq!(parse_str(MINIMAL).unwrap().tls, None, "plain HTTP by default");
+    assert_eq!(
+        parse_str(MINIMAL).unwrap().tls,
+        None,
+        "plain HTTP by default"
+    );
 
     let c = parse_str("[[route]]\nprefix = \"/\"\nupstream = \"https://example.com\"\n").unwrap();
-    assert_eq!(c.routes[0].tls, None, "https:// alone trusts the system roots");
+    assert_eq!(
+        c.routes[0].tls, None,
+        "https:// alone trusts the system roots"
+    );
 }
 
 #[test]
@@ -326,7 +336,9 @@ fn tls_errors_name_the_file_and_the_field() {
     let e = err(&format!("{https}cert = \"me.pem\"\n"));
     assert!(e.contains("unknown field `cert`"), "{e}");
 
-    let e = err("[[route]]\nprefix = \"/b\"\nupstream = \"http://h:1\"\n[route.tls]\nca = \"ca.pem\"\n");
+    let e = err(
+        "[[route]]\nprefix = \"/b\"\nupstream = \"http://h:1\"\n[route.tls]\nca = \"ca.pem\"\n",
+    );
     assert!(
         e.contains("route[0].tls: the upstream is not https://"),
         "{e}"

@@ -19,7 +19,9 @@ fn dir(name: &str) -> PathBuf {
 fn ca() -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "unit test CA");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "unit test CA");
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
@@ -87,14 +89,18 @@ fn listener_errors_name_the_field_and_the_file() {
 
     let e = server_err(&settings);
     assert!(
-        e.starts_with(&format!("sidecar.toml: server.tls.cert: cannot read {cert_path}")),
+        e.starts_with(&format!(
+            "sidecar.toml: server.tls.cert: cannot read {cert_path}"
+        )),
         "{e}"
     );
 
     write(&dir, &[("cert.pem", "just some text\n"), ("key.pem", &key)]);
     let e = server_err(&settings);
     assert!(
-        e.contains(&format!("server.tls.cert: {cert_path} holds no certificate")),
+        e.contains(&format!(
+            "server.tls.cert: {cert_path} holds no certificate"
+        )),
         "{e}"
     );
 
@@ -137,7 +143,10 @@ fn upstream_errors_name_the_field_and_the_file() {
     let dir = dir("upstream-errors");
     let ca = ca();
     let (cert, key) = leaf(&ca);
-    write(&dir, &[("ca.pem", &ca.pem()), ("me.pem", &cert), ("me.key", &key)]);
+    write(
+        &dir,
+        &[("ca.pem", &ca.pem()), ("me.pem", &cert), ("me.key", &key)],
+    );
     let field = "sidecar.toml: route[2].tls";
     let good = UpstreamTls {
         ca: Some(dir.join("ca.pem")),
@@ -169,7 +178,13 @@ fn upstream_errors_name_the_field_and_the_file() {
     );
     assert!(e.contains("missing.pem"), "{e}");
 
-    write(&dir, &[("bad.key", "-----BEGIN PRIVATE KEY-----\n%%%\n-----END PRIVATE KEY-----\n")]);
+    write(
+        &dir,
+        &[(
+            "bad.key",
+            "-----BEGIN PRIVATE KEY-----\n%%%\n-----END PRIVATE KEY-----\n",
+        )],
+    );
     let e = format!(
         "{:#}",
         client_config(
@@ -184,7 +199,10 @@ fn upstream_errors_name_the_field_and_the_file() {
         )
         .unwrap_err()
     );
-    assert!(e.starts_with("sidecar.toml: route[2].tls.client_key: "), "{e}");
+    assert!(
+        e.starts_with("sidecar.toml: route[2].tls.client_key: "),
+        "{e}"
+    );
     assert!(e.contains("bad.key is not valid PEM"), "{e}");
 
     write(&dir, &[("leaf-as-key.pem", &cert)]);
@@ -220,7 +238,10 @@ fn a_broken_replacement_keeps_the_old_certificate_and_a_good_one_replaces_it() {
     write(&dir, &[("cert.pem", "garbage")]);
     let e = format!("{:#}", tls.reload_if_changed().unwrap_err());
     assert!(e.starts_with("sidecar.toml: server.tls.cert: "), "{e}");
-    assert!(Arc::ptr_eq(&first, &serving()), "the old config still serves");
+    assert!(
+        Arc::ptr_eq(&first, &serving()),
+        "the old config still serves"
+    );
 
     let (cert, key) = leaf(&ca);
     write(&dir, &[("cert.pem", &cert), ("key.pem", &key)]);

@@ -12,3 +12,4 @@ mod redis;
 mod reload;
 mod server;
 mod support;
+mod tls;
