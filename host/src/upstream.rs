@@ -76,10 +76,13 @@ impl UpstreamClient {
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
+                // The whole chain: the client's own message is only
+                // "client error (Connect)"; the cause (refused, a TLS
+                // alert, an unknown issuer) is in its sources.
                 if e.is_connect() || is_tls_failure(&e) {
-                    UpstreamError::Unavailable(format!("{e:#}"))
+                    UpstreamError::Unavailable(causes(&e))
                 } else {
-                    UpstreamError::BadResponse(format!("{e:#}"))
+                    UpstreamError::BadResponse(causes(&e))
                 }
             })?;
             let (parts, body) = resp.into_parts();
@@ -102,6 +105,20 @@ impl UpstreamClient {
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))?
     }
+}
+
+/// `e` and its sources, `: `-separated, each said once.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// Whether a TLS error lies behind `e`. With TLS 1.3 an upstream that

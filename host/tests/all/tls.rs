@@ -279,6 +279,54 @@ async fn plain_http_and_untrusting_clients_fail_and_https_keeps_serving() {
     assert_eq!(upstream.hits(), 2);
 }
 
+#[tokio::test]
+async fn requires_client_certificates_when_client_ca_is_set() {
+    let dir = dir("client-ca");
+    let root = root_ca("sidecar test root CA");
+    let clients = root_ca("clients CA");
+    let (cert, key) = server_leaf(&root);
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("clients.pem"), clients.pem()).unwrap();
+    let upstream = Upstream::start().await;
+    let toml = https_config(&dir.join("cert.pem"), &dir.join("key.pem"), "").replace(
+        "[[route]]",
+        &format!(
+            "client_ca = \"{}\"\n\n[[route]]",
+            dir.join("clients.pem").display()
+        ),
+    );
+    let sidecar = support::start(&toml, &upstream).await;
+    let addr = addr_of(&sidecar.base);
+
+    let with_cert = |issuer: &Ca| {
+        let (cert, key) = leaf(
+            &["client.test"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            issuer,
+        );
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots(&root))
+            .with_client_auth_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config
+    };
+    // Refused during or right after the handshake (TLS 1.3 reports it on
+    // the first read).
+    assert!(https_get(addr, trusting(&root), "/api/x").await.is_err());
+    assert!(https_get(addr, with_cert(&root), "/api/x").await.is_err());
+    assert_eq!(upstream.hits(), 0);
+    let answer = https_get(addr, with_cert(&clients), "/api/x")
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(upstream.hits(), 1);
+}
+
 /// Connects until the leaf presented is `want`, or panics after a
 /// generous deadline.
 async fn wait_for_leaf(addr: &str, ca: &Ca, want: &CertificateDer<'_>) {
@@ -484,4 +532,27 @@ client_key = "{key}"
     }
     assert_eq!(upstream.hits.load(Ordering::SeqCst), 1);
     assert_eq!(rogue.hits.load(Ordering::SeqCst), 0);
+
+    // What the log gets instead: the handshake's own reason.
+    let reason = |tls: &sidecar::config::UpstreamTls, url: String| {
+        let config = sidecar::tls::client_config(tls, "test").unwrap();
+        async move {
+            let req = http::Request::get(url).body(Full::default()).unwrap();
+            match sidecar::upstream::UpstreamClient::with_tls(config)
+                .send(req, Duration::from_secs(10), 1024)
+                .await
+            {
+                Err(sidecar::upstream::UpstreamError::Unavailable(reason)) => reason,
+                other => panic!("not unavailable: {other:?}"),
+            }
+        }
+    };
+    let ca_only = sidecar::config::UpstreamTls {
+        ca: Some(dir.join("ca.pem")),
+        client_cert: None,
+    };
+    let e = reason(&ca_only, format!("{}/x", upstream.url())).await;
+    assert!(e.contains("CertificateRequired"), "{e}");
+    let e = reason(&ca_only, format!("{}/x", rogue.url())).await;
+    assert!(e.contains("UnknownIssuer"), "{e}");
 }
