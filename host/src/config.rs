@@ -11,6 +11,12 @@
 //! rewrite = "/"
 //! policies = ["logging", "auth"]      # request hooks in this order
 //!
+//! [[route]]
+//! prefix = "/billing"
+//! upstream = "https://billing.internal:8443"
+//! [route.tls]                         # optional: system roots otherwise
+//! ca = "certs/internal-ca.pem"
+//!
 //! [policy.auth]
 //! wasm = "policies/auth.wasm"         # relative to this file
 //! failure = "closed"                  # or "open"
@@ -41,6 +47,8 @@ pub struct Config {
     pub source: PathBuf,
     pub listen: SocketAddr,
     pub server: ServerSettings,
+    /// `[server.tls]`: HTTPS on the listener; `None` serves plain HTTP.
+    pub tls: Option<ServerTls>,
     pub proxy: ProxySettings,
     pub engine: EngineSettings,
     /// The `kv` store: its backend (memory or Redis) and limits.
@@ -120,6 +128,36 @@ impl Default for ServerSettings {
     }
 }
 
+/// `[server.tls]`: the listener's certificate. The files are read at start
+/// and re-read when they change (see [`crate::tls`]); the paths themselves
+/// change only at a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// PEM: the leaf certificate first, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM: if set, clients must present a certificate issued by one of these.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[route.tls]`: how the sidecar speaks TLS to an `https://` upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// PEM: the only roots trusted for this upstream; `None` trusts the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
+    /// Certificate and key the sidecar presents (mutual TLS).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A certificate chain and its key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// hyper's smallest read buffer: a head limit below it cannot be enforced.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -135,6 +173,8 @@ pub struct RouteConfig {
     /// rewrite `/` → `/login`). `None` forwards the path unchanged.
     pub rewrite: Option<String>,
     pub timeout: Duration,
+    /// `[route.tls]`; `https://` upstreams without it trust the system roots.
+    pub tls: Option<UpstreamTls>,
     /// Policy names, in request-hook order.
     pub policies: Vec<String>,
 }
@@ -211,6 +251,23 @@ struct RawServer {
     header_read_timeout_ms: Option<u64>,
     max_concurrent_requests: Option<usize>,
     shutdown_grace_ms: Option<u64>,
+    tls: Option<RawListenerTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenerTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -274,6 +331,7 @@ struct RawRoute {
     timeout_ms: Option<u64>,
     #[serde(default)]
     policies: Vec<String>,
+    tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Deserialize)]
@@ -329,6 +387,8 @@ fn validate(
             server.max_header_bytes
         );
     }
+
+    let tls = raw.server.tls.map(|t| listener_tls(t, base)).transpose()?;
 
     let defaults = ProxySettings::default();
     let proxy = ProxySettings {
@@ -455,6 +515,10 @@ fn validate(
         if upstream.is_none() && r.policies.is_empty() {
             bail!("{field}: needs an `upstream`, `policies`, or both");
         }
+        let tls = r
+            .tls
+            .map(|t| upstream_tls(t, upstream.as_ref(), &format!("{field}.tls"), base))
+            .transpose()?;
         routes.push(RouteConfig {
             name,
             prefix,
@@ -462,6 +526,7 @@ fn validate(
             rewrite: r.rewrite,
             timeout: positive(&format!("{field}.timeout_ms"), r.timeout_ms)?
                 .map_or(proxy.upstream_timeout, Duration::from_millis),
+            tls,
             policies: r.policies,
         });
     }
@@ -494,6 +559,7 @@ fn validate(
         source: path.to_owned(),
         listen,
         server,
+        tls,
         proxy,
         engine,
         kv,
@@ -503,6 +569,47 @@ fn validate(
         compile_cache,
         routes,
         policies,
+    })
+}
+
+fn listener_tls(raw: RawListenerTls, base: &Path) -> anyhow::Result<ServerTls> {
+    let Some(cert) = raw.cert else {
+        bail!("server.tls.cert: required (the certificate chain, PEM)");
+    };
+    let Some(key) = raw.key else {
+        bail!("server.tls.key: required (the private key, PEM)");
+    };
+    Ok(ServerTls {
+        cert: base.join(cert),
+        key: base.join(key),
+        client_ca: raw.client_ca.map(|p| base.join(p)),
+    })
+}
+
+fn upstream_tls(
+    raw: RawUpstreamTls,
+    upstream: Option<&Uri>,
+    field: &str,
+    base: &Path,
+) -> anyhow::Result<UpstreamTls> {
+    // TLS settings that would never be used are a mistake worth reporting.
+    match upstream.map(Uri::scheme_str) {
+        Some(Some("https")) => {}
+        Some(_) => bail!("{field}: the upstream is not https://, so TLS settings would not apply"),
+        None => bail!("{field}: the route has no upstream"),
+    }
+    let client_cert = match (raw.client_cert, raw.client_key) {
+        (Some(cert), Some(key)) => Some(ClientCert {
+            cert: base.join(cert),
+            key: base.join(key),
+        }),
+        (Some(_), None) => bail!("{field}.client_key: required with client_cert"),
+        (None, Some(_)) => bail!("{field}.client_cert: required with client_key"),
+        (None, None) => None,
+    };
+    Ok(UpstreamTls {
+        ca: raw.ca.map(|p| base.join(p)),
+        client_cert,
     })
 }
 
@@ -577,8 +684,8 @@ fn parse_upstream(s: &str) -> anyhow::Result<Uri> {
 fn parse_upstream_like(s: &str, with_path: bool) -> anyhow::Result<Uri> {
     let uri: Uri = s.parse().map_err(|e| anyhow!("`{s}` is not a URL ({e})"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => bail!("`{s}`: scheme `{other}` is not supported (use http)"),
+        Some("http" | "https") => {}
+        Some(other) => bail!("`{s}`: scheme `{other}` is not supported (use http or https)"),
         None => bail!("`{s}` needs a scheme, like http://127.0.0.1:3002"),
     }
     if uri.authority().is_none() {

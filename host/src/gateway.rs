@@ -17,6 +17,7 @@ use http::Uri;
 use crate::bindings::CONTRACT;
 use crate::chain::Chain;
 use crate::config::{Config, ProxySettings};
+use crate::upstream::UpstreamClient;
 use crate::wasm::{CompileSource, Policy, PolicySpec, Runtime, sha256_hex};
 
 /// One route, ready to serve.
@@ -28,6 +29,9 @@ pub struct Route {
     pub rewrite: Option<String>,
     pub timeout: Duration,
     pub chain: Chain,
+    /// The route's own client when it has `[route.tls]` (its CA, its client
+    /// certificate); `None` shares the sidecar's client.
+    pub client: Option<UpstreamClient>,
 }
 
 impl Route {
@@ -128,10 +132,19 @@ impl Gateway {
             });
             loaded.insert(name, policy);
         }
-        let mut routes: Vec<Route> = config
-            .routes
-            .iter()
-            .map(|r| Route {
+        let mut routes: Vec<Route> = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            // Re-read on every reload, so a rotated CA or client
+            // certificate applies with the next config reload.
+            let client = r
+                .tls
+                .as_ref()
+                .map(|tls| {
+                    crate::tls::client_config(tls, &format!("{file}: route[{i}].tls"))
+                        .map(UpstreamClient::with_tls)
+                })
+                .transpose()?;
+            routes.push(Route {
                 name: r.name.as_str().into(),
                 prefix: r.prefix.clone(),
                 upstream: r.upstream.clone(),
@@ -144,8 +157,9 @@ impl Gateway {
                         .map(|n| loaded[n.as_str()].clone())
                         .collect(),
                 ),
-            })
-            .collect();
+                client,
+            });
+        }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Self {
             routes,

@@ -8,6 +8,8 @@
 //! - [`wasm`], [`capabilities`], [`bindings`]: the policy host, from the
 //!   `sidecar-runtime` crate (shared with the plugin test harness);
 //! - [`upstream`]: the pooled HTTP client to the services behind the sidecar;
+//! - [`tls`]: rustls on the listener (certificate reloaded on change) and to
+//!   `https://` upstreams;
 //! - [`error`]: the one place errors become HTTP responses;
 //! - [`config`]: the TOML config, validated with errors that name file and field;
 //! - [`gateway`]: config + runtime → the routes and chains that serve requests;
@@ -29,6 +31,7 @@ pub mod policy_cli;
 pub mod reload;
 pub mod server;
 pub mod shipping;
+pub mod tls;
 pub mod upstream;
 
 pub use sidecar_runtime::{bindings, capabilities, wasm};

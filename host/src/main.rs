@@ -225,7 +225,8 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
                 "route ready"
             );
         }
-        eprintln!("sidecar listening on http://{addr}");
+        let scheme = if sidecar.is_tls() { "https" } else { "http" };
+        eprintln!("sidecar listening on {scheme}://{addr}");
         admin.set_ready(sidecar.clone());
         if config.reload.watch {
             tokio::spawn(sidecar::reload::watch(sidecar.clone(), config.reload.interval));

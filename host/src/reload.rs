@@ -50,6 +50,16 @@ impl Sidecar {
     /// the running gateway is unchanged.
     pub async fn reload(&self) -> anyhow::Result<u64> {
         let _one_at_a_time = self.reload_lock.lock().await;
+        // The listener's certificate too, for deployments that reload by
+        // signal rather than by watching files.
+        if let Some(tls) = &self.tls
+            && let Err(error) = tls.reload_if_changed()
+        {
+            tracing::error!(
+                error = %format!("{error:#}"),
+                "new TLS certificate refused; the old one keeps serving"
+            );
+        }
         let result = self.try_reload().await;
         self.metrics.reload(result.is_ok());
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -82,6 +92,7 @@ impl Sidecar {
         let restart_only = [
             ("listen", old.listen != new.listen),
             ("[server]", old.server != new.server),
+            ("[server.tls] files", old.tls != new.tls),
             ("admin.listen", old.admin != new.admin),
             ("[wasm] engine limits", old.engine != new.engine),
             ("[kv]", old.kv != new.kv),
@@ -153,7 +164,7 @@ pub(crate) fn fingerprint_of(config: &Config) -> Fingerprint {
     fingerprint(&files)
 }
 
-fn fingerprint(files: &[PathBuf]) -> Fingerprint {
+pub(crate) fn fingerprint(files: &[PathBuf]) -> Fingerprint {
     use std::os::unix::fs::MetadataExt as _;
     files
         .iter()

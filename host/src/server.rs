@@ -1,6 +1,6 @@
 //! The sidecar's HTTP server and the request path, top to bottom:
 //!
-//! accept → route → body (bounded) → request hooks in chain order →
+//! accept (TLS handshake if `[server.tls]`) → route → body (bounded) → request hooks in chain order →
 //! upstream (unless a policy answered) → response hooks in reverse → reply.
 
 use std::future::Future;
@@ -29,6 +29,7 @@ use crate::convert;
 use crate::error::SidecarError;
 use crate::gateway::{Gateway, Route};
 use crate::metrics::Metrics;
+use crate::tls::ListenerTls;
 use crate::upstream::UpstreamClient;
 use crate::wasm::Runtime;
 
@@ -60,6 +61,8 @@ pub struct Sidecar {
     pub(crate) status: std::sync::Mutex<crate::reload::ReloadStatus>,
     /// The files as they were when the gateway now serving was loaded.
     pub(crate) loaded: std::sync::Mutex<crate::reload::Fingerprint>,
+    /// `[server.tls]`: the certificate new connections get.
+    pub(crate) tls: Option<Arc<ListenerTls>>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -90,6 +93,11 @@ impl Sidecar {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let loaded = crate::reload::fingerprint_of(config);
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| ListenerTls::load(t, &config.source).map(Arc::new))
+            .transpose()?;
         let runtime =
             Runtime::with_compile_cache(config.engine, services, config.compile_cache.clone())?;
         let gateway = Arc::new(Gateway::build(config, &runtime).await?);
@@ -110,6 +118,7 @@ impl Sidecar {
             reload_lock: tokio::sync::Mutex::new(()),
             status: std::sync::Mutex::new(crate::reload::ReloadStatus::default()),
             loaded: std::sync::Mutex::new(loaded),
+            tls,
         })
     }
 
@@ -122,6 +131,11 @@ impl Sidecar {
         app(self.state.clone())
     }
 
+    /// Whether the listener speaks HTTPS (`[server.tls]`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight
     /// requests finish.
     ///
@@ -131,7 +145,10 @@ impl Sidecar {
     /// lets in-flight requests finish for up to `[server] shutdown_grace`,
     /// and returns. Every connection gets the `[server]` limits: a request
     /// head over `max_header_bytes` is answered 431, a head not complete
-    /// within `header_read_timeout` closes the connection.
+    /// within `header_read_timeout` closes the connection. With
+    /// `[server.tls]`, the handshake must also finish within
+    /// `header_read_timeout`, and the certificate files are watched while
+    /// `[reload] watch` is on.
     ///
     /// # Errors
     /// None today: accept errors (e.g. out of file descriptors) are logged
@@ -141,8 +158,17 @@ impl Sidecar {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let settings = self.current_config().server;
+        let config = self.current_config();
+        let settings = config.server;
         let app = self.router();
+        // Ends with this function: the watcher serves this listener only.
+        let _cert_watch = match &self.tls {
+            Some(tls) if config.reload.watch => Some(AbortOnDrop(tokio::spawn(crate::tls::watch(
+                tls.clone(),
+                config.reload.interval,
+            )))),
+            _ => None,
+        };
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
@@ -168,11 +194,42 @@ impl Sidecar {
                     req.extensions_mut().insert(ConnectInfo(client));
                     req
                 });
-            let connection = graceful.watch(
-                http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
-            );
+            let service = TowerToHyperService::new(service);
+            let http = http.clone();
+            // Taken now, so a shutdown that starts during the handshake
+            // still reaches this connection.
+            let watcher = graceful.watcher();
+            // The handshake runs in the connection's task, never here: a
+            // slow or hostile client cannot hold up accepting.
+            let acceptor = self.tls.as_ref().map(|tls| tls.acceptor());
+            let handshake_timeout = settings.header_read_timeout;
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                let served = match acceptor {
+                    None => {
+                        watcher
+                            .watch(http.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(stream)) => {
+                                watcher
+                                    .watch(http.serve_connection(TokioIo::new(stream), service))
+                                    .await
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%client, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%client, "TLS handshake not done in time");
+                                return;
+                            }
+                        }
+                    }
+                };
+                if let Err(error) = served {
                     tracing::debug!(%client, %error, "connection closed with an error");
                 }
             });
@@ -354,11 +411,22 @@ async fn forward(
         what: "request",
         detail,
     })?;
-    let (parts, body) = state
-        .upstream
+    let (parts, body) = route
+        .client
+        .as_ref()
+        .unwrap_or(&state.upstream)
         .send(outgoing, route.timeout, limits.max_response_bytes)
         .await?;
     Ok(convert::response_from_upstream(&parts, body)?)
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The client's `x-request-id` if it is sane, else a new one.

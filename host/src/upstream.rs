@@ -1,10 +1,12 @@
 //! The HTTP client to the services behind the sidecar: one pooled,
-//! keep-alive client for all routes.
+//! keep-alive client for all routes (plus one per route with `[route.tls]`),
+//! speaking `http://` and `https://`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -25,7 +27,7 @@ pub enum UpstreamError {
 /// A pooled client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for UpstreamClient {
@@ -35,10 +37,24 @@ impl Default for UpstreamClient {
 }
 
 impl UpstreamClient {
+    /// `https://` upstreams are checked against the system's roots.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Self::with_tls(crate::tls::system_client_config())
+    }
+
+    /// `tls` is used for `https://` upstreams; a failed handshake is an
+    /// [`UpstreamError::Unavailable`] (502), its reason in the log.
+    pub fn with_tls(tls: rustls::ClientConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        // The https connector decides by scheme; plain http must pass too.
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
@@ -60,10 +76,13 @@ impl UpstreamClient {
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Unavailable(format!("{e:#}"))
+                // The whole chain: the client's own message is only
+                // "client error (Connect)"; the cause (refused, a TLS
+                // alert, an unknown issuer) is in its sources.
+                if e.is_connect() || is_tls_failure(&e) {
+                    UpstreamError::Unavailable(causes(&e))
                 } else {
-                    UpstreamError::BadResponse(format!("{e:#}"))
+                    UpstreamError::BadResponse(causes(&e))
                 }
             })?;
             let (parts, body) = resp.into_parts();
@@ -86,4 +105,42 @@ impl UpstreamClient {
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))?
     }
+}
+
+/// `e` and its sources, `: `-separated, each said once.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        next = cause.source();
+    }
+    text
+}
+
+/// Whether a TLS error lies behind `e`. With TLS 1.3 an upstream that
+/// refuses the sidecar's client certificate says so after the handshake
+/// looked done to the client, so the refusal comes with the first read
+/// instead of as a connect error; it is still an unavailable upstream, not
+/// a bad response.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        // An `io::Error`'s `source()` skips the error it wraps.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && inner.is::<rustls::Error>()
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }

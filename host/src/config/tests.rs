@@ -350,6 +350,49 @@ url = "http://backup:9000/"
         *b,
         HttpSinkSettings::new("http://backup:9000/".parse().unwrap()),
         "defaults"
+}
+
+#[test]
+fn tls_paths_resolve_against_the_config_folder() {
+    let c = parse_str(&format!(
+        "[server.tls]\ncert = \"tls/cert.pem\"\nkey = \"/secrets/key.pem\"\nclient_ca = \"ca.pem\"\n\
+         [[route]]\nprefix = \"/b\"\nupstream = \"https://billing.internal:8443\"\n\
+         [route.tls]\nca = \"internal-ca.pem\"\nclient_cert = \"me.pem\"\nclient_key = \"me.key\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.tls,
+        Some(ServerTls {
+            cert: "/etc/sidecar/tls/cert.pem".into(),
+            key: "/secrets/key.pem".into(),
+            client_ca: Some("/etc/sidecar/ca.pem".into()),
+        })
+    );
+    assert_eq!(
+        c.routes[0].tls,
+        Some(UpstreamTls {
+            ca: Some("/etc/sidecar/internal-ca.pem".into()),
+            client_cert: Some(ClientCert {
+                cert: "/etc/sidecar/me.pem".into(),
+                key: "/etc/sidecar/me.key".into(),
+            }),
+        })
+    );
+    assert_eq!(
+        c.routes[0].upstream.as_ref().unwrap().scheme_str(),
+        Some("https")
+    );
+    assert_eq!(c.routes[1].tls, None, "system roots, no client certificate");
+    assert_eq!(
+        parse_str(MINIMAL).unwrap().tls,
+        None,
+        "plain HTTP by default"
+    );
+
+    let c = parse_str("[[route]]\nprefix = \"/\"\nupstream = \"https://example.com\"\n").unwrap();
+    assert_eq!(
+        c.routes[0].tls, None,
+        "https:// alone trusts the system roots"
     );
 }
 
@@ -401,4 +444,43 @@ fn log_sink_errors_name_the_file_and_the_field() {
     );
     let e = sink("type = \"stdout\"\nlevle = \"info\"");
     assert!(e.contains("unknown field `levle`"), "{e}");
+}
+
+#[test]
+fn tls_errors_name_the_file_and_the_field() {
+    let e = err(&format!("[server.tls]\ncert = \"cert.pem\"\n{MINIMAL}"));
+    assert!(
+        e.starts_with("/etc/sidecar/sidecar.toml: server.tls.key: required"),
+        "{e}"
+    );
+    let e = err(&format!("[server.tls]\nkey = \"key.pem\"\n{MINIMAL}"));
+    assert!(e.contains("server.tls.cert: required"), "{e}");
+    let e = err(&format!(
+        "[server.tls]\ncert = \"c\"\nkey = \"k\"\nca = \"x\"\n{MINIMAL}"
+    ));
+    assert!(e.contains("unknown field `ca`"), "{e}");
+
+    let https = "[[route]]\nprefix = \"/b\"\nupstream = \"https://h:1\"\n[route.tls]\n";
+    let e = err(&format!("{https}client_cert = \"me.pem\"\n"));
+    assert!(
+        e.starts_with(
+            "/etc/sidecar/sidecar.toml: route[0].tls.client_key: required with client_cert"
+        ),
+        "{e}"
+    );
+    let e = err(&format!("{https}client_key = \"me.key\"\n"));
+    assert!(
+        e.contains("route[0].tls.client_cert: required with client_key"),
+        "{e}"
+    );
+    let e = err(&format!("{https}cert = \"me.pem\"\n"));
+    assert!(e.contains("unknown field `cert`"), "{e}");
+
+    let e = err(
+        "[[route]]\nprefix = \"/b\"\nupstream = \"http://h:1\"\n[route.tls]\nca = \"ca.pem\"\n",
+    );
+    assert!(
+        e.contains("route[0].tls: the upstream is not https://"),
+        "{e}"
+    );
 }

@@ -14,4 +14,5 @@ mod server;
 mod shipping;
 mod soak;
 mod support;
+mod tls;
 mod upstream_faults;

@@ -113,7 +113,8 @@ pub async fn serve(config: &sidecar::config::Config) -> (String, Arc<MemorySink>
     };
     let sidecar = Arc::new(Sidecar::new(config, services).await.unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if sidecar.is_tls() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", listener.local_addr().unwrap());
     let serving = sidecar.clone();
     tokio::spawn(async move {
         serving
