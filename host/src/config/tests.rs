@@ -350,6 +350,7 @@ url = "http://backup:9000/"
         *b,
         HttpSinkSettings::new("http://backup:9000/".parse().unwrap()),
         "defaults"
+    );
 }
 
 #[test]
