@@ -402,16 +402,16 @@ fn validate(
 
     let engine_defaults = EngineSettings::default();
     let engine = EngineSettings {
-        max_memory_bytes: positive("wasm.max_memory_mb", raw.wasm.max_memory_mb)?
-            .map_or(engine_defaults.max_memory_bytes, |mb| mb * MB),
+        max_memory_bytes: mib("wasm.max_memory_mb", raw.wasm.max_memory_mb)?
+            .unwrap_or(engine_defaults.max_memory_bytes),
         max_instances: positive("wasm.max_instances", raw.wasm.max_instances)?
             .unwrap_or(engine_defaults.max_instances),
     };
     let limit_defaults = PolicyLimits {
         deadline: positive("wasm.deadline_ms", raw.wasm.deadline_ms)?
             .map_or(PolicyLimits::default().deadline, Duration::from_millis),
-        memory_bytes: positive("wasm.memory_mb", raw.wasm.memory_mb)?
-            .map_or(PolicyLimits::default().memory_bytes, |mb| mb * MB)
+        memory_bytes: mib("wasm.memory_mb", raw.wasm.memory_mb)?
+            .unwrap_or(PolicyLimits::default().memory_bytes)
             .min(engine.max_memory_bytes),
         kv_ops: positive("wasm.kv_ops_per_request", raw.wasm.kv_ops_per_request)?
             .unwrap_or(PolicyLimits::default().kv_ops),
@@ -432,8 +432,8 @@ fn validate(
         {
             bail!("{field}: policy names use only letters, digits, `-` and `_`");
         }
-        let memory_bytes = positive(&format!("{field}.memory_mb"), p.memory_mb)?
-            .map_or(limit_defaults.memory_bytes, |mb| mb * MB);
+        let memory_bytes =
+            mib(&format!("{field}.memory_mb"), p.memory_mb)?.unwrap_or(limit_defaults.memory_bytes);
         if memory_bytes > engine.max_memory_bytes {
             bail!(
                 "{field}.memory_mb: {} MiB is above wasm.max_memory_mb ({} MiB)",
@@ -673,6 +673,17 @@ fn positive<T: PartialEq + Default + Copy>(field: &str, v: Option<T>) -> anyhow:
         Some(x) if x == T::default() => bail!("{field}: must be greater than 0"),
         other => Ok(other),
     }
+}
+
+/// [`positive`] MiB as bytes, refusing what would overflow: `max_memory_mb =
+/// 17592186044416` used to wrap to 0 bytes (and panic with overflow checks).
+fn mib(field: &str, v: Option<usize>) -> anyhow::Result<Option<usize>> {
+    positive(field, v)?
+        .map(|mb| {
+            mb.checked_mul(MB)
+                .ok_or_else(|| anyhow!("{field}: {mb} MiB is more than this machine can address"))
+        })
+        .transpose()
 }
 
 fn parse_upstream(s: &str) -> anyhow::Result<Uri> {

@@ -31,23 +31,26 @@ const HOP_BY_HOP: [&str; 9] = [
 /// length headers (the sidecar recomputes the length of what it sends).
 /// `Err(name)` names a header whose value is not UTF-8.
 fn headers_to_list(map: &HeaderMap) -> Result<Vec<Header>, String> {
-    let named_by_connection: Vec<String> = map
+    // Byte-wise: the names are ASCII tokens even in a value that is not
+    // UTF-8, and they must not be forwarded either way.
+    let named_by_connection: Vec<Vec<u8>> = map
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|s| s.trim_ascii().to_ascii_lowercase())
         .collect();
     let mut out = Vec::with_capacity(map.len());
     for (name, value) in map {
         let n = name.as_str();
         if HOP_BY_HOP.contains(&n)
             || n == "content-length"
-            || named_by_connection.iter().any(|c| c == n)
+            || named_by_connection.iter().any(|c| c == n.as_bytes())
         {
             continue;
         }
-        let value = value.to_str().map_err(|_| n.to_owned())?;
+        // Not `to_str`, which refuses anything but visible ASCII: `café`
+        // is valid in a header and representable in the contract.
+        let value = std::str::from_utf8(value.as_bytes()).map_err(|_| n.to_owned())?;
         out.push(Header {
             name: n.to_owned(),
             value: value.to_owned(),
@@ -123,11 +126,12 @@ pub fn request_from_http(
     })?;
     Ok(Request {
         method: parts.method.as_str().to_owned(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned(),
+        // Path (as routed and checked) and query, not `path_and_query`:
+        // that is `?q` for the absolute-form target `http://h?q`.
+        path: match parts.uri.query() {
+            Some(query) => format!("{}?{query}", parts.uri.path()),
+            None => parts.uri.path().to_owned(),
+        },
         headers,
         body: body.into(),
         route: route.to_owned(),
@@ -151,6 +155,15 @@ pub fn request_to_upstream(
     let method = Method::from_bytes(req.method.as_bytes())
         .map_err(|_| format!("method `{}`", req.method))?;
     let path = rewrite_path(&req.path, prefix, rewrite);
+    // `http` builds `?q` or `abc` into a URI, and hyper into a request
+    // line no server accepts; it silently drops a `#fragment`, after the
+    // rewrite has matched the prefix against it.
+    if !path.starts_with('/') || path.contains('#') {
+        return Err(format!(
+            "path `{}` (must start with `/`, without `#`)",
+            req.path
+        ));
+    }
     let uri = Uri::builder()
         .scheme(upstream.scheme_str().unwrap_or("http"))
         .authority(upstream.authority().map_or("", |a| a.as_str()))
@@ -164,7 +177,10 @@ pub fn request_to_upstream(
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     let ip = client.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match headers
+        .get("x-forwarded-for")
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+    {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip,
     };
@@ -302,6 +318,77 @@ mod tests {
         let mut map = HeaderMap::new();
         map.insert("x-bin", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
         assert_eq!(headers_to_list(&map).unwrap_err(), "x-bin");
+    }
+
+    #[test]
+    fn keeps_utf8_header_values_beyond_ascii() {
+        // Found by fuzzing: `to_str` refused `café` as "not UTF-8" (a 400),
+        // and dropped a non-ASCII x-forwarded-for chain.
+        let mut map = HeaderMap::new();
+        map.insert(
+            "x-name",
+            HeaderValue::from_bytes("café".as_bytes()).unwrap(),
+        );
+        let list = headers_to_list(&map).unwrap();
+        assert_eq!(list[0].value, "café");
+        let req = Request {
+            method: "GET".into(),
+            path: "/".into(),
+            headers: vec![Header {
+                name: "x-forwarded-for".into(),
+                value: "client-é".into(),
+            }],
+            body: vec![],
+            route: "r".into(),
+            client_addr: "127.0.0.1:1".into(),
+        };
+        let up: Uri = "http://127.0.0.1:9".parse().unwrap();
+        let out =
+            request_to_upstream(&req, &up, "/", None, "127.0.0.1:1".parse().unwrap()).unwrap();
+        assert_eq!(
+            out.headers()["x-forwarded-for"].as_bytes(),
+            "client-é, 127.0.0.1".as_bytes()
+        );
+    }
+
+    #[test]
+    fn policies_and_upstreams_see_paths_that_start_with_a_slash() {
+        // Found by fuzzing: the absolute-form target `http://h?q=1` reached
+        // policies as path `?q=1`, and a policy's path `?q=1` or `abc` went
+        // upstream as that request-target (`/a#b` as `/a`).
+        let (parts, ()) = http::Request::builder()
+            .uri("http://h?q=1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let client = "127.0.0.1:1".parse().unwrap();
+        let req = request_from_http(&parts, Bytes::new(), "r", client).unwrap();
+        assert_eq!(req.path, "/?q=1");
+        let up: Uri = "http://127.0.0.1:9".parse().unwrap();
+        for path in ["?q=1", "abc", "", "/a#b"] {
+            let req = Request {
+                path: path.into(),
+                ..req.clone()
+            };
+            let err = request_to_upstream(&req, &up, "/", None, client).unwrap_err();
+            assert!(err.starts_with("path"), "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn drops_headers_named_by_a_connection_value_that_is_not_utf8() {
+        // Such a `connection` value used to be ignored whole, so the
+        // headers it names were forwarded.
+        let mut map = HeaderMap::new();
+        map.insert(
+            "connection",
+            HeaderValue::from_bytes(b"x-hop, caf\xe9").unwrap(),
+        );
+        map.insert("x-hop", HeaderValue::from_static("1"));
+        map.insert("accept", HeaderValue::from_static("*/*"));
+        let list = headers_to_list(&map).unwrap();
+        let names: Vec<&str> = list.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["accept"]);
     }
 
     #[test]
