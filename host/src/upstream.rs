@@ -12,6 +12,8 @@ use hyper_util::rt::TokioExecutor;
 /// Why the upstream could not give an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// No answer was started: the connection failed, or it closed before a
+    /// response head arrived. Safe to retry for idempotent requests.
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
     #[error("upstream did not answer within {0:?}")]
@@ -60,7 +62,7 @@ impl UpstreamClient {
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
-                if e.is_connect() {
+                if e.is_connect() || closed_before_answer(&e) {
                     UpstreamError::Unavailable(format!("{e:#}"))
                 } else {
                     UpstreamError::BadResponse(format!("{e:#}"))
@@ -86,4 +88,18 @@ impl UpstreamClient {
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))?
     }
+}
+
+/// Whether the connection closed or reset before any response head came
+/// (an endpoint killed mid-request, a stale pooled connection), as opposed to
+/// an answer that was not valid HTTP.
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let Some(hyper) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<hyper::Error>())
+    else {
+        return false;
+    };
+    hyper.is_incomplete_message()
+        || hyper.is_canceled()
+        || hyper.is_closed()
+        || std::error::Error::source(hyper).is_some_and(|s| s.is::<std::io::Error>())
 }
