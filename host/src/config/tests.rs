@@ -380,3 +380,12 @@ fn balancing_errors_name_the_file_and_the_field() {
         assert!(e.contains(expected), "expected `{expected}` in: {e}");
     }
 }
+
+#[test]
+fn the_replicas_demo_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo-replicas.toml");
+    let c = load(&path).unwrap();
+    let route = &c.routes[0];
+    assert_eq!(route.upstreams.len(), 2);
+    assert!(route.balance.health_check.is_some());
+}
