@@ -17,7 +17,8 @@ fi
 
 build_plugins() {
   echo "==> building policies (plugins/, wasm32-wasip2)"
-  cargo build --release --target wasm32-wasip2 --manifest-path "$ROOT/plugins/Cargo.toml"
+  # Into plugins/target whatever CARGO_TARGET_DIR says: configs name the .wasm there.
+  env -u CARGO_TARGET_DIR cargo build --release --target wasm32-wasip2 --manifest-path "$ROOT/plugins/Cargo.toml"
 }
 
 # The kv store's Redis backend is tested against a real redis-server, which

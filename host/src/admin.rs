@@ -7,6 +7,8 @@
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text), see [`crate::metrics`].
 //! - `GET /policies`: routes and their policy chains, each policy's file,
 //!   sha256, contract version, load time; the reload status.
+//! - `GET /upstreams`: per route, its balancing and each endpoint's health
+//!   (ejected until when), requests in flight, attempts and failures.
 //! - `POST /reload`: reload now; 200 with the new generation, or 422 with
 //!   why it was refused (the running config keeps serving).
 //!
@@ -62,11 +64,12 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/policies", get(policies))
+        .route("/upstreams", get(upstreams))
         .route("/reload", post(reload))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                Json(json!({ "error": "no such admin endpoint (try /healthz, /readyz, /metrics, /policies, /reload)", "code": "not_found" })),
+                Json(json!({ "error": "no such admin endpoint (try /healthz, /readyz, /metrics, /policies, /upstreams, /reload)", "code": "not_found" })),
             )
         })
         .with_state(admin)
@@ -99,7 +102,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     Json(json!({
         "status": "ready",
         "routes": gateway.routes.len(),
-        "routes_with_upstream": gateway.routes.iter().filter(|r| r.upstream.is_some()).count(),
+        "routes_with_upstream": gateway.routes.iter().filter(|r| r.upstreams.is_some()).count(),
         "policies": gateway.policies.len(),
         "generation": sidecar.reload_status().generation,
     }))
@@ -107,14 +110,31 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    match admin.sidecar.get() {
-        Some(sidecar) => (
-            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-            sidecar.metrics.render(),
-        )
-            .into_response(),
-        None => loading(),
-    }
+    let Some(sidecar) = admin.sidecar.get() else {
+        return loading();
+    };
+    // Health is a state, not an event: read it now (an ejection may have
+    // expired since the last request).
+    let upstreams = sidecar.gateway().upstreams();
+    sidecar
+        .metrics
+        .set_endpoint_health(upstreams.iter().flat_map(|u| {
+            u.endpoints
+                .iter()
+                .map(|e| (u.route.as_str(), e.url.as_str(), e.healthy))
+        }));
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        sidecar.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn upstreams(State(admin): State<Arc<Admin>>) -> Response {
+    let Some(sidecar) = admin.sidecar.get() else {
+        return loading();
+    };
+    Json(json!({ "routes": sidecar.gateway().upstreams() })).into_response()
 }
 
 async fn policies(State(admin): State<Arc<Admin>>) -> Response {
@@ -129,7 +149,7 @@ async fn policies(State(admin): State<Arc<Admin>>) -> Response {
             json!({
                 "name": &*r.name,
                 "prefix": r.prefix,
-                "upstream": r.upstream.as_ref().map(ToString::to_string),
+                "upstreams": r.upstreams.as_ref().map(|u| u.urls().collect::<Vec<_>>()).unwrap_or_default(),
                 "policies": r.chain.policies().iter().map(|p| p.name().to_string()).collect::<Vec<_>>(),
             })
         })

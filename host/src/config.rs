@@ -33,6 +33,7 @@ use anyhow::{Context as _, anyhow, bail};
 use http::Uri;
 use serde::Deserialize;
 
+use crate::balancer::{BalanceSettings, HealthCheck, RetryBudgetSettings, Strategy};
 use crate::capabilities::redis::{RedisSettings, check_url};
 use crate::capabilities::{KvBackend, KvLimits, KvSettings};
 use crate::wasm::{EngineSettings, FailureMode, Instances, PolicyLimits};
@@ -88,6 +89,8 @@ pub struct ProxySettings {
     pub max_response_bytes: usize,
     /// Default upstream timeout (headers and body), per route overridable.
     pub upstream_timeout: Duration,
+    /// How many retries each route may make (see [`crate::balancer`]).
+    pub retry_budget: RetryBudgetSettings,
 }
 
 impl Default for ProxySettings {
@@ -96,6 +99,7 @@ impl Default for ProxySettings {
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 10 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(30),
+            retry_budget: RetryBudgetSettings::default(),
         }
     }
 }
@@ -166,9 +170,12 @@ pub struct RouteConfig {
     pub name: String,
     /// Path prefix, matched on whole segments; the longest match wins.
     pub prefix: String,
-    /// `scheme://authority` of the service; `None` for routes answered by
-    /// policies alone (a request that gets past them is a 404).
-    pub upstream: Option<Uri>,
+    /// `scheme://authority` of each endpoint of the service (`upstream` or
+    /// `upstreams`); empty for routes answered by policies alone (a request
+    /// that gets past them is a 404).
+    pub upstreams: Vec<Uri>,
+    /// Balancing, health and retries across `upstreams`.
+    pub balance: BalanceSettings,
     /// Replaces `prefix` in the forwarded path (`/user-service/login` with
     /// rewrite `/` → `/login`). `None` forwards the path unchanged.
     pub rewrite: Option<String>,
@@ -276,6 +283,8 @@ struct RawProxy {
     max_body_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
     upstream_timeout_ms: Option<u64>,
+    retry_budget_percent: Option<u32>,
+    retry_budget_min_per_sec: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -327,11 +336,28 @@ struct RawRoute {
     name: Option<String>,
     prefix: String,
     upstream: Option<String>,
+    upstreams: Option<Vec<String>>,
+    /// "round-robin" (default) or "least-requests".
+    balance: Option<String>,
+    retries: Option<u32>,
+    health: Option<RawHealth>,
     rewrite: Option<String>,
     timeout_ms: Option<u64>,
     #[serde(default)]
     policies: Vec<String>,
     tls: Option<RawUpstreamTls>,
+}
+
+/// `[route.health]`: passive ejection, and active checks if `path` is set.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    eject_after_failures: Option<u32>,
+    eject_ms: Option<u64>,
+    max_eject_ms: Option<u64>,
+    path: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -398,6 +424,7 @@ fn validate(
             .unwrap_or(defaults.max_response_bytes),
         upstream_timeout: positive("proxy.upstream_timeout_ms", raw.proxy.upstream_timeout_ms)?
             .map_or(defaults.upstream_timeout, Duration::from_millis),
+        retry_budget: retry_budget(&raw.proxy)?,
     };
 
     let engine_defaults = EngineSettings::default();
@@ -492,10 +519,43 @@ fn validate(
         if let Some(other) = routes.iter().find(|o| o.prefix == prefix || o.name == name) {
             bail!("{field}: same prefix or name as route `{}`", other.name);
         }
-        let upstream = r
-            .upstream
-            .map(|u| parse_upstream(&u).map_err(|e| anyhow!("{field}.upstream: {e}")))
-            .transpose()?;
+        let upstreams = match (r.upstream, r.upstreams) {
+            (Some(_), Some(_)) => bail!(
+                "{field}.upstreams: give either `upstream` (one endpoint) or `upstreams` (a list), not both"
+            ),
+            (Some(u), None) => {
+                vec![parse_upstream(&u).map_err(|e| anyhow!("{field}.upstream: {e}"))?]
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    bail!("{field}.upstreams: the list is empty; give at least one URL");
+                }
+                let mut uris: Vec<Uri> = Vec::with_capacity(list.len());
+                for (j, u) in list.iter().enumerate() {
+                    let uri =
+                        parse_upstream(u).map_err(|e| anyhow!("{field}.upstreams[{j}]: {e}"))?;
+                    if uris.contains(&uri) {
+                        bail!("{field}.upstreams[{j}]: `{u}` is listed twice");
+                    }
+                    uris.push(uri);
+                }
+                uris
+            }
+            (None, None) => Vec::new(),
+        };
+        let balance = if upstreams.is_empty() {
+            let unused = [
+                ("balance", r.balance.is_some()),
+                ("retries", r.retries.is_some()),
+                ("health", r.health.is_some()),
+            ];
+            if let Some((name, _)) = unused.iter().find(|(_, set)| *set) {
+                bail!("{field}.{name}: only used with `upstream` or `upstreams`");
+            }
+            BalanceSettings::default()
+        } else {
+            balance_settings(&field, r.balance.as_deref(), r.retries, r.health)?
+        };
         if let Some(rewrite) = r.rewrite.as_ref().filter(|r| !r.starts_with('/')) {
             bail!("{field}.rewrite: `{rewrite}` must start with `/`");
         }
@@ -512,7 +572,7 @@ fn validate(
                 );
             }
         }
-        if upstream.is_none() && r.policies.is_empty() {
+        if upstreams.is_empty() && r.policies.is_empty() {
             bail!("{field}: needs an `upstream`, `policies`, or both");
         }
         let tls = r
@@ -522,7 +582,8 @@ fn validate(
         routes.push(RouteConfig {
             name,
             prefix,
-            upstream,
+            upstreams,
+            balance,
             rewrite: r.rewrite,
             timeout: positive(&format!("{field}.timeout_ms"), r.timeout_ms)?
                 .map_or(proxy.upstream_timeout, Duration::from_millis),
@@ -612,6 +673,109 @@ fn upstream_tls(
         client_cert,
     })
 }
+
+fn retry_budget(raw: &RawProxy) -> anyhow::Result<RetryBudgetSettings> {
+    let defaults = RetryBudgetSettings::default();
+    let budget = RetryBudgetSettings {
+        percent: raw.retry_budget_percent.unwrap_or(defaults.percent),
+        min_per_sec: raw.retry_budget_min_per_sec.unwrap_or(defaults.min_per_sec),
+    };
+    if budget.percent > 100 {
+        bail!(
+            "proxy.retry_budget_percent: {} is above 100 (retries would outnumber requests)",
+            budget.percent
+        );
+    }
+    if budget.percent == 0 && budget.min_per_sec == 0 {
+        bail!(
+            "proxy.retry_budget_percent: 0 with retry_budget_min_per_sec = 0 allows no retry at all; \
+             set `retries = 0` on the routes instead"
+        );
+    }
+    Ok(budget)
+}
+
+/// A route's balancing, passive/active health and retry settings.
+fn balance_settings(
+    field: &str,
+    balance: Option<&str>,
+    retries: Option<u32>,
+    health: Option<RawHealth>,
+) -> anyhow::Result<BalanceSettings> {
+    let defaults = BalanceSettings::default();
+    let strategy = match balance {
+        None | Some("round-robin") => Strategy::RoundRobin,
+        Some("least-requests") => Strategy::LeastRequests,
+        Some(other) => {
+            bail!("{field}.balance: `{other}` is not \"round-robin\" or \"least-requests\"")
+        }
+    };
+    let retries = retries.unwrap_or(defaults.retries);
+    if retries > MAX_RETRIES {
+        bail!("{field}.retries: {retries} is above the limit of {MAX_RETRIES}");
+    }
+    let Some(h) = health else {
+        return Ok(BalanceSettings {
+            strategy,
+            retries,
+            ..defaults
+        });
+    };
+    let eject_after_failures = positive(
+        &format!("{field}.health.eject_after_failures"),
+        h.eject_after_failures,
+    )?
+    .unwrap_or(defaults.eject_after_failures);
+    let eject = positive(&format!("{field}.health.eject_ms"), h.eject_ms)?
+        .map_or(defaults.eject, Duration::from_millis);
+    let max_eject = positive(&format!("{field}.health.max_eject_ms"), h.max_eject_ms)?
+        .map_or(defaults.max_eject.max(eject), Duration::from_millis);
+    if max_eject < eject {
+        bail!(
+            "{field}.health.max_eject_ms: {} ms is below eject_ms ({} ms)",
+            max_eject.as_millis(),
+            eject.as_millis()
+        );
+    }
+    let health_check = match h.path {
+        Some(path) => {
+            if !path.starts_with('/') {
+                bail!("{field}.health.path: `{path}` must start with `/`");
+            }
+            if path.parse::<http::uri::PathAndQuery>().is_err() {
+                bail!("{field}.health.path: `{path}` is not a valid request path");
+            }
+            Some(HealthCheck {
+                path,
+                interval: positive(&format!("{field}.health.interval_ms"), h.interval_ms)?
+                    .map_or(Duration::from_secs(5), Duration::from_millis),
+                timeout: positive(&format!("{field}.health.timeout_ms"), h.timeout_ms)?
+                    .map_or(Duration::from_secs(1), Duration::from_millis),
+            })
+        }
+        None => {
+            let unused = [
+                ("interval_ms", h.interval_ms.is_some()),
+                ("timeout_ms", h.timeout_ms.is_some()),
+            ];
+            if let Some((name, _)) = unused.iter().find(|(_, set)| *set) {
+                bail!("{field}.health.{name}: only used with `path` (active health checks)");
+            }
+            None
+        }
+    };
+    Ok(BalanceSettings {
+        strategy,
+        retries,
+        eject_after_failures,
+        eject,
+        max_eject,
+        health_check,
+    })
+}
+
+/// Retries per request: a few cover a restart; more only add load.
+const MAX_RETRIES: u32 = 10;
 
 fn kv_settings(raw: RawKv) -> anyhow::Result<KvSettings> {
     let defaults = KvLimits::default();

@@ -12,8 +12,8 @@ use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use http::Uri;
 
+use crate::balancer::{Upstreams, UpstreamsView};
 use crate::bindings::CONTRACT;
 use crate::chain::Chain;
 use crate::config::{Config, ProxySettings};
@@ -25,7 +25,8 @@ use crate::wasm::{CompileSource, Policy, PolicySpec, Runtime, sha256_hex};
 pub struct Route {
     pub name: Arc<str>,
     pub prefix: String,
-    pub upstream: Option<Uri>,
+    /// The service's endpoints; `None` when policies alone answer.
+    pub upstreams: Option<Arc<Upstreams>>,
     pub rewrite: Option<String>,
     pub timeout: Duration,
     pub chain: Chain,
@@ -73,11 +74,17 @@ pub struct Gateway {
 impl Gateway {
     /// Reads and checks each policy file once (sha256 pin), compiles it (or
     /// takes it from the compile cache), loads each policy once (validating
-    /// its config), and assembles the routes.
+    /// its config), and assembles the routes. Upstream endpoints that
+    /// `previous` (the gateway a reload replaces) had on the same route keep
+    /// their health and counts.
     ///
     /// # Errors
     /// A message naming the config file, the policy and the cause.
-    pub async fn build(config: &Config, runtime: &Arc<Runtime>) -> anyhow::Result<Self> {
+    pub async fn build(
+        config: &Config,
+        runtime: &Arc<Runtime>,
+        previous: Option<&Self>,
+    ) -> anyhow::Result<Self> {
         let file = config.source.display();
         let mut loaded: HashMap<&str, Arc<Policy>> = HashMap::new();
         let mut infos = Vec::with_capacity(config.policies.len());
@@ -147,7 +154,18 @@ impl Gateway {
             routes.push(Route {
                 name: r.name.as_str().into(),
                 prefix: r.prefix.clone(),
-                upstream: r.upstream.clone(),
+                upstreams: (!r.upstreams.is_empty()).then(|| {
+                    let before = previous
+                        .and_then(|g| g.routes.iter().find(|old| *old.name == *r.name))
+                        .and_then(|old| old.upstreams.as_deref());
+                    Arc::new(Upstreams::new(
+                        r.name.as_str().into(),
+                        &r.upstreams,
+                        r.balance.clone(),
+                        config.proxy.retry_budget,
+                        before,
+                    ))
+                }),
                 rewrite: r.rewrite.clone(),
                 timeout: r.timeout,
                 // Validation guarantees every name is defined.
@@ -166,6 +184,14 @@ impl Gateway {
             proxy: config.proxy,
             policies: infos,
         })
+    }
+
+    /// Every route's endpoints and their state, in route order.
+    pub fn upstreams(&self) -> Vec<UpstreamsView> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.upstreams.as_ref().map(|u| u.view()))
+            .collect()
     }
 
     /// The route for `path`: the longest matching prefix.

@@ -7,6 +7,7 @@
 //!   reverse;
 //! - [`wasm`], [`capabilities`], [`bindings`]: the policy host, from the
 //!   `sidecar-runtime` crate (shared with the plugin test harness);
+//! - [`balancer`]: a route's upstream endpoints: balancing, health, retries;
 //! - [`upstream`]: the pooled HTTP client to the services behind the sidecar;
 //! - [`tls`]: rustls on the listener (certificate reloaded on change) and to
 //!   `https://` upstreams;
@@ -21,6 +22,7 @@
 //! - [`policy_cli`]: `sidecar policy check|call|test|new`, on `policy-harness`.
 
 pub mod admin;
+pub mod balancer;
 pub mod chain;
 pub mod config;
 pub mod convert;

@@ -194,7 +194,7 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("{}: admin.listen: cannot bind {addr}", file.display()))?;
             eprintln!(
-                "sidecar admin on http://{} (/healthz, /readyz, /metrics, /policies, POST /reload)",
+                "sidecar admin on http://{} (/healthz, /readyz, /metrics, /policies, /upstreams, POST /reload)",
                 l.local_addr()?
             );
             let router = sidecar::admin::router(admin.clone());
@@ -220,7 +220,7 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
             tracing::info!(
                 route = %route.name,
                 prefix = %route.prefix,
-                upstream = %route.upstream.as_ref().map_or("(none)".to_owned(), ToString::to_string),
+                upstream = %route.upstreams.as_ref().map_or("(none)".to_owned(), |u| u.urls().collect::<Vec<_>>().join(", ")),
                 policies = ?policies,
                 "route ready"
             );

@@ -7,6 +7,10 @@
 //! | `sidecar_requests_total` | `route`, `status` |
 //! | `sidecar_request_duration_seconds` (histogram) | `route` |
 //! | `sidecar_upstream_errors_total` | `route`, `kind` (`unavailable`, `timeout`, `too_large`, `bad_response`) |
+//! | `sidecar_upstream_requests_total` (each attempt, retries included) | `route`, `endpoint`, `outcome` (`ok`, `gateway_error` = a 502/503/504 answer, or an error kind) |
+//! | `sidecar_upstream_retries_total` | `route`, `outcome` (`retried`, `budget_exhausted`) |
+//! | `sidecar_upstream_ejections_total` | `route`, `endpoint`, `reason` (`failures`, `health_check`) |
+//! | `sidecar_upstream_endpoint_healthy` (gauge, 1 in rotation, 0 ejected; as of the scrape) | `route`, `endpoint` |
 //! | `sidecar_policy_calls_total` | `policy`, `hook` (`request`, `response`) |
 //! | `sidecar_policy_call_duration_seconds` (histogram, instance creation included) | `policy`, `hook` |
 //! | `sidecar_policy_denials_total` (the request hook answered 4xx/5xx itself) | `policy` |
@@ -22,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -46,6 +51,32 @@ struct RouteLabels {
 struct UpstreamErrorLabels {
     route: String,
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    route: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointOutcomeLabels {
+    route: String,
+    endpoint: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EjectionLabels {
+    route: String,
+    endpoint: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    route: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +134,10 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_duration: Histograms<RouteLabels>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    upstream_attempts: Family<EndpointOutcomeLabels, Counter>,
+    upstream_retries: Family<RetryLabels, Counter>,
+    upstream_ejections: Family<EjectionLabels, Counter>,
+    upstream_healthy: Family<EndpointLabels, Gauge>,
     policy_calls: Family<PolicyHookLabels, Counter>,
     policy_duration: Histograms<PolicyHookLabels>,
     policy_denials: Family<PolicyLabels, Counter>,
@@ -174,6 +209,30 @@ impl Metrics {
             "Upstream exchanges that failed, by route and kind",
             upstream_errors.clone(),
         );
+        let upstream_attempts = Family::default();
+        registry.register(
+            "sidecar_upstream_requests",
+            "Attempts sent to each upstream endpoint (retries included), by outcome",
+            upstream_attempts.clone(),
+        );
+        let upstream_retries = Family::default();
+        registry.register(
+            "sidecar_upstream_retries",
+            "Retries of idempotent requests that got no answer, and those the retry budget refused",
+            upstream_retries.clone(),
+        );
+        let upstream_ejections = Family::default();
+        registry.register(
+            "sidecar_upstream_ejections",
+            "Upstream endpoints taken out of rotation, by reason",
+            upstream_ejections.clone(),
+        );
+        let upstream_healthy = Family::default();
+        registry.register(
+            "sidecar_upstream_endpoint_healthy",
+            "1 if the endpoint is in rotation, 0 while it is ejected",
+            upstream_healthy.clone(),
+        );
         let policy_calls = Family::default();
         registry.register(
             "sidecar_policy_calls",
@@ -223,6 +282,10 @@ impl Metrics {
             requests,
             request_duration,
             upstream_errors,
+            upstream_attempts,
+            upstream_retries,
+            upstream_ejections,
+            upstream_healthy,
             policy_calls,
             policy_duration,
             policy_denials,
@@ -263,18 +326,62 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, route: &str, error: &UpstreamError) {
-        let kind = match error {
-            UpstreamError::Unavailable(_) => "unavailable",
-            UpstreamError::Timeout(_) => "timeout",
-            UpstreamError::ResponseTooLarge { .. } => "too_large",
-            UpstreamError::BadResponse(_) => "bad_response",
-        };
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 route: route.to_owned(),
-                kind,
+                kind: upstream_error_kind(error),
             })
             .inc();
+    }
+
+    /// One attempt sent to `endpoint`, and how it went.
+    pub fn upstream_attempt(&self, route: &str, endpoint: &str, outcome: &'static str) {
+        self.upstream_attempts
+            .get_or_create(&EndpointOutcomeLabels {
+                route: route.to_owned(),
+                endpoint: endpoint.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// `outcome`: `retried`, or `budget_exhausted` (not retried).
+    pub fn upstream_retry(&self, route: &str, outcome: &'static str) {
+        self.upstream_retries
+            .get_or_create(&RetryLabels {
+                route: route.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// `reason`: `failures` (passive) or `health_check` (active).
+    pub fn upstream_ejection(&self, route: &str, endpoint: &str, reason: &'static str) {
+        self.upstream_ejections
+            .get_or_create(&EjectionLabels {
+                route: route.to_owned(),
+                endpoint: endpoint.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Replaces the health gauge with `(route, endpoint, healthy)` for every
+    /// endpoint now configured; called before each scrape, so endpoints a
+    /// reload removed disappear and expired ejections show as healthy.
+    pub fn set_endpoint_health<'a>(
+        &self,
+        endpoints: impl IntoIterator<Item = (&'a str, &'a str, bool)>,
+    ) {
+        self.upstream_healthy.clear();
+        for (route, endpoint, healthy) in endpoints {
+            self.upstream_healthy
+                .get_or_create(&EndpointLabels {
+                    route: route.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                })
+                .set(i64::from(healthy));
+        }
     }
 
     /// One hook call of `policy`, whatever its outcome.
@@ -362,6 +469,16 @@ impl Metrics {
     }
 }
 
+/// The `kind`/`outcome` label of an upstream failure.
+pub fn upstream_error_kind(error: &UpstreamError) -> &'static str {
+    match error {
+        UpstreamError::Unavailable(_) => "unavailable",
+        UpstreamError::Timeout(_) => "timeout",
+        UpstreamError::ResponseTooLarge { .. } => "too_large",
+        UpstreamError::BadResponse(_) => "bad_response",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -389,7 +506,16 @@ mod tests {
         let sink = m.log_sink("collector");
         sink.shipped.inc_by(5);
         m.log_sink("collector").queue_full.inc_by(2);
+        m.upstream_attempt("users", "http://a:1", "ok");
+        m.upstream_retry("users", "budget_exhausted");
+        m.upstream_ejection("users", "http://a:1", "failures");
+        m.set_endpoint_health([("users", "http://gone:1", true)]);
+        m.set_endpoint_health([("users", "http://a:1", false)]);
         let text = m.render();
+        assert!(
+            !text.contains("gone"),
+            "a replaced gauge is dropped:\n{text}"
+        );
         for line in [
             r#"sidecar_requests_total{route="users",status="200"} 2"#,
             r#"sidecar_requests_total{route="users",status="401"} 1"#,
@@ -403,6 +529,10 @@ mod tests {
             r#"sidecar_log_lines_shipped_total{sink="collector"} 5"#,
             r#"sidecar_log_lines_dropped_total{sink="collector",reason="queue_full"} 2"#,
             r#"sidecar_log_lines_dropped_total{sink="collector",reason="send_failed"} 0"#,
+            r#"sidecar_upstream_requests_total{route="users",endpoint="http://a:1",outcome="ok"} 1"#,
+            r#"sidecar_upstream_retries_total{route="users",outcome="budget_exhausted"} 1"#,
+            r#"sidecar_upstream_ejections_total{route="users",endpoint="http://a:1",reason="failures"} 1"#,
+            r#"sidecar_upstream_endpoint_healthy{route="users",endpoint="http://a:1"} 0"#,
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }

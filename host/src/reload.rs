@@ -110,8 +110,9 @@ impl Sidecar {
         }
         let mut print = config_print;
         print.extend(fingerprint(&policy_files(&new)));
-        let gateway = Gateway::build(&new, &self.runtime).await?;
-        self.gateway.send_replace(Arc::new(gateway));
+        let gateway = Arc::new(Gateway::build(&new, &self.runtime, Some(&self.gateway())).await?);
+        self.gateway.send_replace(gateway.clone());
+        self.start_health_checks(&gateway);
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = print;
         Ok(())

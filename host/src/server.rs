@@ -100,8 +100,8 @@ impl Sidecar {
             .transpose()?;
         let runtime =
             Runtime::with_compile_cache(config.engine, services, config.compile_cache.clone())?;
-        let gateway = Arc::new(Gateway::build(config, &runtime).await?);
-        let (tx, rx) = watch::channel(gateway);
+        let gateway = Arc::new(Gateway::build(config, &runtime, None).await?);
+        let (tx, rx) = watch::channel(gateway.clone());
         let state = Arc::new(AppState {
             gateway: rx,
             upstream: UpstreamClient::new(),
@@ -109,7 +109,7 @@ impl Sidecar {
             in_flight: Semaphore::new(config.server.max_concurrent_requests),
             max_in_flight: config.server.max_concurrent_requests,
         });
-        Ok(Self {
+        let sidecar = Self {
             runtime,
             metrics,
             gateway: tx,
@@ -119,7 +119,15 @@ impl Sidecar {
             status: std::sync::Mutex::new(crate::reload::ReloadStatus::default()),
             loaded: std::sync::Mutex::new(loaded),
             tls,
-        })
+        };
+        sidecar.start_health_checks(&gateway);
+        Ok(sidecar)
+    }
+
+    /// Starts `gateway`'s active upstream health checks; they end by
+    /// themselves once a reload has replaced it.
+    pub(crate) fn start_health_checks(&self, gateway: &Gateway) {
+        crate::balancer::spawn_health_checks(gateway, &self.state.upstream, &self.metrics);
     }
 
     /// The routes and policies now serving.
@@ -393,29 +401,37 @@ async fn forward(
             ),
         });
     }
-    let upstream = route
-        .upstream
+    let upstreams = route
+        .upstreams
         .as_ref()
         .ok_or_else(|| SidecarError::NoUpstream {
             route: route.name.to_string(),
         })?;
-    let outgoing = convert::request_to_upstream(
-        request,
-        upstream,
-        &route.prefix,
-        route.rewrite.as_deref(),
-        client,
-    )
-    .map_err(|detail| SidecarError::BadPolicyOutput {
-        route: route.name.to_string(),
-        what: "request",
-        detail,
-    })?;
-    let (parts, body) = route
-        .client
-        .as_ref()
-        .unwrap_or(&state.upstream)
-        .send(outgoing, route.timeout, limits.max_response_bytes)
+    // Built per attempt: a retry may go to another endpoint.
+    let outgoing = |endpoint: &http::Uri| {
+        convert::request_to_upstream(
+            request,
+            endpoint,
+            &route.prefix,
+            route.rewrite.as_deref(),
+            client,
+        )
+        .map_err(|detail| SidecarError::BadPolicyOutput {
+            route: route.name.to_string(),
+            what: "request",
+            detail,
+        })
+    };
+    // Balancing, passive health and retries: see `balancer`.
+    let (parts, body) = upstreams
+        .send(
+            // The route's own client if it has `[route.tls]`.
+            route.client.as_ref().unwrap_or(&state.upstream),
+            &state.metrics,
+            outgoing,
+            route.timeout,
+            limits.max_response_bytes,
+        )
         .await?;
     Ok(convert::response_from_upstream(&parts, body)?)
 }

@@ -14,6 +14,8 @@ use hyper_util::rt::TokioExecutor;
 /// Why the upstream could not give an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// No answer was started: the connection failed, or it closed before a
+    /// response head arrived. Safe to retry for idempotent requests.
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
     #[error("upstream did not answer within {0:?}")]
@@ -79,7 +81,7 @@ impl UpstreamClient {
                 // The whole chain: the client's own message is only
                 // "client error (Connect)"; the cause (refused, a TLS
                 // alert, an unknown issuer) is in its sources.
-                if e.is_connect() || is_tls_failure(&e) {
+                if e.is_connect() || is_tls_failure(&e) || closed_before_answer(&e) {
                     UpstreamError::Unavailable(causes(&e))
                 } else {
                     UpstreamError::BadResponse(causes(&e))
@@ -143,4 +145,18 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
         next = e.source();
     }
     false
+}
+
+/// Whether the connection closed or reset before any response head came
+/// (an endpoint killed mid-request, a stale pooled connection), as opposed to
+/// an answer that was not valid HTTP.
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let Some(hyper) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<hyper::Error>())
+    else {
+        return false;
+    };
+    hyper.is_incomplete_message()
+        || hyper.is_canceled()
+        || hyper.is_closed()
+        || std::error::Error::source(hyper).is_some_and(|s| s.is::<std::io::Error>())
 }

@@ -354,6 +354,55 @@ url = "http://backup:9000/"
 }
 
 #[test]
+fn upstreams_list_balancing_and_health_are_read_with_defaults() {
+    let c = parse_str(
+        r#"
+[proxy]
+retry_budget_percent = 50
+retry_budget_min_per_sec = 0
+
+[[route]]
+prefix = "/one"
+upstream = "http://127.0.0.1:3002"
+
+[[route]]
+prefix = "/many"
+upstreams = ["http://127.0.0.1:3002", "http://127.0.0.1:3003"]
+balance = "least-requests"
+retries = 1
+[route.health]
+eject_after_failures = 5
+eject_ms = 2000
+path = "/health"
+interval_ms = 500
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.routes[0].upstreams.len(), 1);
+    assert_eq!(c.routes[0].balance, BalanceSettings::default());
+    let many = &c.routes[1];
+    assert_eq!(many.upstreams.len(), 2);
+    assert_eq!(many.upstreams[1].port_u16(), Some(3003));
+    let b = &many.balance;
+    assert_eq!(b.strategy, Strategy::LeastRequests);
+    assert_eq!(b.retries, 1);
+    assert_eq!(b.eject_after_failures, 5);
+    assert_eq!(b.eject, Duration::from_secs(2));
+    assert_eq!(b.max_eject, Duration::from_secs(300));
+    let check = b.health_check.as_ref().unwrap();
+    assert_eq!(check.path, "/health");
+    assert_eq!(check.interval, Duration::from_millis(500));
+    assert_eq!(check.timeout, Duration::from_secs(1));
+    assert_eq!(
+        c.proxy.retry_budget,
+        RetryBudgetSettings {
+            percent: 50,
+            min_per_sec: 0
+        }
+    );
+}
+
+#[test]
 fn tls_paths_resolve_against_the_config_folder() {
     let c = parse_str(&format!(
         "[server.tls]\ncert = \"tls/cert.pem\"\nkey = \"/secrets/key.pem\"\nclient_ca = \"ca.pem\"\n\
@@ -484,4 +533,83 @@ fn tls_errors_name_the_file_and_the_field() {
         e.contains("route[0].tls: the upstream is not https://"),
         "{e}"
     );
+}
+
+#[test]
+fn balancing_errors_name_the_file_and_the_field() {
+    let route = |body: &str| format!("[[route]]\nprefix = \"/a\"\n{body}\n");
+    let cases = [
+        (
+            route("upstreams = [\"http://h:1\", \"ftp://h:2\"]"),
+            "route[0].upstreams[1]: `ftp://h:2`",
+        ),
+        (
+            route("upstreams = [\"http://h:1\", \"not a url\"]"),
+            "route[0].upstreams[1]:",
+        ),
+        (
+            route("upstream = \"http://h:1\"\nupstreams = [\"http://h:2\"]"),
+            "route[0].upstreams: give either `upstream`",
+        ),
+        (route("upstreams = []"), "route[0].upstreams: the list is empty"),
+        (
+            route("upstreams = [\"http://h:1\", \"http://h:1\"]"),
+            "route[0].upstreams[1]: `http://h:1` is listed twice",
+        ),
+        (
+            route("upstream = \"http://h:1\"\nbalance = \"random\""),
+            "route[0].balance: `random` is not",
+        ),
+        (
+            route("upstream = \"http://h:1\"\nretries = 11"),
+            "route[0].retries: 11 is above",
+        ),
+        (
+            "[[route]]\nprefix = \"/a\"\npolicies = [\"p\"]\nretries = 1\n[policy.p]\nwasm = \"p.wasm\"\n"
+                .to_owned(),
+            "route[0].retries: only used with `upstream` or `upstreams`",
+        ),
+        (
+            route("upstream = \"http://h:1\"\n[route.health]\neject_after_failures = 0"),
+            "route[0].health.eject_after_failures: must be greater than 0",
+        ),
+        (
+            route("upstream = \"http://h:1\"\n[route.health]\neject_ms = 5000\nmax_eject_ms = 100"),
+            "route[0].health.max_eject_ms: 100 ms is below eject_ms (5000 ms)",
+        ),
+        (
+            route("upstream = \"http://h:1\"\n[route.health]\npath = \"health\""),
+            "route[0].health.path: `health` must start with `/`",
+        ),
+        (
+            route("upstream = \"http://h:1\"\n[route.health]\ninterval_ms = 100"),
+            "route[0].health.interval_ms: only used with `path`",
+        ),
+        (
+            route("upstream = \"http://h:1\"\n[route.health]\nunknown = 1"),
+            "unknown field `unknown`",
+        ),
+        (
+            format!("[proxy]\nretry_budget_percent = 0\nretry_budget_min_per_sec = 0\n{}", route("upstream = \"http://h:1\"")),
+            "proxy.retry_budget_percent: 0 with retry_budget_min_per_sec = 0 allows no retry",
+        ),
+        (
+            format!("[proxy]\nretry_budget_percent = 101\n{}", route("upstream = \"http://h:1\"")),
+            "proxy.retry_budget_percent: 101 is above 100",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = err(&text);
+        assert!(e.starts_with("/etc/sidecar/sidecar.toml: "), "{e}");
+        assert!(e.contains(expected), "expected `{expected}` in: {e}");
+    }
+}
+
+#[test]
+fn the_replicas_demo_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo-replicas.toml");
+    let c = load(&path).unwrap();
+    let route = &c.routes[0];
+    assert_eq!(route.upstreams.len(), 2);
+    assert!(route.balance.health_check.is_some());
 }

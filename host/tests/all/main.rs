@@ -2,6 +2,7 @@
 //! from `plugins/` (see the `test-policies` crate), and a fake upstream.
 
 mod admin;
+mod balancing;
 mod cache;
 mod chain;
 mod limits;

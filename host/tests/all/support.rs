@@ -195,3 +195,176 @@ pub async fn raw_status(base: &str, request: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+/// An upstream replica that tags its answers (`x-replica: NAME`, body
+/// `NAME`), can be stopped (listener and every open connection closed, like
+/// a killed process) and started again on the same port.
+///
+/// Paths: `/health` (counted apart), `/hold` (waits for [`Replica::release`]),
+/// anything else answers at once.
+pub struct Replica {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    health_hits: Arc<AtomicUsize>,
+    holding: Arc<AtomicUsize>,
+    released: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Dropping it stops the accept loop and every connection.
+    running: Option<tokio::sync::watch::Sender<()>>,
+}
+
+impl Replica {
+    pub async fn start(name: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut replica = Self {
+            name,
+            addr: listener.local_addr().unwrap(),
+            hits: Arc::default(),
+            health_hits: Arc::default(),
+            holding: Arc::default(),
+            released: Arc::new(tokio::sync::watch::channel(false).0),
+            running: None,
+        };
+        replica.serve(listener);
+        replica
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests answered, `/health` aside.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn health_hits(&self) -> usize {
+        self.health_hits.load(Ordering::SeqCst)
+    }
+
+    /// `/hold` requests now waiting.
+    pub fn holding(&self) -> usize {
+        self.holding.load(Ordering::SeqCst)
+    }
+
+    /// Lets every `/hold` request (now and later) answer.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    /// Closes the listener and every connection, like a killed process.
+    pub fn stop(&mut self) {
+        self.running = None;
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&mut self) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(self.addr).unwrap();
+        self.serve(socket.listen(1024).unwrap());
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        use hyper_util::rt::TokioIo;
+        use hyper_util::service::TowerToHyperService;
+
+        let (running, stopped) = tokio::sync::watch::channel(());
+        self.running = Some(running);
+        let name = self.name;
+        let (hits, health_hits, holding) = (
+            self.hits.clone(),
+            self.health_hits.clone(),
+            self.holding.clone(),
+        );
+        let released = self.released.subscribe();
+        let tagged = move |counter: Arc<AtomicUsize>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            ([("x-replica", name)], name)
+        };
+        let app = axum::Router::new()
+            .route(
+                "/health",
+                any(move || {
+                    let n = health_hits.clone();
+                    async move {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        "ok"
+                    }
+                }),
+            )
+            .route(
+                "/hold",
+                any({
+                    let hits = hits.clone();
+                    move || {
+                        let (hits, holding, mut released) =
+                            (hits.clone(), holding.clone(), released.clone());
+                        async move {
+                            holding.fetch_add(1, Ordering::SeqCst);
+                            let _ = released.wait_for(|r| *r).await;
+                            holding.fetch_sub(1, Ordering::SeqCst);
+                            tagged(hits)
+                        }
+                    }
+                }),
+            )
+            .fallback(any(move || {
+                let hits = hits.clone();
+                async move { tagged(hits) }
+            }));
+        tokio::spawn(async move {
+            loop {
+                let mut stop = stopped.clone();
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = stop.changed() => return,
+                };
+                let service = TowerToHyperService::new(app.clone());
+                tokio::spawn(async move {
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    // Dropping the connection closes its socket.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// An endpoint that accepts connections and closes them at once, without a
+/// word: every attempt on it fails before any answer. Counts the attempts.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Blackhole {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}

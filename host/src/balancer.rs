@@ -1,0 +1,582 @@
+//! Several endpoints behind one route: which one gets a request, which ones
+//! are out of rotation, and when a failed attempt is tried again.
+//!
+//! [`Upstreams::send`] is the request path's one call. For each attempt it
+//! picks an endpoint ([`Strategy`]: round-robin, or least-requests = fewest
+//! in flight), makes one [`UpstreamClient::send`], and records the outcome:
+//!
+//! - **Passive health.** `eject_after_failures` failures in a row (connection
+//!   failed or reset, timeout, invalid answer, or a 502/503/504 answer) eject
+//!   the endpoint for `eject`, doubled for each ejection in a row, at most
+//!   `max_eject`. A success resets both counts. When every endpoint is
+//!   ejected they are all tried anyway (Envoy's "panic mode"): failing fast
+//!   would turn a blip into an outage.
+//! - **Active health** (off unless a path is set): a task per route probes
+//!   each endpoint every `interval`; a failed probe ejects, a 2xx re-admits.
+//!   The task holds only a [`Weak`] reference, so it ends once a reload has
+//!   replaced its gateway and the last request on it has finished.
+//! - **Retries.** Only idempotent methods, and only when the attempt got no
+//!   answer at all ([`UpstreamError::Unavailable`]): never after a response
+//!   started. Each retry goes to an endpoint not tried yet when there is one,
+//!   all within the route's timeout, and only while the route's
+//!   [`RetryBudget`] allows, so retries cannot multiply the load of an outage.
+//!
+//! A reload builds new [`Upstreams`]; an endpoint that stays (same route,
+//! same URL) keeps its state (health, counts, in-flight), new ones start
+//! healthy, and the retry budget starts fresh.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Uri};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::gateway::Gateway;
+use crate::metrics::{Metrics, upstream_error_kind};
+use crate::upstream::{UpstreamClient, UpstreamError};
+
+/// How a route picks an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// The endpoint with the fewest requests in flight; ties in turn.
+    LeastRequests,
+}
+
+/// A route's balancing, health and retry settings (`[[route]]`, `[route.health]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceSettings {
+    pub strategy: Strategy,
+    /// Extra attempts for an idempotent request that got no answer.
+    pub retries: u32,
+    /// Failures in a row that eject an endpoint.
+    pub eject_after_failures: u32,
+    /// The first ejection's length; each ejection in a row doubles it.
+    pub eject: Duration,
+    pub max_eject: Duration,
+    pub health_check: Option<HealthCheck>,
+}
+
+impl Default for BalanceSettings {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::RoundRobin,
+            retries: 2,
+            eject_after_failures: 3,
+            eject: Duration::from_secs(10),
+            max_eject: Duration::from_secs(300),
+            health_check: None,
+        }
+    }
+}
+
+/// Active health checks: `GET {endpoint}{path}` every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    /// A probe without a 2xx answer within this time failed.
+    pub timeout: Duration,
+}
+
+/// Retries allowed per route: `percent` of the requests of the last
+/// [`BUDGET_WINDOW`], plus `min_per_sec` per second of it (so a quiet route
+/// can still retry). `[proxy]` settings, applied to each route on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudgetSettings {
+    pub percent: u32,
+    pub min_per_sec: u32,
+}
+
+impl Default for RetryBudgetSettings {
+    fn default() -> Self {
+        // Linkerd's defaults.
+        Self {
+            percent: 20,
+            min_per_sec: 10,
+        }
+    }
+}
+
+/// The endpoints of one route and what is known about them.
+#[derive(Debug)]
+pub struct Upstreams {
+    route: Arc<str>,
+    endpoints: Vec<Endpoint>,
+    settings: BalanceSettings,
+    /// Turns for round-robin and for least-requests' ties.
+    next: AtomicUsize,
+    budget: RetryBudget,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    uri: Uri,
+    /// The URL as written in metrics and the admin view.
+    label: String,
+    /// Shared with the previous gateway's endpoint of the same URL, so a
+    /// reload neither forgets an ejection nor miscounts requests in flight.
+    state: Arc<EndpointState>,
+}
+
+#[derive(Debug, Default)]
+struct EndpointState {
+    in_flight: AtomicUsize,
+    /// Attempts sent, and those that failed (passive health's sense).
+    requests: AtomicU64,
+    failures: AtomicU64,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Health {
+    consecutive_failures: u32,
+    ejected_until: Option<Instant>,
+    /// Ejections without a success in between: each doubles the next one.
+    ejections_in_a_row: u32,
+}
+
+impl Health {
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until.is_some_and(|until| now < until)
+    }
+
+    /// Counts one outcome; `Some(length)` if it ejected the endpoint.
+    fn record(&mut self, failed: bool, now: Instant, s: &BalanceSettings) -> Option<Duration> {
+        if !failed {
+            // An answer re-admits at once, even during an ejection (panic mode
+            // or a request that started before it).
+            *self = Self::default();
+            return None;
+        }
+        self.consecutive_failures += 1;
+        (self.consecutive_failures >= s.eject_after_failures && !self.is_ejected(now))
+            .then(|| self.eject(now, s))
+    }
+
+    fn eject(&mut self, now: Instant, s: &BalanceSettings) -> Duration {
+        let factor = 1u32 << self.ejections_in_a_row.min(20);
+        let length = s.eject.saturating_mul(factor).min(s.max_eject);
+        self.ejected_until = Some(now + length);
+        self.ejections_in_a_row += 1;
+        self.consecutive_failures = 0;
+        length
+    }
+}
+
+/// Decrements an endpoint's in-flight count when the attempt ends, however
+/// it ends (a cancelled request included).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// RFC 9110's idempotent methods: sending one twice has the effect of once.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl Upstreams {
+    /// The endpoints `uris` of `route`, in this order; an endpoint of
+    /// `previous` (the same route before a reload) with the same URL passes
+    /// on its state.
+    pub fn new(
+        route: Arc<str>,
+        uris: &[Uri],
+        settings: BalanceSettings,
+        budget: RetryBudgetSettings,
+        previous: Option<&Self>,
+    ) -> Self {
+        let endpoints = uris
+            .iter()
+            .map(|uri| {
+                let label = uri.to_string().trim_end_matches('/').to_owned();
+                let state = previous
+                    .and_then(|p| p.endpoints.iter().find(|e| e.label == label))
+                    .map_or_else(Arc::default, |e| e.state.clone());
+                Endpoint {
+                    uri: uri.clone(),
+                    label,
+                    state,
+                }
+            })
+            .collect();
+        Self {
+            route,
+            endpoints,
+            settings,
+            next: AtomicUsize::new(0),
+            budget: RetryBudget::new(budget, Instant::now()),
+        }
+    }
+
+    pub fn settings(&self) -> &BalanceSettings {
+        &self.settings
+    }
+
+    /// The endpoints' URLs, in config order.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.iter().map(|e| e.label.as_str())
+    }
+
+    /// Sends the request that `request_for` builds for an endpoint, retrying
+    /// as the module docs say, all within `timeout`; each answer is read
+    /// whole, at most `max_response_bytes`.
+    ///
+    /// # Errors
+    /// What `request_for` returns, or the last attempt's [`UpstreamError`]
+    /// (a timeout names `timeout`, the route's whole allowance).
+    pub async fn send<E: From<UpstreamError>>(
+        &self,
+        client: &UpstreamClient,
+        metrics: &Metrics,
+        request_for: impl Fn(&Uri) -> Result<http::Request<Full<Bytes>>, E>,
+        timeout: Duration,
+        max_response_bytes: usize,
+    ) -> Result<(http::response::Parts, Bytes), E> {
+        let deadline = Instant::now() + timeout;
+        self.budget.deposit(Instant::now());
+        let mut tried = Vec::new();
+        loop {
+            let i = self.pick(&tried, Instant::now());
+            let endpoint = &self.endpoints[i];
+            let request = request_for(&endpoint.uri)?;
+            let idempotent = is_idempotent(request.method());
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = {
+                let _in_flight = InFlight::enter(&endpoint.state.in_flight);
+                client.send(request, left, max_response_bytes).await
+            };
+            let result = result.map_err(|e| match e {
+                UpstreamError::Timeout(_) => UpstreamError::Timeout(timeout),
+                other => other,
+            });
+            self.record(endpoint, &result, metrics);
+            let error = match result {
+                Ok(answer) => return Ok(answer),
+                Err(error) => error,
+            };
+            tried.push(i);
+            let retryable = idempotent
+                && matches!(error, UpstreamError::Unavailable(_))
+                && tried.len() <= self.settings.retries as usize
+                && Instant::now() < deadline;
+            if !retryable {
+                return Err(error.into());
+            }
+            if !self.budget.withdraw(Instant::now()) {
+                metrics.upstream_retry(&self.route, "budget_exhausted");
+                tracing::warn!(route = %self.route, %error, "retry budget spent; not retrying");
+                return Err(error.into());
+            }
+            metrics.upstream_retry(&self.route, "retried");
+            tracing::debug!(route = %self.route, endpoint = %endpoint.label, %error, "retrying on another endpoint");
+        }
+    }
+
+    /// The endpoint for the next attempt: one not `tried` and not ejected;
+    /// failing that, one not tried (every endpoint ejected: try them anyway);
+    /// failing that (all tried), any, healthy ones first.
+    fn pick(&self, tried: &[usize], now: Instant) -> usize {
+        let n = self.endpoints.len();
+        if n == 1 {
+            return 0;
+        }
+        let healthy: Vec<bool> = self
+            .endpoints
+            .iter()
+            .map(|e| !lock(&e.state.health).is_ejected(now))
+            .collect();
+        let untried = |i: &usize| !tried.contains(i);
+        let mut candidates: Vec<usize> = (0..n).filter(|i| untried(i) && healthy[*i]).collect();
+        if candidates.is_empty() {
+            candidates = (0..n).filter(untried).collect();
+        }
+        if candidates.is_empty() {
+            candidates = (0..n).filter(|i| healthy[*i]).collect();
+        }
+        if candidates.is_empty() {
+            candidates = (0..n).collect();
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let len = candidates.len();
+        match self.settings.strategy {
+            Strategy::RoundRobin => candidates[turn % len],
+            // The first of the least loaded, counting from this turn's
+            // candidate, so idle endpoints share the load evenly.
+            Strategy::LeastRequests => (0..len)
+                .map(|k| candidates[(turn + k) % len])
+                .min_by_key(|&i| self.endpoints[i].state.in_flight.load(Ordering::Relaxed))
+                .unwrap_or(candidates[0]),
+        }
+    }
+
+    /// Counts an attempt's outcome for passive health and the metrics.
+    fn record(
+        &self,
+        endpoint: &Endpoint,
+        result: &Result<(http::response::Parts, Bytes), UpstreamError>,
+        metrics: &Metrics,
+    ) {
+        let outcome = match result {
+            Ok((parts, _)) if matches!(parts.status.as_u16(), 502..=504) => "gateway_error",
+            Ok(_) => "ok",
+            Err(e) => upstream_error_kind(e),
+        };
+        // A response over the size limit is no sign of a sick endpoint.
+        let failed = !matches!(outcome, "ok" | "too_large");
+        let state = &endpoint.state;
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            state.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.upstream_attempt(&self.route, &endpoint.label, outcome);
+        let ejected = lock(&state.health).record(failed, Instant::now(), &self.settings);
+        if let Some(length) = ejected {
+            metrics.upstream_ejection(&self.route, &endpoint.label, "failures");
+            tracing::warn!(
+                route = %self.route,
+                endpoint = %endpoint.label,
+                failures = self.settings.eject_after_failures,
+                ejected_for = ?length,
+                "upstream endpoint ejected after failures in a row"
+            );
+        }
+    }
+
+    /// One round of active checks, one endpoint after the other.
+    async fn probe_all(&self, check: &HealthCheck, client: &UpstreamClient, metrics: &Metrics) {
+        for endpoint in &self.endpoints {
+            let healthy = probe(&endpoint.uri, check, client).await;
+            let now = Instant::now();
+            let mut health = lock(&endpoint.state.health);
+            match (healthy, health.is_ejected(now)) {
+                (Ok(()), true) => {
+                    *health = Health::default();
+                    tracing::info!(route = %self.route, endpoint = %endpoint.label, "health check passed; endpoint back in rotation");
+                }
+                (Err(why), false) => {
+                    let length = health.eject(now, &self.settings);
+                    drop(health);
+                    metrics.upstream_ejection(&self.route, &endpoint.label, "health_check");
+                    tracing::warn!(route = %self.route, endpoint = %endpoint.label, %why, ejected_for = ?length, "health check failed; endpoint ejected");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// What the admin view and the health gauge show.
+    pub fn view(&self) -> UpstreamsView {
+        let now = Instant::now();
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let health = lock(&e.state.health).clone();
+                let ejected_for = health
+                    .ejected_until
+                    .map(|until| until.saturating_duration_since(now))
+                    .filter(|d| !d.is_zero());
+                EndpointView {
+                    url: e.label.clone(),
+                    healthy: ejected_for.is_none(),
+                    ejected_until_unix_ms: ejected_for.map(|d| {
+                        (SystemTime::now() + d)
+                            .duration_since(UNIX_EPOCH)
+                            .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+                    }),
+                    ejected_for_ms: ejected_for
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    consecutive_failures: health.consecutive_failures,
+                    in_flight: e.state.in_flight.load(Ordering::Relaxed),
+                    requests: e.state.requests.load(Ordering::Relaxed),
+                    failures: e.state.failures.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        UpstreamsView {
+            route: self.route.to_string(),
+            balance: self.settings.strategy,
+            retries: self.settings.retries,
+            health_check: self.settings.health_check.as_ref().map(|c| c.path.clone()),
+            endpoints,
+        }
+    }
+}
+
+/// One route's endpoints, as `GET /upstreams` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamsView {
+    pub route: String,
+    pub balance: Strategy,
+    pub retries: u32,
+    /// The active check's path, if any.
+    pub health_check: Option<String>,
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointView {
+    pub url: String,
+    /// In rotation (not ejected).
+    pub healthy: bool,
+    pub ejected_until_unix_ms: Option<u64>,
+    pub ejected_for_ms: Option<u64>,
+    pub consecutive_failures: u32,
+    pub in_flight: usize,
+    /// Attempts sent (retries included), and those that failed.
+    pub requests: u64,
+    pub failures: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `GET {uri}{path}`: `Ok` on a 2xx within the check's timeout.
+async fn probe(uri: &Uri, check: &HealthCheck, client: &UpstreamClient) -> Result<(), String> {
+    let target = Uri::builder()
+        .scheme(uri.scheme_str().unwrap_or("http"))
+        .authority(uri.authority().map_or("", |a| a.as_str()))
+        .path_and_query(check.path.as_str())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut request = http::Request::new(Full::new(Bytes::new()));
+    *request.uri_mut() = target;
+    request.headers_mut().insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("sidecar-health-check"),
+    );
+    // A health answer has no business being large.
+    match client.send(request, check.timeout, 64 * 1024).await {
+        Ok((parts, _)) if parts.status.is_success() => Ok(()),
+        Ok((parts, _)) => Err(format!("status {}", parts.status.as_u16())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Starts the active health checks of `gateway`'s routes that have them.
+/// Each task ends by itself once the gateway is gone (replaced by a reload
+/// and no longer used by any request).
+pub fn spawn_health_checks(gateway: &Gateway, client: &UpstreamClient, metrics: &Arc<Metrics>) {
+    for route in &gateway.routes {
+        let Some(upstreams) = &route.upstreams else {
+            continue;
+        };
+        if upstreams.settings.health_check.is_some() {
+            tokio::spawn(check_forever(
+                Arc::downgrade(upstreams),
+                // Probes trust what requests trust: the route's `[route.tls]`.
+                route.client.as_ref().unwrap_or(client).clone(),
+                metrics.clone(),
+            ));
+        }
+    }
+}
+
+async fn check_forever(upstreams: Weak<Upstreams>, client: UpstreamClient, metrics: Arc<Metrics>) {
+    loop {
+        let Some(strong) = upstreams.upgrade() else {
+            return;
+        };
+        let Some(check) = strong.settings.health_check.clone() else {
+            return;
+        };
+        strong.probe_all(&check, &client, &metrics).await;
+        // Not held while asleep: a replaced gateway can be dropped.
+        drop(strong);
+        tokio::time::sleep(check.interval).await;
+    }
+}
+
+/// Bounds retries: `percent` of the requests seen in the last
+/// [`BUDGET_WINDOW`] plus `min_per_sec` for each of its seconds.
+#[derive(Debug)]
+struct RetryBudget {
+    settings: RetryBudgetSettings,
+    window: Mutex<Window>,
+}
+
+/// The window the budget counts over, in one-second buckets.
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(BUCKETS as u64);
+const BUCKETS: usize = 10;
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    /// Seconds since `start` of the newest bucket.
+    second: u64,
+    /// (requests, retries) per second, a ring indexed by `second % BUCKETS`.
+    buckets: [(u64, u64); BUCKETS],
+}
+
+impl Window {
+    /// Moves to `now`'s second, emptying the buckets that fell out.
+    fn advance(&mut self, now: Instant) -> &mut (u64, u64) {
+        let second = now.saturating_duration_since(self.start).as_secs();
+        let stale = second.saturating_sub(self.second).min(BUCKETS as u64);
+        for k in 1..=stale {
+            self.buckets[((self.second + k) % BUCKETS as u64) as usize] = (0, 0);
+        }
+        self.second = self.second.max(second);
+        &mut self.buckets[(self.second % BUCKETS as u64) as usize]
+    }
+}
+
+impl RetryBudget {
+    fn new(settings: RetryBudgetSettings, now: Instant) -> Self {
+        Self {
+            settings,
+            window: Mutex::new(Window {
+                start: now,
+                second: 0,
+                buckets: [(0, 0); BUCKETS],
+            }),
+        }
+    }
+
+    fn deposit(&self, now: Instant) {
+        lock(&self.window).advance(now).0 += 1;
+    }
+
+    /// Takes one retry if the budget has one.
+    fn withdraw(&self, now: Instant) -> bool {
+        let mut window = lock(&self.window);
+        window.advance(now);
+        let (requests, retries) = window
+            .buckets
+            .iter()
+            .fold((0, 0), |(q, r), (bq, br)| (q + bq, r + br));
+        let floor = u64::from(self.settings.min_per_sec) * BUCKETS as u64;
+        // retries < floor + requests × percent / 100, without rounding.
+        if retries * 100 < floor * 100 + requests * u64::from(self.settings.percent) {
+            window.advance(now).1 += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
