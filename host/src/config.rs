@@ -577,7 +577,7 @@ fn validate(
         }
         let tls = r
             .tls
-            .map(|t| upstream_tls(t, upstream.as_ref(), &format!("{field}.tls"), base))
+            .map(|t| upstream_tls(t, &upstreams, &format!("{field}.tls"), base))
             .transpose()?;
         routes.push(RouteConfig {
             name,
@@ -649,15 +649,16 @@ fn listener_tls(raw: RawListenerTls, base: &Path) -> anyhow::Result<ServerTls> {
 
 fn upstream_tls(
     raw: RawUpstreamTls,
-    upstream: Option<&Uri>,
+    upstreams: &[Uri],
     field: &str,
     base: &Path,
 ) -> anyhow::Result<UpstreamTls> {
     // TLS settings that would never be used are a mistake worth reporting.
-    match upstream.map(Uri::scheme_str) {
-        Some(Some("https")) => {}
-        Some(_) => bail!("{field}: the upstream is not https://, so TLS settings would not apply"),
-        None => bail!("{field}: the route has no upstream"),
+    if upstreams.is_empty() {
+        bail!("{field}: the route has no upstream");
+    }
+    if !upstreams.iter().any(|u| u.scheme_str() == Some("https")) {
+        bail!("{field}: the upstream is not https://, so TLS settings would not apply");
     }
     let client_cert = match (raw.client_cert, raw.client_key) {
         (Some(cert), Some(key)) => Some(ClientCert {

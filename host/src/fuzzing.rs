@@ -152,8 +152,12 @@ fn check_config(c: &Config) {
         if let Some(rw) = &r.rewrite {
             assert!(rw.starts_with('/'), "route {}: rewrite `{rw}`", r.name);
         }
-        if let Some(u) = &r.upstream {
-            assert_eq!(u.scheme_str(), Some("http"), "route {}: {u}", r.name);
+        for u in &r.upstreams {
+            assert!(
+                matches!(u.scheme_str(), Some("http" | "https")),
+                "route {}: {u}",
+                r.name
+            );
             assert!(u.authority().is_some(), "route {}: {u}", r.name);
             assert!(
                 matches!(u.path(), "" | "/") && u.query().is_none(),
@@ -162,7 +166,7 @@ fn check_config(c: &Config) {
             );
         }
         assert!(
-            r.upstream.is_some() || !r.policies.is_empty(),
+            !r.upstreams.is_empty() || !r.policies.is_empty(),
             "route {} does nothing",
             r.name
         );
