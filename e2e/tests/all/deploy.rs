@@ -392,7 +392,7 @@ fn route_upstream_is_user_service_on_loopback() {
         .config
         .routes
         .iter()
-        .filter_map(|r| r.upstream.as_ref())
+        .flat_map(|r| &r.upstreams)
         .collect();
     assert!(!upstreams.is_empty(), "no route reaches an upstream");
     for upstream in upstreams {
