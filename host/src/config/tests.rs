@@ -428,10 +428,7 @@ fn tls_paths_resolve_against_the_config_folder() {
             }),
         })
     );
-    assert_eq!(
-        c.routes[0].upstreams[0].scheme_str(),
-        Some("https")
-    );
+    assert_eq!(c.routes[0].upstreams[0].scheme_str(), Some("https"));
     assert_eq!(c.routes[1].tls, None, "system roots, no client certificate");
     assert_eq!(
         parse_str(MINIMAL).unwrap().tls,
