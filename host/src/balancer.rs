@@ -15,9 +15,11 @@
 //!   each endpoint every `interval`; a failed probe ejects, a 2xx re-admits.
 //!   The task holds only a [`Weak`] reference, so it ends once a reload has
 //!   replaced its gateway and the last request on it has finished.
-//! - **Retries.** Only idempotent methods, and only when the attempt got no
-//!   answer at all ([`UpstreamError::Unavailable`]): never after a response
-//!   started. Each retry goes to an endpoint not tried yet when there is one,
+//! - **Retries.** Only when the attempt got no answer at all: any method
+//!   when no connection could be made ([`UpstreamError::Unreachable`]: the
+//!   request was never sent), idempotent methods only when the connection
+//!   closed before a response ([`UpstreamError::Unavailable`]: it may have
+//!   been handled); never after a response started. Each retry goes to an endpoint not tried yet when there is one,
 //!   all within the route's timeout, and only while the route's
 //!   [`RetryBudget`] allows, so retries cannot multiply the load of an outage.
 //!
@@ -276,9 +278,11 @@ impl Upstreams {
                 Err(error) => error,
             };
             tried.push(i);
-            let retryable = idempotent
-                && matches!(error, UpstreamError::Unavailable(_))
-                && tried.len() <= self.settings.retries as usize
+            let retryable = match error {
+                UpstreamError::Unreachable(_) => true,
+                UpstreamError::Unavailable(_) => idempotent,
+                _ => false,
+            } && tried.len() <= self.settings.retries as usize
                 && Instant::now() < deadline;
             if !retryable {
                 return Err(error.into());

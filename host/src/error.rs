@@ -58,7 +58,9 @@ impl SidecarError {
             Self::Policy(_) => "policy_failed",
             Self::Overloaded { .. } => "overloaded",
             Self::BadPolicyOutput { .. } => "bad_policy_output",
-            Self::Upstream(UpstreamError::Unavailable(_)) => "upstream_unavailable",
+            Self::Upstream(UpstreamError::Unreachable(_) | UpstreamError::Unavailable(_)) => {
+                "upstream_unavailable"
+            }
             Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
             Self::Upstream(UpstreamError::ResponseTooLarge { .. }) => "upstream_response_too_large",
             Self::Upstream(UpstreamError::BadResponse(_)) => "upstream_bad_response",
@@ -82,7 +84,9 @@ impl SidecarError {
             Self::BadPolicyOutput { route, what, .. } => {
                 format!("policies of route `{route}` produced an invalid {what}")
             }
-            Self::Upstream(UpstreamError::Unavailable(_)) => "upstream is unavailable".into(),
+            Self::Upstream(UpstreamError::Unreachable(_) | UpstreamError::Unavailable(_)) => {
+                "upstream is unavailable".into()
+            }
             Self::Upstream(UpstreamError::BadResponse(_)) => {
                 "upstream sent an invalid response".into()
             }

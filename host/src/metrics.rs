@@ -472,7 +472,7 @@ impl Metrics {
 /// The `kind`/`outcome` label of an upstream failure.
 pub fn upstream_error_kind(error: &UpstreamError) -> &'static str {
     match error {
-        UpstreamError::Unavailable(_) => "unavailable",
+        UpstreamError::Unreachable(_) | UpstreamError::Unavailable(_) => "unavailable",
         UpstreamError::Timeout(_) => "timeout",
         UpstreamError::ResponseTooLarge { .. } => "too_large",
         UpstreamError::BadResponse(_) => "bad_response",

@@ -14,8 +14,13 @@ use hyper_util::rt::TokioExecutor;
 /// Why the upstream could not give an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// No answer was started: the connection failed, or it closed before a
-    /// response head arrived. Safe to retry for idempotent requests.
+    /// No connection could be made (refused, connect timeout, TLS handshake
+    /// failed): the request was never sent, so any method may be retried.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// No answer was started: the connection closed before a response head
+    /// arrived. The request may have been handled, so only idempotent ones
+    /// are retried.
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
     #[error("upstream did not answer within {0:?}")]
@@ -45,7 +50,9 @@ impl UpstreamClient {
     }
 
     /// `tls` is used for `https://` upstreams; a failed handshake is an
-    /// [`UpstreamError::Unavailable`] (502), its reason in the log.
+    /// [`UpstreamError::Unreachable`] (502), its reason in the log (with TLS
+    /// 1.3, a client certificate the upstream refuses shows only at the first
+    /// read: [`UpstreamError::Unavailable`]).
     pub fn with_tls(tls: rustls::ClientConfig) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -81,7 +88,9 @@ impl UpstreamClient {
                 // The whole chain: the client's own message is only
                 // "client error (Connect)"; the cause (refused, a TLS
                 // alert, an unknown issuer) is in its sources.
-                if e.is_connect() || is_tls_failure(&e) || closed_before_answer(&e) {
+                if e.is_connect() {
+                    UpstreamError::Unreachable(causes(&e))
+                } else if is_tls_failure(&e) || closed_before_answer(&e) {
                     UpstreamError::Unavailable(causes(&e))
                 } else {
                     UpstreamError::BadResponse(causes(&e))

@@ -415,3 +415,26 @@ async fn reload_applies_new_endpoints_and_ends_the_old_health_checks() {
     assert_eq!(old.health_hits(), probes, "the old health checks go on");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_post_is_retried_when_no_connection_could_be_made() {
+    // A port nothing listens on: the connection is refused, so the POST was
+    // never sent and another endpoint may take it.
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let alive = Replica::start("alive").await;
+    let (base, _sidecar) = sidecar(&[refused, alive.url()], "retries = 1", "").await;
+    for _ in 0..4 {
+        let resp = client()
+            .post(format!("{base}/api/x"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-replica"], "alive");
+    }
+    assert_eq!(alive.hits(), 4, "each POST reached the live replica once");
+}

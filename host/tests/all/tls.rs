@@ -542,7 +542,10 @@ client_key = "{key}"
                 .send(req, Duration::from_secs(10), 1024)
                 .await
             {
-                Err(sidecar::upstream::UpstreamError::Unavailable(reason)) => reason,
+                Err(
+                    sidecar::upstream::UpstreamError::Unreachable(reason)
+                    | sidecar::upstream::UpstreamError::Unavailable(reason),
+                ) => reason,
                 other => panic!("not unavailable: {other:?}"),
             }
         }
