@@ -326,6 +326,15 @@ fn group_forwardable(list: &[Header]) -> Grouped {
 /// The HTTP headers a policy must see: minus connection-scoped ones and
 /// whatever the `connection` header names (byte-wise: a token is ASCII even
 /// in a value that is not).
+/// The names of the headers in `visible` whose values are not UTF-8.
+fn not_utf8<'a>(visible: &[&'a (HeaderName, HeaderValue)]) -> Vec<&'a str> {
+    visible
+        .iter()
+        .filter(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
+        .map(|(n, _)| n.as_str())
+        .collect()
+}
+
 fn visible_to_policies(pairs: &[(HeaderName, HeaderValue)]) -> Vec<&(HeaderName, HeaderValue)> {
     let named: Vec<Vec<u8>> = pairs
         .iter()
@@ -417,11 +426,7 @@ pub fn request_roundtrip(data: &[u8]) {
         convert::request_from_http(&parts, Bytes::from(msg.body.clone()), "fuzz", client());
 
     let visible = visible_to_policies(&pairs);
-    let not_utf8: Vec<&str> = visible
-        .iter()
-        .filter(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let not_utf8 = not_utf8(&visible);
     let req = match result {
         Err(SidecarError::BadRequest(e)) if !not_utf8.is_empty() => {
             assert!(
@@ -631,11 +636,7 @@ pub fn response_roundtrip(data: &[u8]) {
     let result = convert::response_from_upstream(&parts, Bytes::from(msg.body.clone()));
 
     let visible = visible_to_policies(&pairs);
-    let not_utf8: Vec<&str> = visible
-        .iter()
-        .filter(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let not_utf8 = not_utf8(&visible);
     let resp = match result {
         Err(UpstreamError::BadResponse(e)) if !not_utf8.is_empty() => {
             assert!(
