@@ -112,6 +112,12 @@ pub async fn serve(config: &sidecar::config::Config) -> (String, Arc<MemorySink>
         log: logs.clone(),
     };
     let sidecar = Arc::new(Sidecar::new(config, services).await.unwrap());
+    let base = listen(&sidecar).await;
+    (base, logs, sidecar)
+}
+
+/// Serves `sidecar` on a free port until the test ends; its base URL.
+async fn listen(sidecar: &Arc<Sidecar>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scheme = if sidecar.is_tls() { "https" } else { "http" };
     let base = format!("{scheme}://{}", listener.local_addr().unwrap());
@@ -122,7 +128,7 @@ pub async fn serve(config: &sidecar::config::Config) -> (String, Arc<MemorySink>
             .await
             .unwrap()
     });
-    (base, logs, sidecar)
+    base
 }
 
 /// A sidecar serving with its `[[log.sink]]` sinks running, as `sidecar
@@ -148,15 +154,7 @@ pub async fn serve_with_sinks(config: &sidecar::config::Config) -> Shipped {
             .await
             .unwrap(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let serving = sidecar.clone();
-    tokio::spawn(async move {
-        serving
-            .serve(listener, std::future::pending())
-            .await
-            .unwrap()
-    });
+    let base = listen(&sidecar).await;
     Shipped {
         base,
         logs,
