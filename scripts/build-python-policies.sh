@@ -6,9 +6,13 @@
 #     only when that exact version is not there yet);
 #   - componentize-py generates the bindings for wit/ (world `policy`) while
 #     it builds, so there is no separate bindings step (its `bindings`
-#     command only writes stubs for editors);
-#   - a policy is rebuilt only when its sources, the WIT or the
-#     componentize-py version changed (a hash stamp beside the .wasm).
+#     command only writes stubs for editors:
+#     `componentize-py -d wit -w policy bindings DIR`);
+#   - `-d wit` reads the package of wit/*.wit (sidecar:policy@0.2.0) and
+#     wit/deps/, nothing else: older contracts frozen in subfolders such as
+#     wit/0.1.0/ are not part of the build;
+#   - a policy is rebuilt only when its sources, the WIT that `-d wit` reads
+#     or the componentize-py version changed (a hash stamp beside the .wasm).
 # The policies' unit tests are not run here:
 #   python3 -m unittest discover -s plugins-py/acl
 set -euo pipefail
@@ -84,11 +88,20 @@ for f in sorted(p for p in src.rglob("*.py")
     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(f, stage / rel)
     h.update(f"src/{rel}\n".encode() + f.read_bytes())
-for f in sorted(wit.rglob("*.wit")):
-    h.update(f"wit/{f.relative_to(wit)}\n".encode() + f.read_bytes())
+# What `-d wit` reads: the top-level *.wit files (one package) and all of
+# deps/ (packages as folders, .wit or .wasm files). Other folders, such as a
+# frozen wit/0.1.0/, are ignored by componentize-py, so they must not
+# invalidate the stamp either.
+wit_files = [p for p in wit.glob("*.wit") if p.is_file()]
+wit_files += [p for p in (wit / "deps").rglob("*") if p.is_file()]
+for f in sorted(wit_files):
+    h.update(f"wit/{f.relative_to(wit).as_posix()}\n".encode() + f.read_bytes())
 print(h.hexdigest())
 PY
 }
+
+# The package `-d wit` builds against, for the log line.
+PACKAGE="$(sed -n 's/^package \([^;]*\);.*/\1/p' "$WIT"/*.wit | head -n 1)"
 
 mkdir -p "$TARGET"
 built=0
@@ -104,7 +117,7 @@ for dir in "$PY_DIR"/*/; do
     echo "==> ${out#"$ROOT"/} is up to date"
     continue
   fi
-  echo "==> building ${out#"$ROOT"/} from plugins-py/$name (world \`$WORLD\` of wit/)"
+  echo "==> building ${out#"$ROOT"/} from plugins-py/$name (world \`$WORLD\` of $PACKAGE)"
   start=$SECONDS
   # Into a temporary file first: a failed build leaves no half-written
   # .wasm, and no stamp, so the next run tries again.

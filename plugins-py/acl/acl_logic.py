@@ -17,7 +17,8 @@ Config (JSON object; unknown fields are refused):
 - `path_prefix`: starts with `/`; matches on a segment boundary (`/admin`
   matches `/admin`, `/admin/x` and `/admin?q`, not `/administrator`).
 - `require_header`: the header whose values are checked (a header may repeat,
-  and each value may be a comma-separated list; items are trimmed).
+  and each value may be a comma-separated list; items are trimmed). Values
+  are compared as UTF-8 text; bytes that are not UTF-8 never match.
 - `allow`: the values that grant access; at least one must be present.
 - `deny_status` (403): the status of the refusal, 400-599.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Iterable, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 from urllib.parse import unquote
 
 DEFAULT_DENY_STATUS = 403
@@ -37,7 +38,8 @@ _TOKEN_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~"
 )
 
-JSON_HEADERS = (("content-type", "application/json"),)
+# Header values are bytes, as the contract passes them.
+JSON_HEADERS = (("content-type", b"application/json"),)
 
 # A client-chosen role is logged, so bound how much of it reaches the logs.
 MAX_LOGGED_ROLE_CHARS = 64
@@ -209,25 +211,58 @@ def find_rule(config: Config, path: str) -> Optional[int]:
     return None
 
 
-def header_values(headers: Iterable[Tuple[str, str]], name: str) -> list:
-    """All items of header `name`: every occurrence, split on commas,
-    trimmed, empties dropped (`x-role: a, b` + `x-role: c` -> [a, b, c])."""
+def header_items(values: Iterable[bytes]) -> List[str]:
+    """The items of a header's values: split on commas, trimmed, empties
+    dropped (`x-role: a, b` + `x-role: c` -> [a, b, c]).
+
+    Values are bytes, as on the wire. Bytes that are not UTF-8 are kept as
+    surrogate escapes (`\\udcff` for 0xff): such an item can never equal
+    an allow entry (see `_grants`), but it was presented, so the denial says
+    `role_not_allowed` and the log shows it.
+    """
     items = []
-    for n, value in headers:
-        if n == name:
-            items.extend(v.strip() for v in value.split(","))
+    for value in values:
+        text = value.decode("utf-8", "surrogateescape")
+        items.extend(v.strip() for v in text.split(","))
     return [v for v in items if v]
 
 
-def evaluate(config: Config, path: str, headers: Iterable[Tuple[str, str]]) -> Optional[Denial]:
-    """None if the request may go on, else why it is denied."""
+def _grants(item: str, allow: Tuple[str, ...]) -> bool:
+    # JSON can spell a lone surrogate (`"\\udcff"`) in an allow entry; it
+    # must not match the escape of a byte that is not UTF-8.
+    return item in allow and not any("\udc80" <= c <= "\udcff" for c in item)
+
+
+def _loggable(text: str) -> str:
+    """`text` with the escapes of non-UTF-8 bytes shown as U+FFFD, so that it
+    can be sent to the host as a string."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def decide(
+    config: Config, path: str, values_of: Callable[[str], Iterable[bytes]]
+) -> Optional[Denial]:
+    """None if the request may go on, else why it is denied.
+
+    `values_of(name)` returns every value of the request's header `name`
+    (the host's `req.header`); it is called at most once, and only when a
+    rule matches, so a request no rule covers costs no header copy.
+    """
     index = find_rule(config, path)
     if index is None:
         return None
     rule = config.rules[index]
-    values = header_values(headers, rule.require_header)
-    if any(v in rule.allow for v in values):
+    items = header_items(values_of(rule.require_header))
+    if any(_grants(v, rule.allow) for v in items):
         return None
-    reason = "role_not_allowed" if values else "missing_header"
-    role = ",".join(values)[:MAX_LOGGED_ROLE_CHARS]
+    reason = "role_not_allowed" if items else "missing_header"
+    role = _loggable(",".join(items))[:MAX_LOGGED_ROLE_CHARS]
     return Denial(rule_index=index, reason=reason, role=role)
+
+
+def evaluate(
+    config: Config, path: str, headers: Iterable[Tuple[str, bytes]]
+) -> Optional[Denial]:
+    """`decide` over a list of (lower-case name, value) pairs."""
+    headers = list(headers)
+    return decide(config, path, lambda name: [v for n, v in headers if n == name])

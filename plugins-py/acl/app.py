@@ -1,12 +1,19 @@
 """`acl` policy: header-based access control, written in Python.
 
-Glue between the WIT world `policy` (../../wit) and the pure logic in
-`acl_logic` (which is tested natively, without wasm). componentize-py
-generates the `wit_world` and `componentize_py_types` modules at build
-time; they exist only inside the component.
+Glue between the WIT world `policy` of `sidecar:policy@0.2.0`
+(../../wit/policy.wit) and the pure logic in `acl_logic` (which is tested
+natively, without wasm). componentize-py generates the `wit_world` and
+`componentize_py_types` modules at build time; they exist only inside the
+component.
 
-The host makes a fresh instance per request and calls `configure` first,
-so the parsed config in the module global below is always this request's.
+Lifecycle: the host calls `configure` once per load and snapshots the
+instance, so every request's fresh instance starts with `_config` already
+set. A host that cannot snapshot calls `configure` at the start of each
+instance instead; parsing is the same either way.
+
+The policy only reads the request head: `configure` asks for no other hook
+(no `on-response`, no `on-complete`) and it never reads a body, so bodies
+stream past it.
 """
 
 import acl_logic
@@ -14,41 +21,47 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import log
 from wit_world.imports.types import (
+    Completion,
     Decision,
     Decision_Continue,
     Decision_Respond,
     Header,
+    Hooks,
+    Reply,
     Request,
     Response,
 )
 
-# Set by `configure`, which runs at the start of every (fresh) instance.
+# Set by `configure`; a module global so that it is part of the snapshot.
 _config = None
 
 
 class Handler(exports.Handler):
-    def configure(self, config: str) -> None:
+    def configure(self, config: str) -> Hooks:
         global _config
         try:
             _config = acl_logic.parse_config(config)
         except acl_logic.ConfigError as e:
             # Raising Err is how componentize-py returns `err(message)`.
             raise Err(str(e))
+        # `Hooks(0)`: the empty set of flags, only `on-request` is called.
+        return Hooks(0)
 
     def on_request(self, req: Request) -> Decision:
         if _config is None:
             # The host always configures first; fail closed if it did not.
             body = acl_logic.error_body("acl policy is not configured", "policy_not_configured")
-            return Decision_Respond(_json_response(500, body))
-        headers = ((h.name, h.value) for h in req.headers)
-        denial = acl_logic.evaluate(_config, req.path, headers)
+            return Decision_Respond(_json_reply(500, body))
+        # `path()` comes without the query, so the query (which may carry
+        # secrets) is never matched on nor logged. Only the header a rule
+        # names is copied out of the host, and only if a rule matches.
+        path = req.path()
+        denial = acl_logic.decide(_config, path, req.header)
         if denial is None:
-            # `none`: the request is unchanged, which is cheaper for the host.
-            return Decision_Continue(None)
+            return Decision_Continue()
         fields = [
-            # The query may carry secrets; the path is enough.
-            _str("path", acl_logic.strip_query(req.path)),
-            _str("method", req.method),
+            _str("path", path),
+            _str("method", req.method()),
             log.Field("rule", log.Value_Int(denial.rule_index)),
             _str("reason", denial.reason),
         ]
@@ -56,18 +69,23 @@ class Handler(exports.Handler):
             # The only header value ever logged: the role presented.
             fields.append(_str("role", denial.role))
         log.emit(log.Level.WARN, "acl denied", fields)
-        return Decision_Respond(_json_response(_config.deny_status, acl_logic.DENY_BODY))
+        return Decision_Respond(_json_reply(_config.deny_status, acl_logic.DENY_BODY))
 
-    def on_response(self, req: Request, resp: Response) -> Response:
-        return resp
+    # Never called: `configure` does not ask for these hooks. The bindings
+    # declare them abstract, so they must exist.
+    def on_response(self, req: Request, resp: Response) -> None:
+        pass
+
+    def on_complete(self, req: Request, resp: Response, info: Completion) -> None:
+        pass
 
 
 def _str(key: str, value: str) -> log.Field:
     return log.Field(key, log.Value_Str(value))
 
 
-def _json_response(status: int, body: bytes) -> Response:
-    return Response(
+def _json_reply(status: int, body: bytes) -> Reply:
+    return Reply(
         status=status,
         headers=[Header(n, v) for n, v in acl_logic.JSON_HEADERS],
         body=body,

@@ -120,29 +120,50 @@ class EvaluateTest(unittest.TestCase):
 
     def test_allowed_roles(self):
         for headers in (
-            [("x-role", "admin")],
-            [("x-role", " guest , ops ")],
-            [("x-role", "guest"), ("x-role", "admin")],
+            [("x-role", b"admin")],
+            [("x-role", b" guest , ops ")],
+            [("x-role", b"guest"), ("x-role", b"admin")],
         ):
             self.assertIsNone(acl_logic.evaluate(self.c, "/admin/x?q", headers), headers)
 
     def test_missing_header_denied(self):
-        d = acl_logic.evaluate(self.c, "/admin", [("x-other", "admin"), ("x-role", " , ")])
+        d = acl_logic.evaluate(self.c, "/admin", [("x-other", b"admin"), ("x-role", b" , ")])
         self.assertEqual(d, acl_logic.Denial(rule_index=0, reason="missing_header", role=""))
 
     def test_wrong_role_denied_and_role_kept_for_the_log(self):
-        d = acl_logic.evaluate(self.c, "/admin", [("x-role", "guest, Admin")])
+        d = acl_logic.evaluate(self.c, "/admin", [("x-role", b"guest, Admin")])
         self.assertEqual(d, acl_logic.Denial(rule_index=0, reason="role_not_allowed", role="guest,Admin"))
 
     def test_logged_role_is_bounded(self):
-        d = acl_logic.evaluate(self.c, "/admin", [("x-role", "g" * 1000)])
+        d = acl_logic.evaluate(self.c, "/admin", [("x-role", b"g" * 1000)])
         self.assertEqual(len(d.role), acl_logic.MAX_LOGGED_ROLE_CHARS)
+
+    def test_bytes_that_are_not_utf8_never_match(self):
+        # The 0.2.0 host passes header values as sent; 0.1.0's refused these.
+        c = parse_config(cfg({**ADMIN_RULE, "allow": ["admin", "\udcff"]}))
+        d = acl_logic.evaluate(c, "/admin", [("x-role", b"\xff")])
+        self.assertEqual(d, acl_logic.Denial(rule_index=0, reason="role_not_allowed", role="\ufffd"))
+        # The other items of such a value still count.
+        self.assertIsNone(acl_logic.evaluate(c, "/admin", [("x-role", b"\xff, admin")]))
+        self.assertIsNone(acl_logic.evaluate(c, "/admin", [("x-role", "admin".encode())]))
+
+    def test_header_asked_for_only_when_a_rule_matches(self):
+        asked = []
+
+        def values_of(name):
+            asked.append(name)
+            return [b"admin"]
+
+        self.assertIsNone(acl_logic.decide(self.c, "/public", values_of))
+        self.assertEqual(asked, [])
+        self.assertIsNone(acl_logic.decide(self.c, "/admin", values_of))
+        self.assertEqual(asked, ["x-role"])
 
     def test_deny_body(self):
         self.assertEqual(
             json.loads(acl_logic.DENY_BODY), {"error": "access denied", "code": "forbidden"}
         )
-        self.assertIn(("content-type", "application/json"), acl_logic.JSON_HEADERS)
+        self.assertIn(("content-type", b"application/json"), acl_logic.JSON_HEADERS)
 
 
 if __name__ == "__main__":
