@@ -16,6 +16,15 @@ const POLICIES: [(&str, &str); 7] = [
     ("SANDBOX", "sandbox"),
 ];
 
+/// Committed 0.1.0 components: (constant name, file stem in `v0.1.0/`).
+const V01: [(&str, &str); 5] = [
+    ("V01_AUTH", "auth"),
+    ("V01_LOGGING", "logging"),
+    ("V01_CACHE", "cache"),
+    ("V01_TAG", "tag"),
+    ("V01_NOOP", "noop"),
+];
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
@@ -92,6 +101,16 @@ fn main() {
         );
         consts.push_str(&format!(
             "/// `{stem}.wasm`, freshly built from `plugins/`.\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    // Contract 0.1.0 builds of the shipped policies, committed as they
+    // were before 0.2.0: users' existing policies must keep working.
+    for (name, stem) in V01 {
+        let path = manifest_dir.join(format!("v0.1.0/{stem}.wasm"));
+        assert!(path.exists(), "missing fixture {}", path.display());
+        consts.push_str(&format!(
+            "/// `{stem}.wasm` as built against contract 0.1.0 (committed).\npub const {name}: &str = {:?};\n",
             path.display().to_string()
         ));
     }
