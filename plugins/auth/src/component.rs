@@ -1,54 +1,59 @@
 //! Glue between the generated bindings and the pure logic.
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
-use crate::config::{Config, strip_query};
+use crate::config::Config;
 use crate::policy::{self, Reply, Verdict};
 
 wit_bindgen::generate!({ path: "../../wit", world: "policy" });
 
-use exports::sidecar::policy::handler::{Decision, Guest, Request, Response};
+use exports::sidecar::policy::handler::{Completion, Decision, Guest, Hooks, Request, Response};
 use sidecar::policy::clock;
 use sidecar::policy::log::{self, Field, Level, Value};
-use sidecar::policy::types::Header;
+use sidecar::policy::types::{self, Header};
 
-/// Set by `configure`, which runs at the start of every (fresh) instance.
-static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
+/// Set by `configure`; every request's instance starts from the configured
+/// snapshot, so the hooks find it filled.
+static CONFIG: OnceLock<Config> = OnceLock::new();
 
 struct Component;
 
 impl Guest for Component {
-    fn configure(config: String) -> Result<(), String> {
-        let parsed = Config::parse(&config)?;
-        *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = Some(parsed);
-        Ok(())
+    fn configure(config: String) -> Result<Hooks, String> {
+        policy_common::install(&CONFIG, Config::parse(&config)?)?;
+        // Everything is decided on the request: nothing to do on the way back.
+        Ok(Hooks::empty())
     }
 
-    fn on_request(mut req: Request) -> Decision {
-        let guard = CONFIG.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(cfg) = guard.as_ref() else {
-            return Decision::Respond(to_response(policy::not_configured_reply()));
+    fn on_request(req: &Request) -> Decision {
+        let Some(cfg) = CONFIG.get() else {
+            return respond(policy::not_configured_reply());
         };
 
         // Whatever happens next, a client-sent subject header must not reach
-        // the upstream.
-        let before = req.headers.len();
-        req.headers.retain(|h| h.name != cfg.subject_header);
-        let stripped = req.headers.len() != before;
+        // the upstream (nor the access log of a denied request). Asking
+        // first keeps an untouched request untouched.
+        if !req.header(&cfg.subject_header).is_empty()
+            && let Err(e) = req.remove_header(&cfg.subject_header)
+        {
+            return edit_refused(&e);
+        }
 
-        let authorization = req
-            .headers
-            .iter()
-            .filter(|h| h.name == "authorization")
-            .map(|h| h.value.as_str());
-        match policy::evaluate(cfg, &req.path, authorization, clock::now_micros()) {
-            Verdict::Public => Decision::Continue(stripped.then_some(req)),
+        let authorization = req.header("authorization");
+        let path = req.path();
+        let verdict = policy::evaluate(
+            cfg,
+            &path,
+            authorization.iter().map(Vec::as_slice),
+            clock::now_micros(),
+        );
+        match verdict {
+            Verdict::Public => Decision::Continue,
             Verdict::Allow(subject) => {
-                req.headers.push(Header {
-                    name: cfg.subject_header.clone(),
-                    value: subject,
-                });
-                Decision::Continue(Some(req))
+                match req.set_header(&cfg.subject_header, subject.as_bytes()) {
+                    Ok(()) => Decision::Continue,
+                    Err(e) => edit_refused(&e),
+                }
             }
             Verdict::Deny(denial) => {
                 log::emit(
@@ -56,19 +61,35 @@ impl Guest for Component {
                     "auth denied",
                     &[
                         field("code", denial.code.as_str()),
-                        // The query may carry secrets; the path is enough.
-                        field("path", strip_query(&req.path)),
-                        field("method", &req.method),
+                        // `path()` has no query, which may carry secrets.
+                        field("path", &path),
+                        field("method", &req.method()),
                     ],
                 );
-                Decision::Respond(to_response(policy::denial_reply(&denial)))
+                respond(policy::denial_reply(&denial))
             }
         }
     }
 
-    fn on_response(_req: Request, resp: Response) -> Response {
-        resp
-    }
+    // Never called: `configure` asks for neither hook.
+    fn on_response(_req: &Request, _resp: &Response) {}
+
+    fn on_complete(_req: &Request, _resp: &Response, _info: Completion) {}
+}
+
+/// The host refused to change the subject header: forwarding now could pass
+/// a spoofed identity on, so answer instead.
+fn edit_refused(error: &types::EditError) -> Decision {
+    let reason = match error {
+        types::EditError::Invalid(m) => m.as_str(),
+        types::EditError::ReadOnly => "read-only",
+    };
+    log::emit(
+        Level::Error,
+        "auth could not update the request",
+        &[field("error", reason)],
+    );
+    respond(policy::edit_refused_reply())
 }
 
 fn field(key: &str, value: &str) -> Field {
@@ -78,16 +99,19 @@ fn field(key: &str, value: &str) -> Field {
     }
 }
 
-fn to_response(reply: Reply) -> Response {
-    Response {
+fn respond(reply: Reply) -> Decision {
+    Decision::Respond(types::Reply {
         status: reply.status,
         headers: reply
             .headers
             .into_iter()
-            .map(|(name, value)| Header { name, value })
+            .map(|(name, value)| Header {
+                name,
+                value: value.into_bytes(),
+            })
             .collect(),
         body: reply.body,
-    }
+    })
 }
 
 export!(Component);

@@ -61,11 +61,12 @@ fn malformed(reason: &'static str) -> Denial {
     deny(Code::MalformedToken, reason)
 }
 
-/// Extracts the bearer token from the `authorization` header values.
+/// Extracts the bearer token from the `authorization` header values (bytes,
+/// as the host hands them over).
 ///
 /// No header, or a non-Bearer scheme, means "no token" (RFC 6750 §3). More
 /// than one `authorization` header is ambiguous and refused as malformed.
-pub fn bearer_token<'a>(mut values: impl Iterator<Item = &'a str>) -> Result<&'a str, Denial> {
+pub fn bearer_token<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<&'a str, Denial> {
     let missing = deny(Code::MissingToken, "missing bearer token");
     let Some(value) = values.next() else {
         return Err(missing);
@@ -73,16 +74,32 @@ pub fn bearer_token<'a>(mut values: impl Iterator<Item = &'a str>) -> Result<&'a
     if values.next().is_some() {
         return Err(malformed("more than one authorization header"));
     }
-    let value = value.trim_matches([' ', '\t']);
-    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let value = trim_blanks(value);
+    let (scheme, rest) = match value.iter().position(|b| matches!(b, b' ' | b'\t')) {
+        Some(at) => value.split_at(at),
+        None => (value, &[][..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Err(missing);
     }
-    let token = rest.trim_matches([' ', '\t']);
+    let token = trim_blanks(rest);
     if token.is_empty() {
         return Err(missing);
     }
-    Ok(token)
+    // A JWT is base64url and dots: bytes that are not even UTF-8 cannot be one.
+    std::str::from_utf8(token).map_err(|_| malformed("token is not valid base64url"))
+}
+
+/// Spaces and tabs only: the blanks HTTP allows around a header value's
+/// parts (`trim_ascii` would also eat form feeds and the like).
+fn trim_blanks(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
 }
 
 /// Verifies `token` against `cfg` at `now_secs` (Unix seconds) and returns
@@ -532,10 +549,11 @@ mod tests {
 
     #[test]
     fn bearer_parsing() {
-        let one = |v: &'static str| bearer_token(std::iter::once(v));
+        let one = |v: &'static str| bearer_token(std::iter::once(v.as_bytes()));
         assert_eq!(one("Bearer abc.def.ghi"), Ok("abc.def.ghi"));
         assert_eq!(one("bearer abc"), Ok("abc"));
         assert_eq!(one("BEARER   abc  "), Ok("abc"));
+        assert_eq!(one("\tBearer\tabc\t"), Ok("abc"));
         assert_eq!(
             one("Basic dXNlcjpwYXNz").unwrap_err().code,
             Code::MissingToken
@@ -547,12 +565,21 @@ mod tests {
             bearer_token(std::iter::empty()).unwrap_err().code,
             Code::MissingToken
         );
-        let two = ["Bearer a", "Bearer b"];
+        let two = [&b"Bearer a"[..], b"Bearer b"];
         assert_eq!(
             bearer_token(two.into_iter()).unwrap_err().code,
             Code::MalformedToken
         );
         // A token with inner whitespace is passed on and refused by `verify`.
         assert_eq!(one("Bearer a b"), Ok("a b"));
+    }
+
+    #[test]
+    fn non_utf8_authorization_is_never_a_token() {
+        let one = |v: &'static [u8]| bearer_token(std::iter::once(v)).map_err(|d| d.code);
+        assert_eq!(one(b"Bearer a.b\xff.c"), Err(Code::MalformedToken));
+        // Another scheme is "no token", whatever its bytes.
+        assert_eq!(one(b"Basic \xff\xfe"), Err(Code::MissingToken));
+        assert_eq!(one(b"\xffBearer abc"), Err(Code::MissingToken));
     }
 }

@@ -6,12 +6,14 @@
 //! `subject_claim` ("sub"), `subject_header` ("x-authenticated-user"),
 //! `require_exp` (true), `max_token_bytes` (8192). Unknown fields are refused.
 //!
-//! `on-request` always removes a client-sent `subject_header` (so it cannot be
-//! spoofed), lets public paths through, and otherwise requires
+//! Only `on-request` runs (`configure` asks for no other hook) and it never
+//! reads a body. It always removes a client-sent `subject_header` (so it
+//! cannot be spoofed), lets public paths through, and otherwise requires
 //! `authorization: Bearer <jwt>`; a verified token's subject claim is
 //! forwarded in `subject_header`. Refusals are 401 with a JSON body
 //! `{"error", "code"}` and a `www-authenticate: Bearer` challenge, and are
-//! logged (code and path only, never the token).
+//! logged (code and path only, never the token). Should the host refuse to
+//! set or strip `subject_header`, the answer is a 500: failing closed.
 //!
 //! The logic lives in plain modules so `cargo test` runs natively; only
 //! `component` touches the generated bindings and is built for wasm32 only.

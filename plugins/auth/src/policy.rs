@@ -18,7 +18,7 @@ pub enum Verdict {
 pub fn evaluate<'a>(
     cfg: &Config,
     path: &str,
-    authorization: impl Iterator<Item = &'a str>,
+    authorization: impl Iterator<Item = &'a [u8]>,
     now_micros: u64,
 ) -> Verdict {
     if cfg.is_public(path) {
@@ -74,6 +74,19 @@ pub fn not_configured_reply() -> Reply {
     }
 }
 
+/// Fails closed should the host refuse to set or strip the subject header:
+/// forwarding then could let a spoofed identity through.
+pub fn edit_refused_reply() -> Reply {
+    Reply {
+        status: 500,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: error_body(
+            "auth policy could not update the request",
+            "policy_edit_refused",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,7 +100,7 @@ mod tests {
     fn public_paths_need_no_token() {
         let v = evaluate(&cfg(), "/user-service/login?x=1", std::iter::empty(), 0);
         assert_eq!(v, Verdict::Public);
-        let v = evaluate(&cfg(), "/pub/a/b", std::iter::once("Bearer junk"), 0);
+        let v = evaluate(&cfg(), "/pub/a/b", std::iter::once(&b"Bearer junk"[..]), 0);
         assert_eq!(v, Verdict::Public);
     }
 
@@ -96,7 +109,7 @@ mod tests {
         let v = evaluate(&cfg(), "/user-service/profile", std::iter::empty(), 0);
         let Verdict::Deny(d) = v else { panic!("{v:?}") };
         assert_eq!(d.code, Code::MissingToken);
-        let v = evaluate(&cfg(), "/x", std::iter::once("Bearer a.b"), 0);
+        let v = evaluate(&cfg(), "/x", std::iter::once(&b"Bearer a.b"[..]), 0);
         let Verdict::Deny(d) = v else { panic!("{v:?}") };
         assert_eq!(d.code, Code::MalformedToken);
     }
@@ -142,5 +155,13 @@ mod tests {
         assert_eq!(r.status, 500);
         let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["code"], "policy_not_configured");
+    }
+
+    #[test]
+    fn refused_edit_fails_closed() {
+        let r = edit_refused_reply();
+        assert_eq!(r.status, 500);
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["code"], "policy_edit_refused");
     }
 }

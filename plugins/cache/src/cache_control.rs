@@ -7,10 +7,13 @@ pub struct Directives(Vec<(String, Option<String>)>);
 impl Directives {
     /// Parses every value; names are lower-cased, quoted values unquoted.
     /// Commas inside quoted strings (`private="a, b"`) do not split.
-    pub fn parse<'a>(values: impl Iterator<Item = &'a str>) -> Directives {
+    /// Directives are ASCII: bytes that are not UTF-8 can only spoil the
+    /// item they sit in, so they are read as U+FFFD.
+    pub fn parse<'a>(values: impl Iterator<Item = &'a [u8]>) -> Directives {
         let mut out = Vec::new();
         for value in values {
-            for item in split_outside_quotes(value) {
+            let value = String::from_utf8_lossy(value);
+            for item in split_outside_quotes(&value) {
                 let item = item.trim();
                 if item.is_empty() {
                     continue;
@@ -75,7 +78,7 @@ mod tests {
     use super::*;
 
     fn parse(v: &str) -> Directives {
-        Directives::parse(std::iter::once(v))
+        Directives::parse(std::iter::once(v.as_bytes()))
     }
 
     #[test]
@@ -88,7 +91,7 @@ mod tests {
 
     #[test]
     fn several_header_values_combine() {
-        let d = Directives::parse(["no-cache", "max-age=5"].into_iter());
+        let d = Directives::parse([&b"no-cache"[..], b"max-age=5"].into_iter());
         assert!(d.has("no-cache"));
         assert_eq!(d.seconds("max-age"), Some(Some(5)));
     }
@@ -112,6 +115,13 @@ mod tests {
         assert!(d.has("private"));
         assert_eq!(d.seconds("max-age"), Some(Some(10)));
         assert!(!d.has(" x-foo\""));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_spoil_only_their_item() {
+        let d = Directives::parse(std::iter::once(&b"no-store, max-age=\xff1"[..]));
+        assert!(d.has("no-store"));
+        assert_eq!(d.seconds("max-age"), Some(None));
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //!
 //! The key is method + path-with-query + identity (the identity header, else
 //! a hash of `authorization`/`cookie`, else `anon`), hashed under a version
-//! tag. A hit is answered from kv with `x-cache: hit` and `age`; a miss goes
-//! upstream and gets `x-cache: miss`, and a 200 without `set-cookie`,
-//! `no-store`/`private`/`no-cache` or `vary: *` is stored for its
-//! `s-maxage`/`max-age` (capped) or `ttl_secs`. Request `no-store` bypasses
+//! tag. `on-request` answers a hit from kv with `x-cache: hit` and `age`; a
+//! miss goes upstream, and `on-response` (the one other hook `configure`
+//! asks for) marks it `x-cache: miss` and stores a 200 without
+//! `set-cookie`, `no-store`/`private`/`no-cache` or `vary: *` for its
+//! `s-maxage`/`max-age` (capped) or `ttl_secs`. Only such a response has
+//! its body read, up to `max_entry_bytes`: a larger one is not stored and
+//! streams on unbuffered. No request body is ever read. Request `no-store` bypasses
 //! the cache; request `no-cache` skips the lookup but may refresh the entry.
 //! A response with `Vary` is stored with the request's values of those
 //! headers and served only to requests with the same values (one variant
@@ -25,6 +28,7 @@
 mod cache_control;
 mod config;
 mod entry;
+mod headers;
 mod key;
 mod policy;
 

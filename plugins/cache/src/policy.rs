@@ -3,6 +3,7 @@
 use crate::cache_control::Directives;
 use crate::config::Config;
 use crate::entry::Entry;
+use crate::headers::{Headers, joined};
 use crate::key::{cache_key, identity};
 
 /// What to do with a request.
@@ -15,11 +16,17 @@ pub enum Plan {
     Lookup { key: String, serve: bool },
 }
 
-pub fn request_plan(cfg: &Config, method: &str, path: &str, headers: &[(&str, &str)]) -> Plan {
+/// `path` is the path and query, as the client sent them.
+pub fn request_plan(
+    cfg: &Config,
+    method: &str,
+    path: &str,
+    headers: &(impl Headers + ?Sized),
+) -> Plan {
     if method != "GET" {
         return Plan::Bypass;
     }
-    let cc = Directives::parse(values(headers, "cache-control"));
+    let cc = directives(headers);
     if cc.has("no-store") {
         return Plan::Bypass;
     }
@@ -29,11 +36,8 @@ pub fn request_plan(cfg: &Config, method: &str, path: &str, headers: &[(&str, &s
     }
 }
 
-fn values<'a>(headers: &'a [(&str, &'a str)], name: &'a str) -> impl Iterator<Item = &'a str> {
-    headers
-        .iter()
-        .filter(move |(n, _)| *n == name)
-        .map(|(_, v)| *v)
+fn directives(headers: &(impl Headers + ?Sized)) -> Directives {
+    Directives::parse(headers.values("cache-control").iter().map(Vec::as_slice))
 }
 
 /// Whether and for how long to keep a response.
@@ -43,25 +47,24 @@ pub enum Store {
     No(&'static str),
 }
 
-pub fn store_decision(
-    cfg: &Config,
-    status: u16,
-    headers: &[(&str, &str)],
-    body_len: usize,
-) -> Store {
+/// Decided on the response head alone, so that a body is read only for a
+/// response that may be stored. Whether the body fits `max_entry_bytes` is
+/// the caller's to check, by asking for at most that many bytes.
+pub fn store_decision(cfg: &Config, status: u16, headers: &(impl Headers + ?Sized)) -> Store {
     if status != 200 {
         return Store::No("status is not 200");
     }
-    if body_len > cfg.max_entry_bytes {
-        return Store::No("body larger than max_entry_bytes");
-    }
-    if values(headers, "set-cookie").next().is_some() {
+    if !headers.values("set-cookie").is_empty() {
         return Store::No("response sets a cookie");
     }
-    if values(headers, "vary").any(|v| v.split(',').any(|f| f.trim() == "*")) {
+    let vary_star = headers
+        .values("vary")
+        .iter()
+        .any(|v| v.split(|&b| b == b',').any(|f| f.trim_ascii() == b"*"));
+    if vary_star {
         return Store::No("vary: *");
     }
-    let cc = Directives::parse(values(headers, "cache-control"));
+    let cc = directives(headers);
     // `no-cache` means "revalidate before every reuse", which this cache
     // cannot do, so such responses are not stored either.
     for flag in ["no-store", "private", "no-cache"] {
@@ -95,16 +98,19 @@ const UNSTORED: &[&str] = &[
     "age",
 ];
 
-/// The entry to store for a response.
+/// The entry to store for a response whose headers are `headers` (as text:
+/// the entry keeps them as strings). `None` when a header the response
+/// varies on has a request value that is not UTF-8: such a variant could
+/// not be told apart from others, so it is not stored.
 pub fn entry_for(
     status: u16,
     headers: &[(&str, &str)],
-    request_headers: &[(&str, &str)],
+    request: &(impl Headers + ?Sized),
     body: Vec<u8>,
     now_micros: u64,
-) -> Entry {
-    Entry {
-        vary: vary_of(headers, request_headers),
+) -> Option<Entry> {
+    Some(Entry {
+        vary: vary_of(headers, request)?,
         status,
         headers: headers
             .iter()
@@ -113,17 +119,20 @@ pub fn entry_for(
             .collect(),
         stored_at_micros: now_micros,
         body,
-    }
+    })
 }
 
 /// The headers a response varies on (its `Vary`), each with the value the
-/// request had (several values joined by `, `; `None` when absent).
+/// request had (several values joined by `, `; `None` when absent), or
+/// `None` if one of those values is not UTF-8.
 pub fn vary_of(
     response: &[(&str, &str)],
-    request: &[(&str, &str)],
-) -> Vec<(String, Option<String>)> {
-    let mut names: Vec<String> = values(response, "vary")
-        .flat_map(|v| v.split(','))
+    request: &(impl Headers + ?Sized),
+) -> Option<Vec<(String, Option<String>)>> {
+    let mut names: Vec<String> = response
+        .iter()
+        .filter(|(n, _)| *n == "vary")
+        .flat_map(|(_, v)| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
         .filter(|n| !n.is_empty())
         .collect();
@@ -132,24 +141,21 @@ pub fn vary_of(
     names
         .into_iter()
         .map(|name| {
-            let value = request_value(request, &name);
-            (name, value)
+            let value = match joined(request, &name) {
+                Some(bytes) => Some(String::from_utf8(bytes).ok()?),
+                None => None,
+            };
+            Some((name, value))
         })
         .collect()
 }
 
-fn request_value(request: &[(&str, &str)], name: &str) -> Option<String> {
-    let found: Vec<&str> = values(request, name).collect();
-    (!found.is_empty()).then(|| found.join(", "))
-}
-
 /// Whether a stored entry may answer this request: every header its
 /// response varied on has the same value now as when it was stored.
-pub fn vary_matches(entry: &Entry, request: &[(&str, &str)]) -> bool {
-    entry
-        .vary
-        .iter()
-        .all(|(name, value)| request_value(request, name) == *value)
+pub fn vary_matches(entry: &Entry, request: &(impl Headers + ?Sized)) -> bool {
+    entry.vary.iter().all(|(name, value)| {
+        joined(request, name).as_deref() == value.as_deref().map(str::as_bytes)
+    })
 }
 
 /// The headers of a hit: the stored ones plus `x-cache: hit` and `age`.
@@ -165,6 +171,9 @@ pub fn hit_headers(entry: &Entry, now_micros: u64) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
+    /// A request or response without headers.
+    const NONE: [(&str, &str); 0] = [];
+
     #[test]
     fn vary_records_the_request_values_and_matches_only_the_same() {
         let response = [
@@ -172,7 +181,7 @@ mod tests {
             ("vary", "x-v"),
         ];
         let request = [("accept-language", "en"), ("accept-encoding", "gzip")];
-        let vary = vary_of(&response, &request);
+        let vary = vary_of(&response, &request).unwrap();
         assert_eq!(
             vary,
             [
@@ -181,7 +190,7 @@ mod tests {
                 ("x-v".to_owned(), None),
             ]
         );
-        let entry = entry_for(200, &response, &request, vec![], 0);
+        let entry = entry_for(200, &response, &request, vec![], 0).unwrap();
         assert!(vary_matches(&entry, &request));
         assert!(!vary_matches(
             &entry,
@@ -198,6 +207,24 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn vary_values_that_are_not_utf8_are_never_stored_nor_matched() {
+        let response = [("vary", "accept-language")];
+        let odd: [(&str, &[u8]); 1] = [("accept-language", b"en\xff")];
+        assert_eq!(vary_of(&response, &odd), None);
+        assert!(entry_for(200, &response, &odd, vec![], 0).is_none());
+        let stored = entry_for(200, &response, &[("accept-language", "en")], vec![], 0).unwrap();
+        assert!(!vary_matches(&stored, &odd));
+    }
+
+    #[test]
+    fn vary_star_is_found_among_bytes_that_are_not_utf8() {
+        let c = cfg();
+        // Header values are bytes: a `*` still counts next to other bytes.
+        let star: [(&str, &[u8]); 1] = [("vary", b"\xff, *")];
+        assert!(matches!(store_decision(&c, 200, &star), Store::No(_)));
+    }
+
     fn cfg() -> Config {
         Config::parse("{}").unwrap()
     }
@@ -205,10 +232,10 @@ mod tests {
     #[test]
     fn only_get_is_cached() {
         for m in ["POST", "PUT", "DELETE", "HEAD", "PATCH", "get"] {
-            assert_eq!(request_plan(&cfg(), m, "/a", &[]), Plan::Bypass, "{m}");
+            assert_eq!(request_plan(&cfg(), m, "/a", &NONE), Plan::Bypass, "{m}");
         }
         assert!(matches!(
-            request_plan(&cfg(), "GET", "/a", &[]),
+            request_plan(&cfg(), "GET", "/a", &NONE),
             Plan::Lookup { serve: true, .. }
         ));
     }
@@ -250,7 +277,7 @@ mod tests {
     #[test]
     fn stores_plain_200_with_default_ttl() {
         assert_eq!(
-            store_decision(&cfg(), 200, &[], 10),
+            store_decision(&cfg(), 200, &NONE),
             Store::Yes { ttl_secs: 60 }
         );
     }
@@ -258,16 +285,8 @@ mod tests {
     #[test]
     fn refuses_unstorable_responses() {
         let c = cfg();
-        assert!(matches!(store_decision(&c, 404, &[], 0), Store::No(_)));
-        assert!(matches!(store_decision(&c, 206, &[], 0), Store::No(_)));
-        assert!(matches!(
-            store_decision(&c, 200, &[], 1_048_577),
-            Store::No(_)
-        ));
-        assert!(matches!(
-            store_decision(&c, 200, &[], 1_048_576),
-            Store::Yes { .. }
-        ));
+        assert!(matches!(store_decision(&c, 404, &NONE), Store::No(_)));
+        assert!(matches!(store_decision(&c, 206, &NONE), Store::No(_)));
         for h in [
             ("set-cookie", "a=b"),
             ("cache-control", "no-store"),
@@ -280,12 +299,12 @@ mod tests {
             ("vary", "accept, *"),
         ] {
             assert!(
-                matches!(store_decision(&c, 200, &[h], 1), Store::No(_)),
+                matches!(store_decision(&c, 200, &[h]), Store::No(_)),
                 "{h:?}"
             );
         }
         assert!(matches!(
-            store_decision(&c, 200, &[("vary", "accept")], 1),
+            store_decision(&c, 200, &[("vary", "accept")]),
             Store::Yes { .. }
         ));
     }
@@ -293,7 +312,7 @@ mod tests {
     #[test]
     fn ttl_from_response() {
         let c = cfg();
-        let ttl = |cc: &str| store_decision(&c, 200, &[("cache-control", cc)], 1);
+        let ttl = |cc: &str| store_decision(&c, 200, &[("cache-control", cc)]);
         assert_eq!(ttl("max-age=10"), Store::Yes { ttl_secs: 10 });
         assert_eq!(
             ttl("public, max-age=10, s-maxage=20"),
@@ -305,7 +324,7 @@ mod tests {
         assert_eq!(ttl("public"), Store::Yes { ttl_secs: 60 });
         let only_explicit = Config::parse(r#"{"ttl_secs":0}"#).unwrap();
         assert!(matches!(
-            store_decision(&only_explicit, 200, &[], 1),
+            store_decision(&only_explicit, 200, &NONE),
             Store::No(_)
         ));
     }
@@ -322,10 +341,11 @@ mod tests {
                 ("age", "3"),
                 ("etag", "\"1\""),
             ],
-            &[],
+            &NONE,
             b"hi".to_vec(),
             5,
-        );
+        )
+        .unwrap();
         assert_eq!(
             e.headers,
             vec![
@@ -341,10 +361,11 @@ mod tests {
         let e = entry_for(
             200,
             &[("content-type", "text/plain")],
-            &[],
+            &NONE,
             vec![],
             1_000_000,
-        );
+        )
+        .unwrap();
         let h = hit_headers(&e, 8_500_000);
         assert_eq!(
             h[1..],

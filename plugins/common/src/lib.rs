@@ -1,7 +1,26 @@
 //! Helpers the shipped policies share. Plain Rust with no WIT bindings, so it
-//! builds for `wasm32-wasip2` inside each component and natively for tests.
+//! builds for `wasm32-wasip2` inside each component and natively for tests:
+//! config parsing with errors that name the field, keeping the parsed
+//! config, and putting a request's path and query back together.
+
+use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
+
+/// Keeps the config `configure` parsed for every later hook.
+///
+/// The host calls `configure` once per load and snapshots the instance, so
+/// each request's instance starts with `slot` filled; a host that cannot
+/// snapshot calls it on each fresh instance instead, where `slot` is empty.
+/// Either way it is never filled twice; if it were, silently keeping the
+/// first config would be worse than refusing the second.
+///
+/// # Errors
+/// The message to return from `configure` when `slot` is already filled.
+pub fn install<T>(slot: &OnceLock<T>, config: T) -> Result<(), String> {
+    slot.set(config)
+        .map_err(|_| "configure ran twice on one instance".to_owned())
+}
 
 /// Deserializes a policy's JSON config. A failure names the field at fault
 /// (`leeway_secs: invalid value: integer -1, expected u64 …`), or `config` for
@@ -22,6 +41,16 @@ pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, String> {
     })
 }
 
+/// `path?query` as the client sent it, from the request's `path()` and
+/// `query()`: what a cache key or a log line means by "the path". A bare `?`
+/// (an empty query) is kept, as it was sent.
+pub fn path_and_query(path: String, query: Option<String>) -> String {
+    match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,6 +69,21 @@ mod tests {
     struct Inner {
         #[allow(dead_code)]
         name: String,
+    }
+
+    #[test]
+    fn install_fills_the_slot_once() {
+        let slot = OnceLock::new();
+        assert_eq!(install(&slot, 1), Ok(()));
+        assert!(install(&slot, 2).unwrap_err().contains("twice"));
+        assert_eq!(slot.get(), Some(&1));
+    }
+
+    #[test]
+    fn query_is_joined_back_onto_the_path() {
+        assert_eq!(path_and_query("/a".into(), None), "/a");
+        assert_eq!(path_and_query("/a".into(), Some("x=1".into())), "/a?x=1");
+        assert_eq!(path_and_query("/a".into(), Some(String::new())), "/a?");
     }
 
     #[test]

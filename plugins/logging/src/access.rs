@@ -11,52 +11,58 @@ pub enum FieldValue {
     Float(f64),
 }
 
-/// What `on-response` knows about the exchange.
+/// What `on-complete` knows about the exchange: the request head as finally
+/// sent upstream, the response head as sent, and the completion record.
 pub struct Exchange<'a> {
     pub method: &'a str,
+    /// Path and query (`path?query`), before redaction.
     pub path: &'a str,
-    /// Request headers as finally sent upstream.
-    pub req_headers: &'a [(&'a str, &'a str)],
+    /// The first value of `cfg.user_header`, if any.
+    pub user: Option<&'a str>,
+    pub request_id: &'a str,
     pub route: &'a str,
     pub client: &'a str,
     pub status: u16,
-    pub resp_headers: &'a [(&'a str, &'a str)],
-    pub body_len: usize,
-    /// Start of the request, from `on-request` (absent if it never ran).
-    pub started_micros: Option<u64>,
-    pub now_micros: u64,
+    /// The response's first `x-cache` value, if any.
+    pub cache: Option<&'a str>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_micros: u64,
+    /// Why the response did not go out whole; `None` when it did.
+    pub error: Option<&'a str>,
 }
 
-fn header<'a>(headers: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
-}
-
-/// Builds the fields. Only the listed headers are read, so credentials in
-/// `authorization` or `cookie` can never end up in the line.
+/// Builds the fields. The caller reads only the user and `x-cache` headers,
+/// so credentials in `authorization` or `cookie` can never end up in the line.
 pub fn access_fields(cfg: &Config, x: &Exchange<'_>) -> Vec<(&'static str, FieldValue)> {
     let s = |v: &str| FieldValue::Str(v.to_string());
+    let int = |n: u64| FieldValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let mut fields = vec![
         ("method", s(x.method)),
         ("path", FieldValue::Str(redact_path(x.path, cfg))),
         ("status", FieldValue::Int(i64::from(x.status))),
+        (
+            "duration_ms",
+            FieldValue::Float(x.duration_micros as f64 / 1000.0),
+        ),
     ];
-    if let Some(start) = x.started_micros {
-        let micros = x.now_micros.saturating_sub(start);
-        fields.push(("duration_ms", FieldValue::Float(micros as f64 / 1000.0)));
-    }
-    if let Some(user) = header(x.req_headers, &cfg.user_header) {
+    if let Some(user) = x.user {
         fields.push(("user", s(user)));
     }
-    if let Some(id) = header(x.req_headers, "x-request-id") {
-        fields.push(("request_id", s(id)));
-    }
+    fields.push(("request_id", s(x.request_id)));
     fields.push(("route", s(x.route)));
     fields.push(("client", s(x.client)));
-    if let Some(cache) = header(x.resp_headers, "x-cache") {
+    if let Some(cache) = x.cache {
         fields.push(("cache", s(cache)));
     }
-    let bytes = i64::try_from(x.body_len).unwrap_or(i64::MAX);
-    fields.push(("bytes", FieldValue::Int(bytes)));
+    // `bytes` predates the two counts and stays for existing log queries;
+    // it is the response body as sent, like `response_bytes`.
+    fields.push(("bytes", int(x.response_bytes)));
+    fields.push(("request_bytes", int(x.request_bytes)));
+    fields.push(("response_bytes", int(x.response_bytes)));
+    if let Some(error) = x.error {
+        fields.push(("error", s(error)));
+    }
     fields
 }
 
@@ -64,21 +70,20 @@ pub fn access_fields(cfg: &Config, x: &Exchange<'_>) -> Vec<(&'static str, Field
 mod tests {
     use super::*;
 
-    fn exchange<'a>(
-        req_headers: &'a [(&'a str, &'a str)],
-        resp_headers: &'a [(&'a str, &'a str)],
-    ) -> Exchange<'a> {
+    fn exchange() -> Exchange<'static> {
         Exchange {
             method: "GET",
             path: "/user-service/profile?token=abc&x=1",
-            req_headers,
+            user: Some("admin"),
+            request_id: "rid-1",
             route: "users",
             client: "127.0.0.1:5555",
             status: 200,
-            resp_headers,
-            body_len: 42,
-            started_micros: Some(1_000_000),
-            now_micros: 1_012_500,
+            cache: Some("hit"),
+            request_bytes: 7,
+            response_bytes: 42,
+            duration_micros: 12_500,
+            error: None,
         }
     }
 
@@ -87,16 +92,9 @@ mod tests {
     }
 
     #[test]
-    fn full_line() {
+    fn full_line_has_every_field_in_order() {
         let cfg = Config::parse("{}").unwrap();
-        let req = [
-            ("x-request-id", "rid-1"),
-            ("x-authenticated-user", "admin"),
-            ("authorization", "Bearer secret.jwt.value"),
-            ("cookie", "session=s3cr3t"),
-        ];
-        let resp = [("x-cache", "hit"), ("set-cookie", "a=b")];
-        let f = access_fields(&cfg, &exchange(&req, &resp));
+        let f = access_fields(&cfg, &exchange());
         let keys: Vec<&str> = f.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             keys,
@@ -110,7 +108,9 @@ mod tests {
                 "route",
                 "client",
                 "cache",
-                "bytes"
+                "bytes",
+                "request_bytes",
+                "response_bytes"
             ]
         );
         assert_eq!(
@@ -128,34 +128,47 @@ mod tests {
         );
         assert_eq!(get(&f, "cache"), Some(&FieldValue::Str("hit".into())));
         assert_eq!(get(&f, "bytes"), Some(&FieldValue::Int(42)));
-        // No credential value appears anywhere in the line.
-        let dump = format!("{f:?}");
-        assert!(
-            !dump.contains("secret.jwt.value") && !dump.contains("s3cr3t"),
-            "{dump}"
+        assert_eq!(get(&f, "request_bytes"), Some(&FieldValue::Int(7)));
+        assert_eq!(get(&f, "response_bytes"), Some(&FieldValue::Int(42)));
+    }
+
+    #[test]
+    fn optional_fields_absent_when_unknown() {
+        let cfg = Config::parse("{}").unwrap();
+        let x = Exchange {
+            user: None,
+            cache: None,
+            ..exchange()
+        };
+        let f = access_fields(&cfg, &x);
+        for key in ["user", "cache", "error"] {
+            assert!(get(&f, key).is_none(), "{key}");
+        }
+    }
+
+    #[test]
+    fn broken_off_exchange_says_why() {
+        let cfg = Config::parse("{}").unwrap();
+        let x = Exchange {
+            error: Some("client went away"),
+            ..exchange()
+        };
+        let f = access_fields(&cfg, &x);
+        assert_eq!(f.last().map(|(k, _)| *k), Some("error"));
+        assert_eq!(
+            get(&f, "error"),
+            Some(&FieldValue::Str("client went away".into()))
         );
     }
 
     #[test]
-    fn optional_fields_absent() {
-        let cfg = Config::parse(r#"{"user_header":"X-User"}"#).unwrap();
-        let mut x = exchange(&[("x-authenticated-user", "admin")], &[]);
-        x.started_micros = None;
-        let f = access_fields(&cfg, &x);
-        for key in ["user", "request_id", "cache", "duration_ms"] {
-            assert!(get(&f, key).is_none(), "{key}");
-        }
-        let x = exchange(&[("x-user", "bob")], &[]);
-        let f = access_fields(&cfg, &x);
-        assert_eq!(get(&f, "user"), Some(&FieldValue::Str("bob".into())));
-    }
-
-    #[test]
-    fn clock_going_backwards_does_not_underflow() {
+    fn counts_beyond_i64_saturate() {
         let cfg = Config::parse("{}").unwrap();
-        let mut x = exchange(&[], &[]);
-        x.now_micros = 0;
+        let x = Exchange {
+            response_bytes: u64::MAX,
+            ..exchange()
+        };
         let f = access_fields(&cfg, &x);
-        assert_eq!(get(&f, "duration_ms"), Some(&FieldValue::Float(0.0)));
+        assert_eq!(get(&f, "response_bytes"), Some(&FieldValue::Int(i64::MAX)));
     }
 }

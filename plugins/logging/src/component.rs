@@ -1,6 +1,6 @@
 //! Glue between the generated bindings and the pure logic.
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use crate::access::{Exchange, FieldValue, access_fields};
 use crate::config::Config;
@@ -8,49 +8,46 @@ use crate::redact::monitor_body;
 
 wit_bindgen::generate!({ path: "../../wit", world: "policy" });
 
-use exports::sidecar::policy::handler::{Decision, Guest, Request, Response};
-use sidecar::policy::clock;
+use exports::sidecar::policy::handler::{Completion, Decision, Guest, Hooks, Request, Response};
 use sidecar::policy::log::{self, Field, Level, Value};
-use sidecar::policy::types::Header;
+use sidecar::policy::types::{Body, Header, Reply};
 
-/// Per-instance state. `on_request` sets `started_micros` before anything
-/// reads it, so an instance reused across requests (`instances = "reuse"`)
-/// never reports another request's start.
-struct State {
-    config: Option<Config>,
-    started_micros: Option<u64>,
-}
-
-static STATE: Mutex<State> = Mutex::new(State {
-    config: None,
-    started_micros: None,
-});
-
-fn state() -> std::sync::MutexGuard<'static, State> {
-    STATE.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Set by `configure`; every request's instance starts from the configured
+/// snapshot, so the hooks find it filled.
+static CONFIG: OnceLock<Config> = OnceLock::new();
 
 const MONITOR_REPLY: &[u8] = b"Request logged by Sidecar!";
+
+/// The most of a monitor body read to log it: the request body limit of
+/// contract 0.1, so whatever was logged then still is. JSON is redacted
+/// key by key, which needs the whole body; text is cut to 4 KiB anyway.
+const MONITOR_MAX_BODY: u64 = 1 << 20;
 
 struct Component;
 
 impl Guest for Component {
-    fn configure(config: String) -> Result<(), String> {
-        state().config = Some(Config::parse(&config)?);
-        Ok(())
+    fn configure(config: String) -> Result<Hooks, String> {
+        policy_common::install(&CONFIG, Config::parse(&config)?)?;
+        // The access line is written once the exchange is over, when the
+        // byte counts and the duration are known; nothing is changed on the
+        // way back, so no response hook.
+        Ok(Hooks::ON_COMPLETE)
     }
 
-    fn on_request(req: Request) -> Decision {
-        let mut st = state();
-        st.started_micros = Some(clock::now_micros());
+    fn on_request(req: &Request) -> Decision {
         // Logging must never block traffic: unconfigured means pass through.
-        let Some(cfg) = st.config.as_ref() else {
-            return Decision::Continue(None);
+        let Some(cfg) = CONFIG.get() else {
+            return Decision::Continue;
         };
-        if !cfg.is_monitor(&req.method, &req.path) {
-            return Decision::Continue(None);
+        if !cfg.is_monitor(&req.method(), &req.path()) {
+            return Decision::Continue;
         }
-        let (key, body) = monitor_body(&req.body, cfg);
+        // The only body this policy ever reads.
+        let (key, body) = match req.body(MONITOR_MAX_BODY) {
+            Body::Complete(bytes) => monitor_body(&bytes, cfg),
+            Body::TooLarge => ("body_omitted", "too large".to_owned()),
+            Body::Unavailable => ("body_omitted", "unavailable".to_owned()),
+        };
         log::emit(
             Level::Info,
             "monitor",
@@ -59,36 +56,44 @@ impl Guest for Component {
                 value: Value::Str(body),
             }],
         );
-        Decision::Respond(Response {
+        Decision::Respond(Reply {
             status: 200,
             headers: vec![Header {
                 name: "content-type".into(),
-                value: "text/plain; charset=utf-8".into(),
+                value: b"text/plain; charset=utf-8".to_vec(),
             }],
             body: MONITOR_REPLY.to_vec(),
         })
     }
 
-    fn on_response(req: Request, resp: Response) -> Response {
-        let st = state();
-        let Some(cfg) = st.config.as_ref() else {
-            return resp;
+    // Never called: `configure` does not ask for it.
+    fn on_response(_req: &Request, _resp: &Response) {}
+
+    fn on_complete(req: &Request, resp: &Response, info: Completion) {
+        let Some(cfg) = CONFIG.get() else {
+            return;
         };
-        let req_headers = pairs(&req.headers);
-        let resp_headers = pairs(&resp.headers);
+        // `req` is the request as sent upstream: the user header is the one
+        // `auth` set, never a client's.
+        let user = first_text(req.header(&cfg.user_header));
+        let cache = first_text(resp.header("x-cache"));
+        let path = policy_common::path_and_query(req.path(), req.query());
+        let error = (!info.complete).then(|| info.error.as_deref().unwrap_or("incomplete"));
         let fields = access_fields(
             cfg,
             &Exchange {
-                method: &req.method,
-                path: &req.path,
-                req_headers: &req_headers,
-                route: &req.route,
-                client: &req.client_addr,
-                status: resp.status,
-                resp_headers: &resp_headers,
-                body_len: resp.body.len(),
-                started_micros: st.started_micros,
-                now_micros: clock::now_micros(),
+                method: &req.method(),
+                path: &path,
+                user: user.as_deref(),
+                request_id: &req.request_id(),
+                route: &req.route(),
+                client: &req.client_addr(),
+                status: info.status,
+                cache: cache.as_deref(),
+                request_bytes: info.request_body_bytes,
+                response_bytes: info.response_body_bytes,
+                duration_micros: info.duration_micros,
+                error,
             },
         );
         let fields: Vec<Field> = fields
@@ -103,15 +108,17 @@ impl Guest for Component {
             })
             .collect();
         log::emit(Level::Info, "access", &fields);
-        resp
     }
 }
 
-fn pairs(headers: &[Header]) -> Vec<(&str, &str)> {
-    headers
-        .iter()
-        .map(|h| (h.name.as_str(), h.value.as_str()))
-        .collect()
+/// A header's first value as log text. Values are bytes; one that is not
+/// UTF-8 is logged with U+FFFD in place of the bad bytes.
+fn first_text(values: Vec<Vec<u8>>) -> Option<String> {
+    let first = values.into_iter().next()?;
+    Some(
+        String::from_utf8(first)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
 }
 
 export!(Component);

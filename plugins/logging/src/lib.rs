@@ -6,10 +6,13 @@
 //! "secret", "token", "authorization"], matched case-insensitively against
 //! JSON keys and query parameter names). Unknown fields are refused.
 //!
-//! `on-request` notes the start time; a `POST` to `monitor_path` is answered
-//! here (200, `Request logged by Sidecar!`) after logging its body with
-//! secrets redacted. `on-response` logs method, path (query redacted),
-//! status, duration_ms, user, request_id, route, client, cache and bytes.
+//! `configure` asks for `on-complete` only. `on-request` reads no body,
+//! except that a `POST` to `monitor_path` is answered here (200, `Request
+//! logged by Sidecar!`) after logging its body (up to 1 MiB) with secrets
+//! redacted. `on-complete` writes the access line, from the request as sent
+//! upstream and the completion record: method, path (query redacted),
+//! status, duration_ms, user, request_id, route, client, cache, bytes,
+//! request_bytes, response_bytes, and error when the response broke off.
 //! No header value other than those, and no other body, is ever logged.
 //!
 //! The logic lives in plain modules so `cargo test` runs natively; only
