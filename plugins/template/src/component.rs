@@ -1,33 +1,50 @@
 //! Glue between the WIT bindings and the logic in `lib.rs`.
+//!
+//! The sidecar calls `configure` once when it loads the policy, snapshots
+//! the configured instance, and starts every request's instance from that
+//! snapshot: parse the config in `configure`, keep it in a global, and the
+//! hooks find it there. The request and response stay on the host; a hook
+//! gets handles and asks only for what it needs (here: one header).
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use crate::{Config, decide};
 
 wit_bindgen::generate!({ path: "../../wit", world: "policy" });
 
-use exports::sidecar::policy::handler::{Decision, Guest, Request, Response};
+use exports::sidecar::policy::handler::{Completion, Decision, Guest, Hooks, Request, Response};
 use sidecar::policy::log::{self, Field, Level, Value};
-use sidecar::policy::types::Header;
+use sidecar::policy::types::{Header, Reply};
 
-/// Set by `configure`, which runs first in every (fresh, per-request) instance.
-static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
+/// Filled by `configure`. A host that cannot snapshot calls `configure` on
+/// each fresh instance instead, which fills it the same way.
+static CONFIG: OnceLock<Config> = OnceLock::new();
 
 struct Component;
 
 impl Guest for Component {
-    fn configure(config: String) -> Result<(), String> {
-        *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = Some(Config::parse(&config)?);
-        Ok(())
+    fn configure(config: String) -> Result<Hooks, String> {
+        // An `Err` refuses the config: the sidecar names it and keeps serving
+        // with what it had.
+        let config = Config::parse(&config)?;
+        CONFIG
+            .set(config)
+            .map_err(|_| "configure ran twice on one instance".to_owned())?;
+        // Only `on-request` is needed. Ask for `Hooks::ON_RESPONSE` to read
+        // or change responses, `Hooks::ON_COMPLETE` to log finished exchanges.
+        Ok(Hooks::empty())
     }
 
-    fn on_request(req: Request) -> Decision {
-        let guard = CONFIG.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(config) = guard.as_ref() else {
-            return Decision::Continue(None);
+    fn on_request(req: &Request) -> Decision {
+        let Some(config) = CONFIG.get() else {
+            return Decision::Continue;
         };
-        match decide(config, req.headers.iter().map(|h| h.name.as_str())) {
-            None => Decision::Continue(None),
+        // One header, not the whole request; the body is never read, so it
+        // streams upstream untouched (`req.body(max_bytes)` would buffer it).
+        match decide(config, &req.header(&config.header)) {
+            // Changes, had there been any, would go through `req.set_header`
+            // and friends; `Continue` passes the request on as it now stands.
+            None => Decision::Continue,
             Some((status, body)) => {
                 log::emit(
                     Level::Warn,
@@ -37,11 +54,11 @@ impl Guest for Component {
                         value: Value::Str(config.header.clone()),
                     }],
                 );
-                Decision::Respond(Response {
+                Decision::Respond(Reply {
                     status,
                     headers: vec![Header {
                         name: "content-type".into(),
-                        value: "application/json".into(),
+                        value: b"application/json".to_vec(),
                     }],
                     body: body.into_bytes(),
                 })
@@ -49,9 +66,11 @@ impl Guest for Component {
         }
     }
 
-    fn on_response(_req: Request, resp: Response) -> Response {
-        resp
-    }
+    // Every policy exports these two, but the sidecar calls them only when
+    // `configure` asked for them: this one never did.
+    fn on_response(_req: &Request, _resp: &Response) {}
+
+    fn on_complete(_req: &Request, _resp: &Response, _info: Completion) {}
 }
 
 export!(Component);
