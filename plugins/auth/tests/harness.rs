@@ -143,7 +143,7 @@ fn bearer_scheme_is_case_insensitive() {
 }
 
 #[test]
-fn response_hook_passes_the_upstream_response_through() {
+fn upstream_response_passes_through_untouched() {
     let h = harness();
     let p = h.configure(config()).unwrap();
     let upstream = response(200).header("x-upstream", "1").body("payload");

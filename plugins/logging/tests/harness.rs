@@ -86,7 +86,9 @@ fn logs_one_access_line_per_round_trip_with_every_field() {
             "route",
             "client",
             "cache",
-            "bytes"
+            "bytes",
+            "request_bytes",
+            "response_bytes"
         ]
     );
     assert_eq!(field(&f, "method"), Some(&s("GET")));
@@ -98,6 +100,24 @@ fn logs_one_access_line_per_round_trip_with_every_field() {
     assert_eq!(field(&f, "client"), Some(&s("10.1.2.3:5555")));
     assert_eq!(field(&f, "cache"), Some(&s("hit")));
     assert_eq!(field(&f, "bytes"), Some(&FieldValue::Int(5)));
+    assert_eq!(field(&f, "request_bytes"), Some(&FieldValue::Int(0)));
+    assert_eq!(field(&f, "response_bytes"), Some(&FieldValue::Int(5)));
+    assert_eq!(field(&f, "error"), None, "the response went out whole");
+}
+
+#[test]
+fn access_line_counts_the_bytes_of_both_bodies() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    p.round_trip(
+        put("/items/1").body("twelve bytes"),
+        response(200).body("ok"),
+    )
+    .unwrap();
+    let f = only_line(&h, "access");
+    assert_eq!(field(&f, "request_bytes"), Some(&FieldValue::Int(12)));
+    assert_eq!(field(&f, "response_bytes"), Some(&FieldValue::Int(2)));
+    assert_eq!(field(&f, "bytes"), Some(&FieldValue::Int(2)));
 }
 
 #[test]
@@ -106,7 +126,7 @@ fn duration_is_a_float_of_milliseconds() {
     let p = h.configure(json!({})).unwrap();
     p.round_trip(get("/x"), response(204)).unwrap();
     let f = only_line(&h, "access");
-    // Both hooks run back to back on the harness clock, so it may be 0.
+    // From the completion record; on the harness clock it may be 0.
     match field(&f, "duration_ms") {
         Some(FieldValue::Float(ms)) => assert!(ms.is_finite() && *ms >= 0.0, "{ms}"),
         other => panic!("duration_ms: {other:?}"),
@@ -163,7 +183,7 @@ fn request_hook_alone_logs_nothing() {
     assert!(matches!(d, Decision::Continue(None)));
     assert!(
         h.logs().is_empty(),
-        "the line is written by the response hook"
+        "the line is written by the completion hook"
     );
 }
 
@@ -202,7 +222,7 @@ fn user_header_is_configurable() {
 fn denied_responses_are_logged_with_their_status() {
     let h = harness();
     let p = h.configure(json!({})).unwrap();
-    // As when a later policy (auth) answered 401: logging's response hook
+    // As when a later policy (auth) answered 401: logging's completion hook
     // still sees that answer.
     let denial = json!({ "error": "missing bearer token", "code": "missing_token" });
     let trip = p
