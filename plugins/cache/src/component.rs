@@ -116,7 +116,7 @@ impl Guest for Component {
 
 /// Stores the response under `key` if it may be stored. The body is read
 /// only once the head says so, and only up to `max_entry_bytes`: a larger
-/// one (`too-large`) streams on to the client unbuffered and is not stored.
+/// one (`too-large`) goes on to the client unchanged and is not stored.
 fn store(cfg: &Config, key: String, req: &Request, resp: &Response) {
     let status = resp.status();
     let Store::Yes { ttl_secs } = policy::store_decision(cfg, status, resp) else {

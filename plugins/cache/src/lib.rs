@@ -11,12 +11,15 @@
 //! asks for) marks it `x-cache: miss` and stores a 200 without
 //! `set-cookie`, `no-store`/`private`/`no-cache` or `vary: *` for its
 //! `s-maxage`/`max-age` (capped) or `ttl_secs`. Only such a response has
-//! its body read, up to `max_entry_bytes`: a larger one is not stored and
-//! streams on unbuffered. No request body is ever read. Request `no-store` bypasses
-//! the cache; request `no-cache` skips the lookup but may refresh the entry.
-//! A response with `Vary` is stored with the request's values of those
-//! headers and served only to requests with the same values (one variant
-//! per key: another variant's response replaces it).
+//! its body read, up to `max_entry_bytes`: a larger one goes on to the
+//! client unchanged and is not stored. No request body is ever read.
+//! Request `no-store` bypasses the cache; request `no-cache` skips the
+//! lookup but may refresh the entry. A response with `Vary` is stored with
+//! the request's values of those headers and served only to requests with
+//! the same values (one variant per key: another variant's response
+//! replaces it). Entries keep headers as text, so a response with a header
+//! value that is not UTF-8, or whose varied request headers are not, is
+//! not stored.
 //!
 //! The logic lives in plain modules so `cargo test` runs natively; only
 //! `component` touches the generated bindings and is built for wasm32 only.
