@@ -1,25 +1,61 @@
-//! The one place where the host's bindings to `wit/policy.wit` are generated.
+//! The one place where the host's bindings to the contract are generated:
+//! [`v02`] for `wit/policy.wit` (the current contract) and [`v01`] for the
+//! frozen `wit/0.1.0/policy.wit`, so components built against it keep
+//! loading.
 //!
 //! Everything else in the host uses the types re-exported here, so a change of
 //! the contract shows up as compile errors in exactly the code that must change.
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "policy",
-    // Hooks are called with `call_async`: the guest's WASI streams (a panic
-    // message on stderr, a stray println!) are async in wasmtime-wasi, and a
-    // sync call from inside the tokio runtime would have to block on them.
-    // `kv` is async too: with the Redis backend a call waits on the network,
-    // and it must suspend the policy's fiber, not block a tokio worker.
-    // `kv` is trappable: a call beyond the request's quota traps the policy.
-    // `log` and `clock` stay sync: they never wait.
-    imports: { "sidecar:policy/kv": async | trappable },
-    exports: { default: async },
-});
+/// `sidecar:policy@0.2.0`: the message stays on the host (resources), bodies
+/// and hooks are opt-in, `configure` runs once per load.
+pub mod v02 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+        // Hooks are called with `call_async`: the guest's WASI streams (a panic
+        // message on stderr, a stray println!) are async in wasmtime-wasi, and
+        // a sync call from inside the tokio runtime would have to block on them.
+        // Reading a body waits on the network, and `kv` on Redis: both
+        // suspend the policy's fiber, never block a tokio worker. `kv` is
+        // trappable (a call beyond the request's quota traps the policy), and
+        // so is reading a body (a body read that fails ends the call).
+        // Everything else answers at once.
+        imports: {
+            "sidecar:policy/kv": async | trappable,
+            "sidecar:policy/types.[method]request.body": async | trappable,
+            "sidecar:policy/types.[method]response.body": async | trappable,
+        },
+        exports: { default: async },
+    });
 
-pub use exports::sidecar::policy::handler::{Decision, Request, Response};
-pub use sidecar::policy::types::Header;
-pub use sidecar::policy::{clock, kv, log};
+    pub use exports::sidecar::policy::handler::{Completion, Decision, Hooks};
+    pub use sidecar::policy::types::{Body, EditError, Header, Reply};
+    pub use sidecar::policy::{clock, kv, log, types};
 
-/// The contract version this host implements; `policy check` reports it.
-pub const CONTRACT: &str = "sidecar:policy@0.1.0";
+    /// The contract this module implements.
+    pub const CONTRACT: &str = "sidecar:policy@0.2.0";
+}
+
+/// `sidecar:policy@0.1.0`: whole messages copied in as records; bodies
+/// buffered; `configure` at the start of every instance.
+pub mod v01 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "policy",
+        imports: { "sidecar:policy/kv": async | trappable },
+        exports: { default: async },
+    });
+
+    pub use exports::sidecar::policy::handler::{Decision, Request, Response};
+    pub use sidecar::policy::types::Header;
+    pub use sidecar::policy::{clock, kv, log};
+
+    /// The contract this module implements.
+    pub const CONTRACT: &str = "sidecar:policy@0.1.0";
+}
+
+/// The newest contract, what `policy new` targets.
+pub const CONTRACT: &str = v02::CONTRACT;
+
+/// Every contract the host loads, newest first.
+pub const CONTRACTS: [&str; 2] = [v02::CONTRACT, v01::CONTRACT];

@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{HasSelf, Linker};
 
-use crate::bindings::clock::{self as wit};
+use crate::bindings::v01::clock as wit01;
+use crate::bindings::v02::clock::{self as wit};
 use crate::wasm::HostState;
 
 /// A source of wall-clock time.
@@ -65,8 +66,16 @@ impl wit::Host for ClockState {
     }
 }
 
+impl wit01::Host for ClockState {
+    fn now_micros(&mut self) -> u64 {
+        self.clock.now_micros()
+    }
+}
+
+/// Links both contracts' `clock`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<HostState, HasSelf<ClockState>>(linker, |s| &mut s.clock)
+    wit::add_to_linker::<HostState, HasSelf<ClockState>>(linker, |s| &mut s.clock)?;
+    wit01::add_to_linker::<HostState, HasSelf<ClockState>>(linker, |s| &mut s.clock)
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::Clock;
-use crate::bindings::kv::{self as wit};
+use crate::bindings::v01::kv as wit01;
+use crate::bindings::v02::kv::{self as wit};
 use crate::wasm::HostState;
 
 /// Why a write was refused.
@@ -45,6 +46,16 @@ pub trait KvStore: Send + Sync + 'static {
         ttl: Option<Duration>,
     ) -> KvFuture<'a, Result<(), KvError>>;
     fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, bool>;
+    /// Adds `delta` to the integer under `key` (absent or expired: 0) in
+    /// one step and returns the new value; `ttl` applies only when the entry
+    /// is created, so a counter keeps the window it started.
+    fn increment<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> KvFuture<'a, Result<i64, KvError>>;
 }
 
 /// Which store backs the `kv` capability, and its bounds.
@@ -260,6 +271,38 @@ impl MemoryKv {
             .remove(&(namespace.to_owned(), key.to_owned()))
             .is_some_and(|e| !e.expired(now))
     }
+
+    /// Adds `delta` to the counter under `key`, under the store's lock (so
+    /// concurrent requests never lose an update); see [`KvStore::increment`].
+    ///
+    /// # Errors
+    /// [`KvError::Other`] if the entry holds no integer or the sum
+    /// overflows; [`KvError::TooLarge`] for a key over the limit.
+    pub fn increment(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> Result<i64, KvError> {
+        self.limits.check(key, b"")?;
+        let now = self.clock.now_micros();
+        let mut inner = self.lock();
+        let k = (namespace.to_owned(), key.to_owned());
+        let live = inner.entries.get(&k).filter(|e| !e.expired(now));
+        let (current, expires_at) = match live {
+            Some(e) => (parse_counter(&e.value)?, e.expires_at),
+            None => (0, ttl.map(|t| now.saturating_add(t.as_micros() as u64))),
+        };
+        let next = current
+            .checked_add(delta)
+            .ok_or_else(|| KvError::Other("the counter would overflow".into()))?;
+        if !inner.entries.contains_key(&k) && inner.entries.len() >= self.limits.max_entries {
+            inner.evict_one(now);
+        }
+        inner.insert(k, next.to_string().into_bytes(), expires_at);
+        Ok(next)
+    }
 }
 
 impl KvStore for MemoryKv {
@@ -282,6 +325,26 @@ impl KvStore for MemoryKv {
     fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, bool> {
         Box::pin(std::future::ready(MemoryKv::delete(self, namespace, key)))
     }
+
+    fn increment<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> KvFuture<'a, Result<i64, KvError>> {
+        Box::pin(std::future::ready(MemoryKv::increment(
+            self, namespace, key, delta, ttl,
+        )))
+    }
+}
+
+/// A counter's value: decimal text, as `increment` stores it.
+pub(crate) fn parse_counter(value: &[u8]) -> Result<i64, KvError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| KvError::Other("the entry does not hold an integer".into()))
 }
 
 /// Per-instance state of the capability: the shared store and the namespace.
@@ -382,10 +445,59 @@ impl wit::Host for KvState {
         self.quota.charge(1, key.len())?;
         Ok(self.store.delete(&self.namespace, &key).await)
     }
+
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, wit::Error>> {
+        self.quota.charge(1, key.len() + 8)?;
+        Ok(self
+            .store
+            .increment(
+                &self.namespace,
+                &key,
+                delta,
+                ttl_ms.map(Duration::from_millis),
+            )
+            .await
+            .map_err(|e| match e {
+                KvError::TooLarge(m) => wit::Error::TooLarge(m),
+                KvError::Other(m) => wit::Error::Other(m),
+            }))
+    }
 }
 
+/// Contract 0.1's `kv`: the same store and quota, without `increment`.
+impl wit01::Host for KvState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        wit::Host::get(self, key).await
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), wit01::Error>> {
+        Ok(wit::Host::set(self, key, value, ttl_ms)
+            .await?
+            .map_err(|e| match e {
+                wit::Error::TooLarge(m) => wit01::Error::TooLarge(m),
+                wit::Error::Other(m) => wit01::Error::Other(m),
+            }))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
+        wit::Host::delete(self, key).await
+    }
+}
+
+/// Links both contracts' `kv`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<HostState, HasSelf<KvState>>(linker, |s| &mut s.kv)
+    wit::add_to_linker::<HostState, HasSelf<KvState>>(linker, |s| &mut s.kv)?;
+    wit01::add_to_linker::<HostState, HasSelf<KvState>>(linker, |s| &mut s.kv)
 }
 
 #[cfg(test)]
@@ -407,6 +519,28 @@ mod tests {
         assert_eq!(kv.get("p", "k").as_deref(), Some(&b"v"[..]));
         clock.advance(Duration::from_secs(1));
         assert_eq!(kv.get("p", "k"), None);
+    }
+
+    #[test]
+    fn increment_counts_in_a_window_that_starts_with_the_first_hit() {
+        let (clock, kv) = store(KvLimits::default());
+        let ttl = Some(Duration::from_secs(60));
+        assert_eq!(kv.increment("p", "hits", 1, ttl).unwrap(), 1);
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(kv.increment("p", "hits", 2, ttl).unwrap(), 3);
+        assert_eq!(kv.get("p", "hits").as_deref(), Some(&b"3"[..]));
+        // The second increment did not move the expiry.
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(kv.get("p", "hits"), None);
+        assert_eq!(kv.increment("p", "hits", 1, ttl).unwrap(), 1);
+        kv.set("p", "text", b"abc".to_vec(), None).unwrap();
+        assert!(matches!(
+            kv.increment("p", "text", 1, None),
+            Err(KvError::Other(_))
+        ));
+        kv.set("p", "max", i64::MAX.to_string().into_bytes(), None)
+            .unwrap();
+        assert!(kv.increment("p", "max", 1, None).is_err());
     }
 
     #[test]

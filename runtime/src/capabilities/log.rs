@@ -12,7 +12,8 @@ use serde::Serialize;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Clock};
-use crate::bindings::log::{self as wit};
+use crate::bindings::v01::log as wit01;
+use crate::bindings::v02::log::{self as wit};
 use crate::wasm::HostState;
 
 /// Longest message or string field kept; longer ones are cut (and marked).
@@ -241,8 +242,36 @@ fn rfc3339(micros: u64) -> String {
     )
 }
 
+/// Contract 0.1's `log` is the same interface: its lines go the same way.
+impl wit01::Host for LogState {
+    fn emit(&mut self, level: wit01::Level, message: String, fields: Vec<wit01::Field>) {
+        let level = match level {
+            wit01::Level::Trace => wit::Level::Trace,
+            wit01::Level::Debug => wit::Level::Debug,
+            wit01::Level::Info => wit::Level::Info,
+            wit01::Level::Warn => wit::Level::Warn,
+            wit01::Level::Error => wit::Level::Error,
+        };
+        let fields = fields
+            .into_iter()
+            .map(|f| wit::Field {
+                key: f.key,
+                value: match f.value {
+                    wit01::Value::Str(s) => wit::Value::Str(s),
+                    wit01::Value::Int(i) => wit::Value::Int(i),
+                    wit01::Value::Float(x) => wit::Value::Float(x),
+                    wit01::Value::Boolean(b) => wit::Value::Boolean(b),
+                },
+            })
+            .collect();
+        wit::Host::emit(self, level, message, fields);
+    }
+}
+
+/// Links both contracts' `log`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<HostState, HasSelf<LogState>>(linker, |s| &mut s.log)
+    wit::add_to_linker::<HostState, HasSelf<LogState>>(linker, |s| &mut s.log)?;
+    wit01::add_to_linker::<HostState, HasSelf<LogState>>(linker, |s| &mut s.log)
 }
 
 #[cfg(test)]

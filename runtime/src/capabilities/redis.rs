@@ -210,7 +210,41 @@ impl KvStore for RedisKv {
             self.run::<i64>(cmd).await.is_ok_and(|n| n > 0)
         })
     }
+
+    fn increment<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> KvFuture<'a, Result<i64, KvError>> {
+        Box::pin(async move {
+            self.limits.check(key, b"")?;
+            // One script, so the count and its window's expiry are set in
+            // one step: INCRBY, then PEXPIRE only if the key has none yet
+            // (it was just created), as the memory store does.
+            let ttl_ms = ttl.map_or(0, |t| t.as_micros().div_ceil(1000).min(MAX_TTL_MS));
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(INCREMENT_SCRIPT)
+                .arg(1)
+                .arg(self.key(namespace, key))
+                .arg(delta)
+                .arg(ttl_ms as u64);
+            self.run::<i64>(cmd).await.map_err(|e| {
+                if e.contains("not an integer") || e.contains("overflow") {
+                    KvError::Other("the entry does not hold an integer, or would overflow".into())
+                } else {
+                    KvError::Other(format!("store unavailable: {e}"))
+                }
+            })
+        })
+    }
 }
+
+/// `increment` on Redis: INCRBY, and the TTL for a counter that has none.
+const INCREMENT_SCRIPT: &str = "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) == -1 then \
+redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return v";
 
 /// Whether Redis answers, when to try again, and when a warning was last
 /// logged. Lock-free: every request goes through it.

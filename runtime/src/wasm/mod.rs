@@ -9,7 +9,10 @@
 
 mod cache;
 mod policy;
+mod snapshot;
 mod state;
+mod v01;
+mod v02;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,8 +25,8 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 pub use self::cache::{Source as CompileSource, sha256_hex};
 pub use self::policy::{
-    FailureMode, Instances, Policy, PolicyError, PolicyInstance, PolicyLimits, PolicySpec,
-    REUSE_MAX_USES,
+    Configured, Contract, FailureMode, HookError, Hooks, Instances, MessageError, Policy,
+    PolicyError, PolicyInstance, PolicyLimits, PolicySpec, REUSE_MAX_USES, Verdict,
 };
 pub use self::state::HostState;
 use crate::capabilities::{self, Services};
@@ -187,6 +190,9 @@ impl Runtime {
         capabilities::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking host capabilities")?;
+        v02::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking the message types")?;
         Ok(Arc::new(Self {
             shared,
             linker,
@@ -231,19 +237,21 @@ impl Runtime {
         Component::new(&self.shared.engine, bytes).map_err(anyhow::Error::from)
     }
 
-    /// Compiles, links and pre-instantiates a policy, then validates its
-    /// config by calling its `configure` hook once.
+    /// Compiles, links and pre-instantiates a policy, configures it (once,
+    /// snapshotted, for contract 0.2; validating the config for 0.1).
+    /// `wasm` is the component's file, `component` its compiled form.
     ///
     /// # Errors
-    /// Fails if the component does not implement this contract (the message
-    /// names the missing or mismatched item), imports something the host does
-    /// not grant, refuses its config, or traps.
+    /// Fails if the component does not implement a contract this host
+    /// knows (the message names the missing or mismatched item), imports
+    /// something the host does not grant, refuses its config, or traps.
     pub async fn load(
         self: &Arc<Self>,
         spec: PolicySpec,
         component: &Component,
+        wasm: &[u8],
     ) -> anyhow::Result<Arc<Policy>> {
-        Policy::new(self.clone(), spec, component).await
+        Policy::new(self.clone(), spec, component, wasm).await
     }
 
     /// What a component imports and exports, by interface name
@@ -262,13 +270,13 @@ impl Runtime {
         }
     }
 
-    /// Checks that a component implements this contract and imports nothing
-    /// the sidecar does not provide, without calling it.
+    /// Checks that a component implements a contract this host knows and
+    /// imports nothing the sidecar does not provide, without calling it.
     ///
     /// # Errors
     /// A message naming the missing export or the unresolvable import.
-    pub fn validate(&self, component: &Component) -> anyhow::Result<()> {
-        policy::pre_instantiate(&self.linker, component).map(drop)
+    pub fn validate(&self, component: &Component) -> anyhow::Result<Contract> {
+        policy::validate(&self.linker, self.engine(), component)
     }
 
     pub(crate) fn engine(&self) -> &Engine {

@@ -1,21 +1,28 @@
 //! A loaded policy ([`Policy`]) and its per-request instance ([`PolicyInstance`]).
+//!
+//! A policy is one of two kinds, told apart by what its component exports:
+//! contract 0.2 (the message stays on the host, see [`super::v02`]) or 0.1
+//! (records copied in and out, see [`super::v01`]). Everything else — the
+//! store, the limits, failure classification, reuse — is the same for both.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::state::{EpochWallClock, HostState, MemoryCap};
-use super::{EPOCH_TICK, Runtime};
-use crate::bindings::{self, Decision, Request, Response};
+use super::v02::MessageState;
+use super::{EPOCH_TICK, Runtime, snapshot, v01, v02};
+use crate::bindings;
 use crate::capabilities::Caller;
 use crate::capabilities::clock::ClockState;
 use crate::capabilities::kv::{KvQuota, KvQuotaExceeded, KvState};
 use crate::capabilities::log::LogState;
+use crate::message::{BodyError, Completion, Exchange, Response};
 
 /// What happens to a request when its policy fails (traps, times out, hits
 /// its memory cap).
@@ -113,15 +120,108 @@ pub enum PolicyError {
     Unavailable { policy: Arc<str>, detail: String },
 }
 
+/// The contract a component was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Contract {
+    #[serde(rename = "sidecar:policy@0.1.0")]
+    V01,
+    #[serde(rename = "sidecar:policy@0.2.0")]
+    V02,
+}
+
+impl Contract {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V01 => bindings::v01::CONTRACT,
+            Self::V02 => bindings::v02::CONTRACT,
+        }
+    }
+}
+
+/// The hooks a policy wants called besides the request hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Hooks {
+    pub on_response: bool,
+    pub on_complete: bool,
+}
+
+/// How a policy's instances come to be configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Configured {
+    /// `configure` ran once; instances start from a snapshot of the result.
+    Snapshot,
+    /// `configure` runs at the start of each instance: contract 0.1, or a
+    /// 0.2 component that could not be snapshotted.
+    PerInstance,
+}
+
+/// What a request hook decided.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on (the exchange holds any changes).
+    Continue,
+    /// The policy answered: skip later request hooks and the upstream.
+    Respond(Response),
+}
+
+/// Why a hook call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// The policy failed: its failure mode applies.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The message cannot be given to (or taken from) the policy: not the
+    /// policy's fault, the request fails as the error says.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+}
+
+/// A message that cannot go through a policy, whatever its failure mode.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("request body is larger than {limit} bytes")]
+    RequestBodyTooLarge { limit: usize },
+    #[error("upstream response is larger than {limit} bytes")]
+    ResponseBodyTooLarge { limit: usize },
+    /// A 0.1 policy takes header values as text.
+    #[error("{what} header `{name}` has a value that is not UTF-8")]
+    NotUtf8 { what: &'static str, name: String },
+    #[error("reading the request body failed: {0}")]
+    RequestBody(BodyError),
+    #[error("reading the upstream's response body failed: {0}")]
+    ResponseBody(BodyError),
+    /// The policy's answer or change is not valid HTTP.
+    #[error("policy `{policy}` produced an invalid {what}: {detail}")]
+    BadOutput {
+        policy: Arc<str>,
+        what: &'static str,
+        detail: String,
+    },
+}
+
+/// The compiled code a policy's instances come from.
+enum Kind {
+    V01(bindings::v01::PolicyPre<HostState>),
+    V02 {
+        pre: bindings::v02::PolicyPre<HostState>,
+        /// `configure` must run on each instance (no snapshot).
+        configure_each: bool,
+    },
+}
+
 /// A compiled, linked and pre-instantiated policy. Shared by all requests.
 pub struct Policy {
     name: Arc<str>,
     spec: PolicySpec,
-    pre: bindings::PolicyPre<HostState>,
+    kind: Kind,
+    hooks: Hooks,
     runtime: Arc<Runtime>,
     deadline_ticks: u64,
     /// Idle instances, with [`Instances::Reuse`].
     idle: Option<Arc<IdlePool>>,
+    /// Why a 0.2 component is configured per instance, if it is.
+    snapshot_skipped: Option<String>,
 }
 
 type IdlePool = Mutex<Vec<Warm>>;
@@ -130,8 +230,37 @@ impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
             .field("spec", &self.spec)
+            .field("contract", &self.contract())
+            .field("hooks", &self.hooks)
             .finish_non_exhaustive()
     }
+}
+
+/// Which contract `component` implements, from its exports.
+///
+/// # Errors
+/// It exports no `handler` of a contract this host knows.
+pub fn contract_of(engine: &wasmtime::Engine, component: &Component) -> anyhow::Result<Contract> {
+    let ty = component.component_type();
+    let mut handlers = Vec::new();
+    for (name, _) in ty.exports(engine) {
+        match name {
+            "sidecar:policy/handler@0.2.0" => return Ok(Contract::V02),
+            "sidecar:policy/handler@0.1.0" => return Ok(Contract::V01),
+            other if other.starts_with("sidecar:policy/handler") => handlers.push(other.to_owned()),
+            _ => {}
+        }
+    }
+    let found = if handlers.is_empty() {
+        "no `sidecar:policy/handler` export".to_owned()
+    } else {
+        format!("it exports {}", handlers.join(", "))
+    };
+    anyhow::bail!(
+        "the component does not export the `handler` interface of {} or {} ({found})",
+        bindings::v02::CONTRACT,
+        bindings::v01::CONTRACT
+    )
 }
 
 impl Policy {
@@ -139,6 +268,7 @@ impl Policy {
         runtime: Arc<Runtime>,
         spec: PolicySpec,
         component: &Component,
+        wasm: &[u8],
     ) -> anyhow::Result<Arc<Self>> {
         anyhow::ensure!(
             spec.limits.memory_bytes <= runtime.settings().max_memory_bytes,
@@ -146,25 +276,81 @@ impl Policy {
             spec.limits.memory_bytes,
             runtime.settings().max_memory_bytes
         );
-        let pre = pre_instantiate(runtime.linker(), component)?;
-        let spec_reuse = spec.instances;
+        let name: Arc<str> = spec.name.as_str().into();
         // +1: the current tick may be about to end.
         let deadline_ticks = (spec.limits.deadline.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1;
-        let policy = Arc::new(Self {
-            name: spec.name.as_str().into(),
+        let mut snapshot_skipped = None;
+        let (kind, hooks) = match contract_of(runtime.engine(), component)? {
+            Contract::V01 => (
+                Kind::V01(pre_instantiate_v01(runtime.linker(), component)?),
+                Hooks {
+                    on_response: true,
+                    on_complete: false,
+                },
+            ),
+            Contract::V02 => {
+                let caller = load_caller(&name);
+                let new_store = || new_store(&runtime, &spec, caller.clone(), deadline_ticks).0;
+                match snapshot::configure_once(&runtime, wasm, &spec.config_json, new_store).await {
+                    Ok(snap) => {
+                        let (snapshotted, _) = runtime
+                            .compile_cached(&snap.wasm)
+                            .context("compiling the configured snapshot")?;
+                        (
+                            Kind::V02 {
+                                pre: pre_instantiate_v02(runtime.linker(), &snapshotted)?,
+                                configure_each: false,
+                            },
+                            snap.hooks,
+                        )
+                    }
+                    Err(snapshot::Error::Refused(message)) => {
+                        return Err(PolicyError::ConfigRefused {
+                            policy: name,
+                            message,
+                        }
+                        .into());
+                    }
+                    Err(snapshot::Error::Failed(error)) => {
+                        return Err(classify(&name, &spec.limits, None, None, error).into());
+                    }
+                    Err(snapshot::Error::Unsupported(why)) => {
+                        // Still correct, only slower: `configure` per instance.
+                        snapshot_skipped = Some(format!("{why:#}"));
+                        (
+                            Kind::V02 {
+                                pre: pre_instantiate_v02(runtime.linker(), component)?,
+                                configure_each: true,
+                            },
+                            Hooks::default(),
+                        )
+                    }
+                }
+            }
+        };
+        let spec_reuse = spec.instances;
+        let mut policy = Self {
+            name: name.clone(),
             spec,
-            pre,
+            kind,
+            hooks,
             runtime,
             deadline_ticks,
             idle: (spec_reuse == Instances::Reuse).then(Default::default),
-        });
-        // Validate the config now, so a refused config stops the load
-        // instead of failing every request.
-        policy
-            .instantiate(&"(load)".into(), &"(load)".into())
+            snapshot_skipped,
+        };
+        // Validate the config now (and, for a snapshot, that it
+        // instantiates), so a refused config stops the load instead of
+        // failing every request.
+        let mut instance = policy
+            .fresh(load_caller(&name))
             .await
             .map_err(anyhow::Error::from)?;
-        Ok(policy)
+        if let Some(hooks) = instance.configured_hooks.take() {
+            policy.hooks = hooks;
+        }
+        drop(instance);
+        Ok(Arc::new(policy))
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -177,6 +363,33 @@ impl Policy {
 
     pub fn failure_mode(&self) -> FailureMode {
         self.spec.failure
+    }
+
+    pub fn contract(&self) -> Contract {
+        match self.kind {
+            Kind::V01(_) => Contract::V01,
+            Kind::V02 { .. } => Contract::V02,
+        }
+    }
+
+    /// The hooks it asked for besides the request hook.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
+    }
+
+    pub fn configured(&self) -> Configured {
+        match self.kind {
+            Kind::V02 {
+                configure_each: false,
+                ..
+            } => Configured::Snapshot,
+            _ => Configured::PerInstance,
+        }
+    }
+
+    /// Why a 0.2 policy is configured per instance instead of once.
+    pub fn snapshot_skipped(&self) -> Option<&str> {
+        self.snapshot_skipped.as_deref()
     }
 
     /// An instance for one request, already configured: a fresh one, or
@@ -202,59 +415,39 @@ impl Policy {
         if let Some(mut warm) = reused {
             // Log lines of this request carry this request's id.
             warm.store.data_mut().log.caller = caller;
-            return Ok(PolicyInstance {
-                policy: self.name.clone(),
-                limits: self.spec.limits,
-                deadline_ticks: self.deadline_ticks,
-                warm: Some(warm),
-                poisoned: false,
-                idle: self.idle.clone(),
-            });
+            return Ok(self.instance(warm));
         }
         self.fresh(caller).await
     }
 
+    fn instance(&self, warm: Warm) -> PolicyInstance {
+        PolicyInstance {
+            policy: self.name.clone(),
+            limits: self.spec.limits,
+            deadline_ticks: self.deadline_ticks,
+            warm: Some(warm),
+            poisoned: false,
+            idle: self.idle.clone(),
+            configured_hooks: None,
+        }
+    }
+
     async fn fresh(&self, caller: Caller) -> Result<PolicyInstance, PolicyError> {
-        let services = self.runtime.services();
-        // Panic messages land here, to be logged with the trap.
-        let stderr = MemoryOutputPipe::new(4096);
-        // Deny by default, said out loud: no preopened directories, no
-        // environment or arguments, no sockets, and no wall clock.
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .wall_clock(EpochWallClock)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let state = HostState {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: MemoryCap {
-                max_bytes: self.spec.limits.memory_bytes,
-                hit: false,
-            },
-            log: LogState {
-                sink: services.log.clone(),
-                clock: services.clock.clone(),
-                caller,
-            },
-            kv: KvState {
-                store: services.kv.clone(),
-                namespace: self.name.clone(),
-                quota: KvQuota::new(self.spec.limits.kv_ops, self.spec.limits.kv_bytes),
-            },
-            clock: ClockState {
-                clock: services.clock.clone(),
-            },
+        let (mut store, stderr) = new_store(&self.runtime, &self.spec, caller, self.deadline_ticks);
+        let instantiated = match &self.kind {
+            Kind::V01(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V01),
+            Kind::V02 { pre, .. } => pre.instantiate_async(&mut store).await.map(Bindings::V02),
         };
-        let mut store = Store::new(self.runtime.engine(), state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.deadline_ticks);
-        let bindings = match self.pre.instantiate_async(&mut store).await {
+        let bindings = match instantiated {
             Ok(b) => b,
             Err(e) if store.data().limiter.hit || e.downcast_ref::<Trap>().is_some() => {
-                return Err(classify(&self.name, &self.spec.limits, &store, &stderr, e));
+                return Err(classify(
+                    &self.name,
+                    &self.spec.limits,
+                    Some(&store),
+                    Some(&stderr),
+                    e,
+                ));
             }
             Err(e) => {
                 return Err(PolicyError::Unavailable {
@@ -263,53 +456,140 @@ impl Policy {
                 });
             }
         };
-        let mut instance = PolicyInstance {
-            policy: self.name.clone(),
-            limits: self.spec.limits,
-            deadline_ticks: self.deadline_ticks,
-            warm: Some(Warm {
-                store,
-                bindings,
-                stderr,
-                uses: 0,
-            }),
-            poisoned: false,
-            idle: self.idle.clone(),
+        let mut instance = self.instance(Warm {
+            store,
+            bindings,
+            stderr,
+            uses: 0,
+        });
+        let configure_each = match self.kind {
+            Kind::V01(_) => true,
+            Kind::V02 { configure_each, .. } => configure_each,
         };
-        let config = self.spec.config_json.as_str();
-        let warm = instance.enter()?;
-        let configured = warm
-            .bindings
-            .sidecar_policy_handler()
-            .call_configure(&mut warm.store, config)
-            .await;
-        instance
-            .outcome(configured)?
-            .map_err(|message| PolicyError::ConfigRefused {
-                policy: self.name.clone(),
-                message,
-            })?;
+        if configure_each {
+            instance.configure(&self.spec.config_json).await?;
+        }
         Ok(instance)
     }
 }
 
-/// Links `component` against the host and checks its exports.
-pub(super) fn pre_instantiate(
+/// The caller of load-time calls.
+fn load_caller(name: &Arc<str>) -> Caller {
+    Caller {
+        policy: name.clone(),
+        route: "(load)".into(),
+        request_id: "(load)".into(),
+    }
+}
+
+/// A store for one instance: WASI with nothing granted, the capabilities,
+/// the memory cap and the deadline.
+pub(super) fn new_store(
+    runtime: &Runtime,
+    spec: &PolicySpec,
+    caller: Caller,
+    deadline_ticks: u64,
+) -> (Store<HostState>, MemoryOutputPipe) {
+    let services = runtime.services();
+    // Panic messages land here, to be logged with the trap.
+    let stderr = MemoryOutputPipe::new(4096);
+    // Deny by default, said out loud: no preopened directories, no
+    // environment or arguments, no sockets, and no wall clock.
+    let wasi = WasiCtxBuilder::new()
+        .stderr(stderr.clone())
+        .wall_clock(EpochWallClock)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let state = HostState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: MemoryCap {
+            max_bytes: spec.limits.memory_bytes,
+            hit: false,
+        },
+        log: LogState {
+            sink: services.log.clone(),
+            clock: services.clock.clone(),
+            caller,
+        },
+        kv: KvState {
+            store: services.kv.clone(),
+            namespace: spec.name.as_str().into(),
+            quota: KvQuota::new(spec.limits.kv_ops, spec.limits.kv_bytes),
+        },
+        clock: ClockState {
+            clock: services.clock.clone(),
+        },
+        message: MessageState::default(),
+    };
+    let mut store = Store::new(runtime.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(deadline_ticks);
+    // At the deadline: time the call spent waiting for a body (host I/O,
+    // not the policy's work) is given back once; then the call is over.
+    store.epoch_deadline_callback(|mut cx| {
+        let credit = std::mem::take(&mut cx.data_mut().message.io_credit_ticks);
+        if credit > 0 {
+            Ok(UpdateDeadline::Continue(credit))
+        } else {
+            Err(Trap::Interrupt.into())
+        }
+    });
+    (store, stderr)
+}
+
+/// Links a 0.1 component against the host.
+fn pre_instantiate_v01(
     linker: &wasmtime::component::Linker<HostState>,
     component: &Component,
-) -> anyhow::Result<bindings::PolicyPre<HostState>> {
+) -> anyhow::Result<bindings::v01::PolicyPre<HostState>> {
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)
         .context("the component imports something the sidecar does not provide")?;
-    bindings::PolicyPre::new(instance_pre)
+    bindings::v01::PolicyPre::new(instance_pre)
         .map_err(anyhow::Error::from)
         .with_context(|| {
             format!(
-                "the component does not export the `handler` interface of {}",
-                bindings::CONTRACT
+                "the component's `handler` does not match {}",
+                bindings::v01::CONTRACT
             )
         })
+}
+
+/// Links a 0.2 component against the host.
+pub(super) fn pre_instantiate_v02(
+    linker: &wasmtime::component::Linker<HostState>,
+    component: &Component,
+) -> anyhow::Result<bindings::v02::PolicyPre<HostState>> {
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .context("the component imports something the sidecar does not provide")?;
+    bindings::v02::PolicyPre::new(instance_pre)
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "the component's `handler` does not match {}",
+                bindings::v02::CONTRACT
+            )
+        })
+}
+
+/// Links `component` against the host and checks its exports.
+pub(super) fn validate(
+    linker: &wasmtime::component::Linker<HostState>,
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> anyhow::Result<Contract> {
+    let contract = contract_of(engine, component)?;
+    match contract {
+        Contract::V01 => pre_instantiate_v01(linker, component).map(drop)?,
+        Contract::V02 => pre_instantiate_v02(linker, component).map(drop)?,
+    }
+    Ok(contract)
 }
 
 /// One policy's instance for one request. Dropping it frees the slot, or
@@ -324,13 +604,21 @@ pub struct PolicyInstance {
     poisoned: bool,
     /// Where to park it when dropped, with [`Instances::Reuse`].
     idle: Option<Arc<IdlePool>>,
+    /// What a per-instance `configure` of a 0.2 component returned.
+    configured_hooks: Option<Hooks>,
+}
+
+/// The typed exports of an instance.
+enum Bindings {
+    V01(bindings::v01::Policy),
+    V02(bindings::v02::Policy),
 }
 
 /// An instantiated and configured component, with what it needs to be
 /// called again.
 struct Warm {
     store: Store<HostState>,
-    bindings: bindings::Policy,
+    bindings: Bindings,
     stderr: MemoryOutputPipe,
     /// Request hooks called so far (the instance that validated the
     /// config at load time serves the first request, as if fresh).
@@ -357,39 +645,124 @@ impl PolicyInstance {
         &self.policy
     }
 
-    /// Calls the request hook.
+    async fn configure(&mut self, config: &str) -> Result<(), PolicyError> {
+        let policy = self.policy.clone();
+        let warm = self.enter()?;
+        let refused = |message| PolicyError::ConfigRefused {
+            policy: policy.clone(),
+            message,
+        };
+        match &warm.bindings {
+            Bindings::V01(b) => {
+                let called = b
+                    .sidecar_policy_handler()
+                    .call_configure(&mut warm.store, config)
+                    .await;
+                self.outcome(called)?.map_err(refused)
+            }
+            Bindings::V02(b) => {
+                let called = b
+                    .sidecar_policy_handler()
+                    .call_configure(&mut warm.store, config)
+                    .await;
+                let hooks = self.outcome(called)?.map_err(refused)?;
+                self.configured_hooks = Some(v02::hooks(hooks));
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls the request hook on `exchange`'s request.
     ///
     /// # Errors
-    /// [`PolicyError`] if the hook traps, times out or hits the memory cap.
-    pub async fn on_request(&mut self, req: &Request) -> Result<Decision, PolicyError> {
+    /// [`HookError::Policy`] if the hook traps, times out or hits the memory
+    /// cap; [`HookError::Message`] if the request cannot be given to the
+    /// policy or its answer is not valid HTTP.
+    pub async fn on_request(&mut self, exchange: &mut Exchange) -> Result<Verdict, HookError> {
+        let policy = self.policy.clone();
         let warm = self.enter()?;
         warm.uses += 1;
         // Each request gets the whole quota (on a reused instance too).
         warm.store.data_mut().kv.quota.reset();
-        let result = warm
-            .bindings
-            .sidecar_policy_handler()
-            .call_on_request(&mut warm.store, req)
-            .await;
-        self.outcome(result)
+        match &warm.bindings {
+            Bindings::V01(b) => {
+                let request = v01::request_record(exchange)?;
+                let called = b
+                    .sidecar_policy_handler()
+                    .call_on_request(&mut warm.store, &request)
+                    .await;
+                let decision = self.outcome(called)?;
+                Ok(v01::apply_decision(&policy, exchange, decision)?)
+            }
+            Bindings::V02(b) => {
+                v02::lend(&mut warm.store, exchange);
+                let called = b
+                    .sidecar_policy_handler()
+                    .call_on_request(&mut warm.store, v02::request())
+                    .await;
+                v02::take_back(&mut warm.store, exchange);
+                let decision = self.outcome(called)?;
+                Ok(v02::verdict(&policy, decision)?)
+            }
+        }
     }
 
-    /// Calls the response hook.
+    /// Calls the response hook on `exchange`'s response (which must be set).
     ///
     /// # Errors
     /// As [`PolicyInstance::on_request`].
-    pub async fn on_response(
-        &mut self,
-        req: &Request,
-        resp: &Response,
-    ) -> Result<Response, PolicyError> {
+    pub async fn on_response(&mut self, exchange: &mut Exchange) -> Result<(), HookError> {
+        let policy = self.policy.clone();
         let warm = self.enter()?;
-        let result = warm
-            .bindings
+        match &warm.bindings {
+            Bindings::V01(b) => {
+                let request = v01::request_record(exchange)?;
+                let response = v01::response_record(exchange)?;
+                let called = b
+                    .sidecar_policy_handler()
+                    .call_on_response(&mut warm.store, &request, &response)
+                    .await;
+                let answer = self.outcome(called)?;
+                Ok(v01::apply_response(&policy, exchange, answer)?)
+            }
+            Bindings::V02(b) => {
+                v02::lend(&mut warm.store, exchange);
+                let called = b
+                    .sidecar_policy_handler()
+                    .call_on_response(&mut warm.store, v02::request(), v02::response())
+                    .await;
+                v02::take_back(&mut warm.store, exchange);
+                self.outcome(called)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls the completion hook (0.2 only; a no-op for 0.1).
+    ///
+    /// # Errors
+    /// [`PolicyError`] as for the other hooks.
+    pub async fn on_complete(
+        &mut self,
+        exchange: &mut Exchange,
+        info: &Completion,
+    ) -> Result<(), PolicyError> {
+        let warm = self.enter()?;
+        let Bindings::V02(b) = &warm.bindings else {
+            return Ok(());
+        };
+        v02::lend(&mut warm.store, exchange);
+        let called = b
             .sidecar_policy_handler()
-            .call_on_response(&mut warm.store, req, resp)
+            .call_on_complete(
+                &mut warm.store,
+                v02::request(),
+                v02::response(),
+                &v02::completion(info),
+            )
             .await;
-        self.outcome(result)
+        v02::take_back(&mut warm.store, exchange);
+        self.outcome(called)
     }
 
     /// Readies the store for a call: refuses a trapped instance, and gives
@@ -398,6 +771,7 @@ impl PolicyInstance {
         match &mut self.warm {
             Some(warm) if !self.poisoned => {
                 warm.store.set_epoch_deadline(self.deadline_ticks);
+                warm.store.data_mut().message.io_credit_ticks = 0;
                 Ok(warm)
             }
             _ => Err(PolicyError::Trapped {
@@ -412,20 +786,26 @@ impl PolicyInstance {
         result.map_err(|e| {
             self.poisoned = true;
             let warm = self.warm.as_ref().expect("present until dropped");
-            classify(&self.policy, &self.limits, &warm.store, &warm.stderr, e)
+            classify(
+                &self.policy,
+                &self.limits,
+                Some(&warm.store),
+                Some(&warm.stderr),
+                e,
+            )
         })
     }
 }
 
-fn classify(
+pub(super) fn classify(
     policy: &Arc<str>,
     limits: &PolicyLimits,
-    store: &Store<HostState>,
-    stderr: &MemoryOutputPipe,
+    store: Option<&Store<HostState>>,
+    stderr: Option<&MemoryOutputPipe>,
     error: wasmtime::Error,
 ) -> PolicyError {
     let policy = policy.clone();
-    if store.data().limiter.hit {
+    if store.is_some_and(|s| s.data().limiter.hit) {
         return PolicyError::MemoryCap {
             policy,
             limit: limits.memory_bytes,
@@ -444,7 +824,7 @@ fn classify(
         };
     }
     let mut detail = format!("{error:#}");
-    let printed = stderr.contents();
+    let printed = stderr.map(MemoryOutputPipe::contents).unwrap_or_default();
     if !printed.is_empty() {
         detail.push_str("; stderr: ");
         detail.push_str(String::from_utf8_lossy(&printed).trim());

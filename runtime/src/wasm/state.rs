@@ -8,6 +8,7 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use crate::capabilities::clock::ClockState;
 use crate::capabilities::kv::KvState;
 use crate::capabilities::log::LogState;
+use crate::wasm::v02::MessageState;
 
 /// The data of one policy instance's `Store`.
 pub struct HostState {
@@ -17,6 +18,8 @@ pub struct HostState {
     pub(crate) log: LogState,
     pub(crate) kv: KvState,
     pub(crate) clock: ClockState,
+    /// The exchange, while a 0.2 hook is being called.
+    pub(crate) message: MessageState,
 }
 
 impl WasiView for HostState {
