@@ -7,7 +7,7 @@
 //! let upstream = response(200).header("cache-control", "max-age=60").body("hello");
 //! ```
 
-use sidecar_runtime::bindings::{Header, Request, Response};
+use crate::{Header, Request, Response};
 
 /// Builds a [`Request`]. Defaults: route `test`, client `127.0.0.1:40000`,
 /// an `x-request-id` of `test-request`, no body.

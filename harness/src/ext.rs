@@ -1,6 +1,6 @@
 //! Assertion helpers on the contract's types.
 
-use sidecar_runtime::bindings::{Decision, Header, Request, Response};
+use crate::{Decision, Header, Request, Response};
 use sidecar_runtime::capabilities::{FieldValue, LogRecord};
 
 /// Reading a [`Decision`].

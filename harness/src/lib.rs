@@ -24,6 +24,7 @@
 pub mod builders;
 pub mod cargo;
 pub mod ext;
+mod types;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,13 +32,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sidecar_runtime::capabilities::{Clock, KvLimits, LogRecord, Services};
+use sidecar_runtime::message::{Completion, Exchange, Phase};
 use sidecar_runtime::wasm::{
-    Component, EngineSettings, FailureMode, Policy, PolicySpec, Runtime, SharedEngine,
+    Component, EngineSettings, FailureMode, Policy, PolicyInstance, PolicySpec, Runtime,
+    SharedEngine, Verdict,
 };
 
-pub use sidecar_runtime::bindings::{Decision, Header, Request, Response};
+pub use self::types::{Decision, Header, Request, Response};
 pub use sidecar_runtime::capabilities::{FieldValue, Level, ManualClock, MemoryKv, MemorySink};
-pub use sidecar_runtime::wasm::{PolicyError, PolicyLimits};
+pub use sidecar_runtime::message::BodyLimits;
+pub use sidecar_runtime::wasm::{
+    Configured as ConfiguredBy, Contract, HookError, Hooks, MessageError, PolicyError,
+    PolicyLimits,
+};
 
 pub use self::builders::{
     RequestBuilder, ResponseBuilder, delete, get, post, put, request, response,
@@ -69,11 +76,15 @@ pub struct Harness {
     rt: tokio::runtime::Runtime,
     runtime: Arc<Runtime>,
     component: Component,
+    /// The component's bytes: a 0.2 policy is snapshotted from them.
+    wasm: Arc<Vec<u8>>,
+    contract: Contract,
     clock: Arc<ManualClock>,
     kv: Arc<MemoryKv>,
     logs: Arc<MemorySink>,
     name: String,
     limits: PolicyLimits,
+    body_limits: BodyLimits,
 }
 
 impl std::fmt::Debug for Harness {
@@ -139,16 +150,33 @@ impl Harness {
         let runtime =
             Runtime::with_engine(shared_engine()?, services).map_err(HarnessError::Load)?;
         let component = compiled(&runtime, bytes)?;
+        let contract = runtime.validate(&component).map_err(HarnessError::Load)?;
         Ok(Self {
             rt,
             runtime,
             component,
+            wasm: Arc::new(bytes.to_vec()),
+            contract,
             clock,
             kv,
             logs,
             name: "policy".into(),
             limits: PolicyLimits::default(),
+            body_limits: BodyLimits::default(),
         })
+    }
+
+    /// What the sidecar lets a policy buffer (default: the sidecar's
+    /// defaults): a body read beyond `policy_max` is too large.
+    #[must_use]
+    pub fn with_body_limits(mut self, limits: BodyLimits) -> Self {
+        self.body_limits = limits;
+        self
+    }
+
+    /// The contract the component was built against.
+    pub fn contract(&self) -> Contract {
+        self.contract
     }
 
     /// The policy's name: its store namespace and its tag in log lines
@@ -184,7 +212,7 @@ impl Harness {
         };
         let policy = self
             .rt
-            .block_on(self.runtime.load(spec, &self.component))
+            .block_on(self.runtime.load(spec, &self.component, &self.wasm))
             .map_err(|e| match e.downcast::<PolicyError>() {
                 Ok(PolicyError::ConfigRefused { message, .. }) => {
                     HarnessError::ConfigRefused(message)
@@ -278,65 +306,128 @@ pub struct RoundTrip {
     pub decision: Decision,
     /// The request as it would go upstream (`None` if the policy answered).
     pub forwarded: Option<Request>,
-    /// The response after the response hook: the upstream's when the policy
-    /// continued, its own answer when it responded.
+    /// The response after the response hook (if the policy asked for it):
+    /// the upstream's when the policy continued, its own answer when it
+    /// responded.
     pub response: Response,
+    /// What the completion hook was told, if the policy asked for it.
+    pub completion: Option<Completion>,
 }
 
 impl Configured<'_> {
+    /// The hooks the policy asked for besides the request hook.
+    pub fn hooks(&self) -> Hooks {
+        self.policy.hooks()
+    }
+
+    /// Whether `configure` ran once (snapshot) or runs per instance.
+    pub fn configured_by(&self) -> ConfiguredBy {
+        self.policy.configured()
+    }
+
     /// Calls the request hook on a fresh instance.
     ///
     /// # Errors
-    /// [`PolicyError`] if the hook traps, times out or hits the memory cap.
-    pub fn on_request(&self, req: impl Into<Request>) -> Result<Decision, PolicyError> {
+    /// [`HookError::Policy`] if the hook traps, times out or hits the memory
+    /// cap; [`HookError::Message`] if its answer is not valid HTTP.
+    ///
+    /// # Panics
+    /// If `req` is not a valid HTTP request (a mistake in the test).
+    pub fn on_request(&self, req: impl Into<Request>) -> Result<Decision, HookError> {
         let req = req.into();
         self.harness.rt.block_on(async {
-            let mut instance = self
-                .policy
-                .instantiate(&req.route.as_str().into(), &request_id(&req))
-                .await?;
-            instance.on_request(&req).await
+            let (mut instance, mut ex) = self.start(&req).await?;
+            let verdict = instance.on_request(&mut ex).await?;
+            Ok(decision(verdict, &ex, &req))
         })
     }
 
     /// Runs a whole request through the policy, as the sidecar does: the
     /// request hook, then (unless it answered) `upstream` as the upstream's
-    /// response, then the response hook on the same instance.
+    /// response, then the response hook and the completion hook on the same
+    /// instance, each if the policy asked for it.
     ///
     /// # Errors
     /// As [`Configured::on_request`].
+    ///
+    /// # Panics
+    /// If `req` or `upstream` is not valid HTTP (a mistake in the test).
     pub fn round_trip(
         &self,
         req: impl Into<Request>,
         upstream: impl Into<Response>,
-    ) -> Result<RoundTrip, PolicyError> {
+    ) -> Result<RoundTrip, HookError> {
         let req = req.into();
         let upstream = upstream.into();
         self.harness.rt.block_on(async {
-            let mut instance = self
-                .policy
-                .instantiate(&req.route.as_str().into(), &request_id(&req))
-                .await?;
-            let decision = instance.on_request(&req).await?;
-            let (seen, forwarded, answer) = match &decision {
-                Decision::Continue(None) => (req.clone(), Some(req), upstream),
-                Decision::Continue(Some(changed)) => {
-                    (changed.clone(), Some(changed.clone()), upstream)
+            let (mut instance, mut ex) = self.start(&req).await?;
+            let verdict = instance.on_request(&mut ex).await?;
+            let decision = decision(verdict, &ex, &req);
+            let forwarded = match &decision {
+                Decision::Respond(answer) => {
+                    ex.response = Some(types::upstream(answer).expect("checked by the runtime"));
+                    None
                 }
-                Decision::Respond(resp) => (req, None, resp.clone()),
+                Decision::Continue(_) => {
+                    ex.response =
+                        Some(types::upstream(&upstream).unwrap_or_else(|e| panic!("{e:#}")));
+                    Some(types::request_of(&ex, &req))
+                }
             };
-            let response = instance.on_response(&seen, &answer).await?;
+            let hooks = self.policy.hooks();
+            ex.phase = Phase::Response;
+            if hooks.on_response {
+                instance.on_response(&mut ex).await?;
+            }
+            let response = types::response_of(ex.response.as_ref().expect("set above"));
+            let completion = if hooks.on_complete {
+                let info = Completion {
+                    status: response.status,
+                    request_body_bytes: req.body.len() as u64,
+                    response_body_bytes: response.body.len() as u64,
+                    duration: Duration::ZERO,
+                    complete: true,
+                    error: None,
+                };
+                ex.phase = Phase::Complete;
+                instance.on_complete(&mut ex, &info).await?;
+                Some(info)
+            } else {
+                None
+            };
             Ok(RoundTrip {
                 decision,
                 forwarded,
                 response,
+                completion,
             })
         })
+    }
+
+    /// A fresh instance and the exchange for `req`.
+    async fn start(&self, req: &Request) -> Result<(PolicyInstance, Exchange), HookError> {
+        let ex = types::exchange(req, self.harness.body_limits).unwrap_or_else(|e| panic!("{e:#}"));
+        let instance = self
+            .policy
+            .instantiate(&ex.request.route, &ex.request.request_id)
+            .await?;
+        Ok((instance, ex))
     }
 
     /// The harness this policy runs in (clock, store, logs).
     pub fn harness(&self) -> &Harness {
         self.harness
+    }
+}
+
+/// The request hook's verdict as a test sees it.
+fn decision(verdict: Verdict, ex: &Exchange, original: &Request) -> Decision {
+    match verdict {
+        Verdict::Respond(answer) => Decision::Respond(types::response_of(&answer)),
+        Verdict::Continue => {
+            let now = types::request_of(ex, original);
+            Decision::Continue((now != *original).then_some(now))
+        }
     }
 }
 
@@ -370,12 +461,6 @@ fn compiled(runtime: &Runtime, bytes: &[u8]) -> Result<Component, HarnessError> 
     Ok(component)
 }
 
-fn request_id(req: &Request) -> Arc<str> {
-    req.headers
-        .iter()
-        .find(|h| h.name == "x-request-id")
-        .map_or_else(|| "test-request".into(), |h| h.value.as_str().into())
-}
 
 #[cfg(test)]
 mod tests;

@@ -53,9 +53,18 @@ fn traps_deadlines_and_memory_caps_are_typed_errors_under_production_limits() {
             .on_request(get("/"))
             .unwrap_err()
     };
-    assert!(matches!(call("trap"), PolicyError::Trapped { .. }));
-    assert!(matches!(call("loop"), PolicyError::TimedOut { .. }));
-    assert!(matches!(call("alloc"), PolicyError::MemoryCap { .. }));
+    assert!(matches!(
+        call("trap"),
+        HookError::Policy(PolicyError::Trapped { .. })
+    ));
+    assert!(matches!(
+        call("loop"),
+        HookError::Policy(PolicyError::TimedOut { .. })
+    ));
+    assert!(matches!(
+        call("alloc"),
+        HookError::Policy(PolicyError::MemoryCap { .. })
+    ));
 }
 
 #[test]
