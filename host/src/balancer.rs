@@ -31,13 +31,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{Method, Uri};
-use http_body_util::Full;
+use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::gateway::Gateway;
 use crate::metrics::{Metrics, upstream_error_kind};
+use crate::message::{Body, BoxBody};
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// How a route picks an endpoint.
@@ -240,9 +240,12 @@ impl Upstreams {
         self.endpoints.iter().map(|e| e.label.as_str())
     }
 
-    /// Sends the request that `request_for` builds for an endpoint, retrying
-    /// as the module docs say, all within `timeout`; each answer is read
-    /// whole, at most `max_response_bytes`.
+    /// Sends the request that `request_for` builds for an endpoint with
+    /// `body`, retrying as the module docs say, all within `timeout` (the
+    /// time to the response head; the body streams after it).
+    ///
+    /// A body that is not all buffered can be sent once only: such a request
+    /// is never retried (a replay would need the bytes already streamed).
     ///
     /// # Errors
     /// What `request_for` returns, or the last attempt's [`UpstreamError`]
@@ -251,28 +254,33 @@ impl Upstreams {
         &self,
         client: &UpstreamClient,
         metrics: &Metrics,
-        request_for: impl Fn(&Uri) -> Result<http::Request<Full<Bytes>>, E>,
+        request_for: impl Fn(&Uri, BoxBody) -> Result<http::Request<BoxBody>, E>,
+        body: Body,
         timeout: Duration,
-        max_response_bytes: usize,
-    ) -> Result<(http::response::Parts, Bytes), E> {
+    ) -> Result<http::Response<Incoming>, E> {
         let deadline = Instant::now() + timeout;
         self.budget.deposit(Instant::now());
         let mut tried = Vec::new();
+        // `Some` while a copy can still be sent.
+        let mut body = Some(body);
         loop {
             let i = self.pick(&tried, Instant::now());
             let endpoint = &self.endpoints[i];
-            let request = request_for(&endpoint.uri)?;
+            let this = body.take().expect("only retried while a body is left");
+            // A buffered body is kept for a retry; a stream goes once.
+            body = this.try_clone();
+            let request = request_for(&endpoint.uri, this.into_stream())?;
             let idempotent = is_idempotent(request.method());
             let left = deadline.saturating_duration_since(Instant::now());
             let result = {
                 let _in_flight = InFlight::enter(&endpoint.state.in_flight);
-                client.send(request, left, max_response_bytes).await
+                client.send(request, left).await
             };
             let result = result.map_err(|e| match e {
                 UpstreamError::Timeout(_) => UpstreamError::Timeout(timeout),
                 other => other,
             });
-            self.record(endpoint, &result, metrics);
+            self.record(endpoint, result.as_ref().map(|r| r.status()), metrics);
             let error = match result {
                 Ok(answer) => return Ok(answer),
                 Err(error) => error,
@@ -282,7 +290,8 @@ impl Upstreams {
                 UpstreamError::Unreachable(_) => true,
                 UpstreamError::Unavailable(_) => idempotent,
                 _ => false,
-            } && tried.len() <= self.settings.retries as usize
+            } && body.is_some()
+                && tried.len() <= self.settings.retries as usize
                 && Instant::now() < deadline;
             if !retryable {
                 return Err(error.into());
@@ -338,11 +347,11 @@ impl Upstreams {
     fn record(
         &self,
         endpoint: &Endpoint,
-        result: &Result<(http::response::Parts, Bytes), UpstreamError>,
+        result: Result<http::StatusCode, &UpstreamError>,
         metrics: &Metrics,
     ) {
         let outcome = match result {
-            Ok((parts, _)) if matches!(parts.status.as_u16(), 502..=504) => "gateway_error",
+            Ok(status) if matches!(status.as_u16(), 502..=504) => "gateway_error",
             Ok(_) => "ok",
             Err(e) => upstream_error_kind(e),
         };
@@ -465,16 +474,16 @@ async fn probe(uri: &Uri, check: &HealthCheck, client: &UpstreamClient) -> Resul
         .path_and_query(check.path.as_str())
         .build()
         .map_err(|e| e.to_string())?;
-    let mut request = http::Request::new(Full::new(Bytes::new()));
+    let mut request = http::Request::new(Body::empty().into_stream());
     *request.uri_mut() = target;
     request.headers_mut().insert(
         http::header::USER_AGENT,
         http::HeaderValue::from_static("sidecar-health-check"),
     );
     // A health answer has no business being large.
-    match client.send(request, check.timeout, 64 * 1024).await {
-        Ok((parts, _)) if parts.status.is_success() => Ok(()),
-        Ok((parts, _)) => Err(format!("status {}", parts.status.as_u16())),
+    match client.send(request, check.timeout).await {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => Err(format!("status {}", resp.status().as_u16())),
         Err(e) => Err(e.to_string()),
     }
 }

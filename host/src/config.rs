@@ -83,14 +83,31 @@ pub struct ReloadSettings {
 /// Limits of the HTTP side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxySettings {
-    /// Larger request bodies are refused with 413 before any policy runs.
+    /// On a route with a 0.1 policy (bodies buffered whole), larger request
+    /// bodies are refused with 413 before any policy runs.
     pub max_body_bytes: usize,
-    /// Larger upstream responses become 502 (policies see whole bodies).
+    /// On a route with a 0.1 policy, larger upstream responses become 502.
     pub max_response_bytes: usize,
-    /// Default upstream timeout (headers and body), per route overridable.
+    /// The most of one body a 0.2 policy may have buffered; beyond it the
+    /// policy is told the body is too large, and it streams on.
+    pub max_policy_body_bytes: usize,
+    /// Default upstream timeout (to the response head; the body then
+    /// streams without one), per route overridable.
     pub upstream_timeout: Duration,
     /// How many retries each route may make (see [`crate::balancer`]).
     pub retry_budget: RetryBudgetSettings,
+}
+
+impl ProxySettings {
+    /// What the chain may buffer for policies.
+    pub fn body_limits(&self) -> crate::message::BodyLimits {
+        crate::message::BodyLimits {
+            policy_max: self.max_policy_body_bytes,
+            v01_request: self.max_body_bytes,
+            v01_response: self.max_response_bytes,
+            idle: self.upstream_timeout,
+        }
+    }
 }
 
 impl Default for ProxySettings {
@@ -98,6 +115,7 @@ impl Default for ProxySettings {
         Self {
             max_body_bytes: 1024 * 1024,
             max_response_bytes: 10 * 1024 * 1024,
+            max_policy_body_bytes: 16 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(30),
             retry_budget: RetryBudgetSettings::default(),
         }
@@ -282,6 +300,7 @@ struct RawUpstreamTls {
 struct RawProxy {
     max_body_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
+    max_policy_body_bytes: Option<usize>,
     upstream_timeout_ms: Option<u64>,
     retry_budget_percent: Option<u32>,
     retry_budget_min_per_sec: Option<u32>,
@@ -422,6 +441,11 @@ fn validate(
             .unwrap_or(defaults.max_body_bytes),
         max_response_bytes: positive("proxy.max_response_bytes", raw.proxy.max_response_bytes)?
             .unwrap_or(defaults.max_response_bytes),
+        max_policy_body_bytes: positive(
+            "proxy.max_policy_body_bytes",
+            raw.proxy.max_policy_body_bytes,
+        )?
+        .unwrap_or(defaults.max_policy_body_bytes),
         upstream_timeout: positive("proxy.upstream_timeout_ms", raw.proxy.upstream_timeout_ms)?
             .map_or(defaults.upstream_timeout, Duration::from_millis),
         retry_budget: retry_budget(&raw.proxy)?,

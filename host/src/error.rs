@@ -7,9 +7,9 @@
 use axum::response::IntoResponse;
 use http::{HeaderValue, StatusCode, header};
 
-use crate::bindings::{Header, Response};
+use crate::message::{BodyError, Response};
 use crate::upstream::UpstreamError;
-use crate::wasm::PolicyError;
+use crate::wasm::{MessageError, PolicyError};
 
 /// Everything that can stop a request inside the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,9 @@ pub enum SidecarError {
     BadRequest(String),
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// The client's body broke off or stalled while the sidecar read it.
+    #[error("the request body could not be read: {0}")]
+    RequestBody(BodyError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error("policies of route `{route}` produced an invalid {what}: {detail}")]
@@ -42,6 +45,8 @@ impl SidecarError {
             Self::NoRoute | Self::NoUpstream { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestBody(BodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+            Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::Policy(_) | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadPolicyOutput { .. } => StatusCode::BAD_GATEWAY,
             Self::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -55,6 +60,8 @@ impl SidecarError {
             Self::NoUpstream { .. } => "not_found",
             Self::BadRequest(_) => "bad_request",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::RequestBody(BodyError::Timeout(_)) => "body_timeout",
+            Self::RequestBody(_) => "bad_request",
             Self::Policy(_) => "policy_failed",
             Self::Overloaded { .. } => "overloaded",
             Self::BadPolicyOutput { .. } => "bad_policy_output",
@@ -103,13 +110,45 @@ impl SidecarError {
     /// The error as a response that response hooks can still see (so an
     /// access log records a 502 or a 503 like any other answer).
     pub fn to_policy_response(&self) -> Response {
-        Response {
-            status: self.status().as_u16(),
-            headers: vec![Header {
-                name: "content-type".into(),
-                value: "application/json".into(),
-            }],
-            body: self.body(),
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Self::Overloaded { .. } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        Response::full(self.status(), headers, self.body().into())
+    }
+}
+
+impl SidecarError {
+    /// A message that could not go through a policy of route `route`.
+    pub fn from_message(e: MessageError, route: &str) -> Self {
+        match e {
+            MessageError::RequestBodyTooLarge { limit } => Self::BodyTooLarge { limit },
+            MessageError::ResponseBodyTooLarge { limit } => {
+                Self::Upstream(UpstreamError::ResponseTooLarge { limit })
+            }
+            MessageError::NotUtf8 { what: "request", name } => {
+                Self::BadRequest(format!("header `{name}` has a value that is not UTF-8"))
+            }
+            MessageError::NotUtf8 { name, .. } => Self::Upstream(UpstreamError::BadResponse(
+                format!("header `{name}` has a value that is not UTF-8"),
+            )),
+            MessageError::RequestBody(e) => Self::RequestBody(e),
+            MessageError::ResponseBody(e) => {
+                Self::Upstream(UpstreamError::BadResponse(format!("reading the body: {e}")))
+            }
+            MessageError::BadOutput {
+                policy,
+                what,
+                detail,
+            } => Self::BadPolicyOutput {
+                route: route.to_owned(),
+                what,
+                detail: format!("policy `{policy}`: {detail}"),
+            },
         }
     }
 }

@@ -14,7 +14,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 
 use crate::balancer::{Upstreams, UpstreamsView};
-use crate::bindings::CONTRACT;
 use crate::chain::Chain;
 use crate::config::{Config, ProxySettings};
 use crate::upstream::UpstreamClient;
@@ -58,6 +57,10 @@ pub struct PolicyInfo {
     pub failure: crate::wasm::FailureMode,
     /// Unix seconds.
     pub loaded_at: u64,
+    /// The hooks it asked for besides the request hook.
+    pub hooks: crate::wasm::Hooks,
+    /// Whether `configure` ran once (`snapshot`) or runs per instance.
+    pub configured: crate::wasm::Configured,
     /// `compiled`, or reused from the `memory` or `disk` compile cache.
     pub compiled_from: &'static str,
 }
@@ -113,15 +116,13 @@ impl Gateway {
                 instances: p.instances,
             };
             let policy = runtime
-                .load(spec, &component)
+                .load(spec, &component, &bytes)
                 .await
                 .with_context(|| format!("{file}: policy.{name} ({})", p.wasm.display()))?;
-            let contract = runtime
-                .describe(&component)
-                .exports
-                .iter()
-                .find_map(|e| e.strip_prefix("sidecar:policy/handler@"))
-                .map_or_else(|| CONTRACT.to_owned(), |v| format!("sidecar:policy@{v}"));
+            if let Some(why) = policy.snapshot_skipped() {
+                tracing::warn!(policy = %name, %why, "configure runs per instance: the component could not be snapshotted");
+            }
+            let contract = policy.contract().name().to_owned();
             infos.push(PolicyInfo {
                 name: name.clone(),
                 file: p.wasm.clone(),
@@ -131,6 +132,8 @@ impl Gateway {
                 loaded_at: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
+                hooks: policy.hooks(),
+                configured: policy.configured(),
                 compiled_from: match source {
                     CompileSource::Memory => "memory",
                     CompileSource::Disk => "disk",

@@ -2,7 +2,8 @@
 //! (WIT contract in `wit/policy.wit`) on every request it forwards.
 //!
 //! Layout, in the order a request meets it:
-//! - [`server`]: accept, route, and the request path top to bottom;
+//! - [`server`]: accept, limits, load shedding, the request's span;
+//! - [`proxy`]: the request path top to bottom, bodies streamed;
 //! - [`chain`]: a route's policies, request hooks in order, response hooks in
 //!   reverse;
 //! - [`wasm`], [`capabilities`], [`bindings`]: the policy host, from the
@@ -27,15 +28,14 @@ pub mod chain;
 pub mod config;
 pub mod convert;
 pub mod error;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod gateway;
 pub mod metrics;
 pub mod policy_cli;
+pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod shipping;
 pub mod tls;
 pub mod upstream;
 
-pub use sidecar_runtime::{bindings, capabilities, wasm};
+pub use sidecar_runtime::{bindings, capabilities, message, wasm};

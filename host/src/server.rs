@@ -1,7 +1,6 @@
-//! The sidecar's HTTP server and the request path, top to bottom:
-//!
-//! accept (TLS handshake if `[server.tls]`) → route → body (bounded) → request hooks in chain order →
-//! upstream (unless a policy answered) → response hooks in reverse → reply.
+//! The sidecar's HTTP server: accept (TLS handshake if `[server.tls]`),
+//! the `[server]` limits, load shedding, the request id and the request's
+//! span and metrics; the request path itself is [`crate::proxy`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,10 +12,8 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
 use http::{HeaderName, HeaderValue};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -24,10 +21,10 @@ use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::capabilities::Services;
-use crate::config::{Config, ProxySettings};
-use crate::convert;
+use crate::config::Config;
 use crate::error::SidecarError;
-use crate::gateway::{Gateway, Route};
+use crate::gateway::Gateway;
+use crate::proxy::{Shared, Tls};
 use crate::metrics::Metrics;
 use crate::tls::ListenerTls;
 use crate::upstream::UpstreamClient;
@@ -181,7 +178,13 @@ impl Sidecar {
         http.timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(settings.max_header_bytes);
-        let graceful = GracefulShutdown::new();
+        // Graceful shutdown by hand: hyper-util's watcher cannot hold a
+        // connection that may upgrade. `stop` tells connections to finish
+        // their request and close; each holds a `live` sender, so the
+        // receiver ends once the last one is gone.
+        let (stop, stopping) = watch::channel(false);
+        let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+        let is_tls = self.tls.is_some();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, client) = tokio::select! {
@@ -200,31 +203,36 @@ impl Sidecar {
                 .clone()
                 .map_request(move |mut req: http::Request<Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(client));
+                    req.extensions_mut().insert(Tls(is_tls));
                     req
                 });
             let service = TowerToHyperService::new(service);
             let http = http.clone();
             // Taken now, so a shutdown that starts during the handshake
             // still reaches this connection.
-            let watcher = graceful.watcher();
+            let mut stopping = stopping.clone();
+            let live = live.clone();
             // The handshake runs in the connection's task, never here: a
             // slow or hostile client cannot hold up accepting.
             let acceptor = self.tls.as_ref().map(|tls| tls.acceptor());
             let handshake_timeout = settings.header_read_timeout;
             tokio::spawn(async move {
+                let _live = live;
                 let served = match acceptor {
                     None => {
-                        watcher
-                            .watch(http.serve_connection(TokioIo::new(stream), service))
-                            .await
+                        let conn = http
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades();
+                        until_stopped!(conn, stopping)
                     }
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                         {
                             Ok(Ok(stream)) => {
-                                watcher
-                                    .watch(http.serve_connection(TokioIo::new(stream), service))
-                                    .await
+                                let conn = http
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .with_upgrades();
+                                until_stopped!(conn, stopping)
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%client, %error, "TLS handshake failed");
@@ -245,8 +253,10 @@ impl Sidecar {
         // No new connections from here; idle keep-alive ones are closed,
         // busy ones finish their request first.
         drop(listener);
+        let _ = stop.send(true);
+        drop(live);
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("every in-flight request finished"),
+            _ = all_closed.recv() => tracing::info!("every in-flight request finished"),
             () = tokio::time::sleep(settings.shutdown_grace) => tracing::warn!(
                 grace = ?settings.shutdown_grace,
                 "shutdown grace period over; closing the connections still open"
@@ -255,6 +265,22 @@ impl Sidecar {
         Ok(())
     }
 }
+
+/// Serves a connection until it ends, or until `stopping` says to shut
+/// down: then it finishes the request in progress and closes.
+macro_rules! until_stopped {
+    ($conn:expr, $stopping:expr) => {{
+        let mut conn = std::pin::pin!($conn);
+        tokio::select! {
+            served = conn.as_mut() => served,
+            () = async { let _ = $stopping.wait_for(|stop| *stop).await; } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+use until_stopped;
 
 /// The sidecar's router: every path goes through [`handle`].
 pub fn app(state: Arc<AppState>) -> Router {
@@ -279,7 +305,17 @@ async fn handle(
     // requests whose clients have likely given up.
     let result = match state.in_flight.try_acquire() {
         Ok(_permit) => {
-            proxy(&state, client, req, &request_id, &mut route)
+            let gateway = state.gateway.borrow().clone();
+            let tls = req.extensions().get::<Tls>().is_some_and(|t| t.0);
+            let shared = Shared {
+                gateway: &gateway,
+                upstream: &state.upstream,
+                metrics: &state.metrics,
+                client,
+                tls,
+                request_id: &request_id,
+            };
+            crate::proxy::proxy(shared, req, &mut route)
                 .instrument(span.clone())
                 .await
         }
@@ -302,138 +338,6 @@ async fn handle(
         .metrics
         .request(route, resp.status().as_u16(), started.elapsed());
     resp
-}
-
-async fn proxy(
-    state: &AppState,
-    client: SocketAddr,
-    req: http::Request<Body>,
-    request_id: &Arc<str>,
-    matched: &mut Option<Arc<str>>,
-) -> Result<http::Response<Body>, SidecarError> {
-    let gateway = state.gateway.borrow().clone();
-
-    // Route. Paths that could dodge a prefix match never get this far.
-    convert::check_path(req.uri().path())?;
-    let route = gateway
-        .route(req.uri().path())
-        .ok_or(SidecarError::NoRoute)?;
-    *matched = Some(route.name.clone());
-
-    // Body, bounded, before any policy sees the request.
-    let (mut parts, body) = req.into_parts();
-    let limit = gateway.proxy.max_body_bytes;
-    let body = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                SidecarError::BodyTooLarge { limit }
-            } else {
-                SidecarError::BadRequest(format!("could not read the request body: {e}"))
-            }
-        })?
-        .to_bytes();
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        parts.headers.insert(REQUEST_ID, v);
-    }
-    let request = convert::request_from_http(&parts, body, &route.name, client)?;
-
-    // Request hooks, in chain order.
-    let outcome = route
-        .chain
-        .on_request(request, &route.name, request_id, &state.metrics)
-        .await;
-
-    // Upstream, unless a policy already answered. Its failures become
-    // responses that the response hooks still see.
-    let response = match outcome.response {
-        Some(answered) => answered,
-        None => forward(state, &gateway.proxy, route, &outcome.request, client)
-            .await
-            .unwrap_or_else(|error| {
-                tracing::warn!(route = %route.name, %error, "upstream failed");
-                if let SidecarError::Upstream(e) = &error {
-                    state.metrics.upstream_error(&route.name, e);
-                }
-                error.to_policy_response()
-            }),
-    };
-
-    // Response hooks, in reverse chain order.
-    let response = outcome
-        .entered
-        .on_response(&outcome.request, response, &state.metrics)
-        .await;
-
-    // A policy's answer is bounded like an upstream's.
-    let limit = gateway.proxy.max_response_bytes;
-    if response.body.len() > limit {
-        return Err(SidecarError::BadPolicyOutput {
-            route: route.name.to_string(),
-            what: "response",
-            detail: format!("a body of {} bytes (at most {limit})", response.body.len()),
-        });
-    }
-    convert::response_to_http(response).map_err(|detail| SidecarError::BadPolicyOutput {
-        route: route.name.to_string(),
-        what: "response",
-        detail,
-    })
-}
-
-async fn forward(
-    state: &AppState,
-    limits: &ProxySettings,
-    route: &Route,
-    request: &crate::bindings::Request,
-    client: SocketAddr,
-) -> Result<crate::bindings::Response, SidecarError> {
-    // A request a policy rewrote is bounded like a client's.
-    if request.body.len() > limits.max_body_bytes {
-        return Err(SidecarError::BadPolicyOutput {
-            route: route.name.to_string(),
-            what: "request",
-            detail: format!(
-                "a body of {} bytes (at most {})",
-                request.body.len(),
-                limits.max_body_bytes
-            ),
-        });
-    }
-    let upstreams = route
-        .upstreams
-        .as_ref()
-        .ok_or_else(|| SidecarError::NoUpstream {
-            route: route.name.to_string(),
-        })?;
-    // Built per attempt: a retry may go to another endpoint.
-    let outgoing = |endpoint: &http::Uri| {
-        convert::request_to_upstream(
-            request,
-            endpoint,
-            &route.prefix,
-            route.rewrite.as_deref(),
-            client,
-        )
-        .map_err(|detail| SidecarError::BadPolicyOutput {
-            route: route.name.to_string(),
-            what: "request",
-            detail,
-        })
-    };
-    // Balancing, passive health and retries: see `balancer`.
-    let (parts, body) = upstreams
-        .send(
-            // The route's own client if it has `[route.tls]`.
-            route.client.as_ref().unwrap_or(&state.upstream),
-            &state.metrics,
-            outgoing,
-            route.timeout,
-            limits.max_response_bytes,
-        )
-        .await?;
-    Ok(convert::response_from_upstream(&parts, body)?)
 }
 
 /// Aborts a background task when dropped.

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -38,8 +37,6 @@ const FILE_CHUNK_LINES: usize = 1024;
 /// First wait before retrying a failed batch; doubles per attempt.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// A collector's answer is read only to end the exchange; bound it.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// The running sinks: the [`LogSink`] to hand to the policy host, and the
 /// tasks behind it.
@@ -438,12 +435,12 @@ async fn send_batch(
             req = req.header(k, v);
         }
         let req = req
-            .body(Full::new(body.clone()))
+            .body(crate::message::Body::full(body.clone()).into_stream())
             .map_err(|e| format!("building the request: {e}"))?;
-        let error = match client.send(req, settings.timeout, MAX_ANSWER_BYTES).await {
-            Ok((parts, _)) if parts.status.is_success() => return Ok(()),
-            Ok((parts, _)) => {
-                let s = parts.status;
+        let error = match client.send(req, settings.timeout).await {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) => {
+                let s = resp.status();
                 let error = format!("{} answered {s}", settings.url);
                 if s.is_client_error() && s != 408 && s != 429 {
                     return Err(error);

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+use crate::message::BoxBody;
 
 /// Why the upstream could not give an answer.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +24,7 @@ pub enum UpstreamError {
     /// are retried.
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
-    #[error("upstream did not answer within {0:?}")]
+    #[error("upstream did not start its answer within {0:?}")]
     Timeout(Duration),
     #[error("upstream response is larger than {limit} bytes")]
     ResponseTooLarge { limit: usize },
@@ -34,7 +35,7 @@ pub enum UpstreamError {
 /// A pooled client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, BoxBody>,
 }
 
 impl Default for UpstreamClient {
@@ -71,20 +72,18 @@ impl UpstreamClient {
         Self { client }
     }
 
-    /// Sends `req` and reads the whole response (at most `max_response_bytes`),
-    /// all within `timeout`.
+    /// Sends `req` and waits for the response head, within `timeout`. The
+    /// body streams after that: reading it is the caller's business.
     ///
     /// # Errors
-    /// [`UpstreamError`]: connection failure, timeout, or a response over the
-    /// size limit.
+    /// [`UpstreamError`]: connection failure, or no head within `timeout`.
     pub async fn send(
         &self,
-        req: http::Request<Full<Bytes>>,
+        req: http::Request<BoxBody>,
         timeout: Duration,
-        max_response_bytes: usize,
-    ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| {
+            self.client.request(req).await.map_err(|e| {
                 // The whole chain: the client's own message is only
                 // "client error (Connect)"; the cause (refused, a TLS
                 // alert, an unknown issuer) is in its sources.
@@ -95,22 +94,7 @@ impl UpstreamClient {
                 } else {
                     UpstreamError::BadResponse(causes(&e))
                 }
-            })?;
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, max_response_bytes)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        UpstreamError::ResponseTooLarge {
-                            limit: max_response_bytes,
-                        }
-                    } else {
-                        UpstreamError::BadResponse(format!("reading the body: {e}"))
-                    }
-                })?
-                .to_bytes();
-            Ok((parts, body))
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await
