@@ -4,14 +4,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sidecar::bindings::Response;
-use sidecar::bindings::{Decision, Request};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use sidecar::message::{Body, BodyLimits, Exchange, Phase, RequestHead, Response};
 use sidecar::capabilities::MemorySink;
 use sidecar::capabilities::{KvLimits, Services};
 use sidecar::wasm::{
-    EngineSettings, FailureMode, Instances, PolicyError, PolicyLimits, PolicySpec, REUSE_MAX_USES,
-    Runtime,
+    Component, EngineSettings, FailureMode, HookError, Instances, PolicyError, PolicyLimits,
+    PolicySpec, REUSE_MAX_USES, Runtime, Verdict,
 };
+
+fn compile(rt: &Runtime, path: &str) -> (Component, Vec<u8>) {
+    let wasm = std::fs::read(path).unwrap();
+    (rt.compile_file(Path::new(path)).unwrap(), wasm)
+}
 
 fn runtime() -> Arc<Runtime> {
     Runtime::new(
@@ -35,45 +41,54 @@ fn spec(name: &str, config: serde_json::Value) -> PolicySpec {
     }
 }
 
-fn request() -> Request {
-    Request {
-        method: "GET".into(),
+/// `GET /x` on route `r`, as the sidecar hands it to a chain.
+fn request() -> Exchange {
+    let head = RequestHead {
         path: "/x".into(),
-        headers: vec![],
-        body: vec![],
         route: "r".into(),
-        client_addr: "127.0.0.1:1".into(),
-    }
+        client: "127.0.0.1:1".parse().unwrap(),
+        request_id: "id".into(),
+        ..RequestHead::default()
+    };
+    Exchange::new(head, Body::empty(), BodyLimits::default())
+}
+
+/// The exchange after the upstream answered `resp`.
+fn answered(mut ex: Exchange, resp: Response) -> Exchange {
+    ex.response = Some(resp);
+    ex.phase = Phase::Response;
+    ex
 }
 
 async fn call_hostile(mode: &str) -> PolicyError {
     let rt = runtime();
-    let component = rt.compile_file(Path::new(test_policies::HOSTILE)).unwrap();
+    let (component, wasm) = compile(&rt, test_policies::HOSTILE);
     let policy = rt
         .load(
             spec("hostile", serde_json::json!({ "mode": mode })),
-            &component,
+            &component, &wasm,
         )
         .await
         .unwrap();
     let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
-    match instance.on_request(&request()).await {
+    match instance.on_request(&mut request()).await {
         Ok(_) => panic!("hostile policy in mode {mode} returned"),
-        Err(e) => e,
+        Err(HookError::Policy(e)) => e,
+        Err(other) => panic!("not a policy failure: {other}"),
     }
 }
 
 #[tokio::test]
 async fn refused_config_stops_the_load_with_the_policy_message() {
     let rt = runtime();
-    let component = rt.compile_file(Path::new(test_policies::TAG)).unwrap();
+    let (component, wasm) = compile(&rt, test_policies::TAG);
     let err = rt
         .load(
             spec(
                 "tag",
                 serde_json::json!({ "name": "a", "refuse": "name is rude" }),
             ),
-            &component,
+            &component, &wasm,
         )
         .await
         .unwrap_err();
@@ -149,18 +164,18 @@ async fn panic_is_reported_as_trap_with_its_message_for_the_log() {
 #[tokio::test]
 async fn a_pass_through_policy_continues_unchanged() {
     let rt = runtime();
-    let component = rt.compile_file(Path::new(test_policies::HOSTILE)).unwrap();
+    let (component, wasm) = compile(&rt, test_policies::HOSTILE);
     let policy = rt
         .load(
             spec("hostile", serde_json::json!({ "mode": "none" })),
-            &component,
+            &component, &wasm,
         )
         .await
         .unwrap();
     let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
     assert!(matches!(
-        instance.on_request(&request()).await.unwrap(),
-        Decision::Continue(_)
+        instance.on_request(&mut request()).await.unwrap(),
+        Verdict::Continue
     ));
 }
 
@@ -229,29 +244,27 @@ fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored(
 
 /// An empty 200, as the upstream's answer for the response hooks.
 fn upstream_ok() -> Response {
-    Response {
-        status: 200,
-        headers: vec![],
-        body: vec![],
-    }
+    Response::full(StatusCode::OK, HeaderMap::new(), Bytes::new())
 }
 
 /// Runs `n` requests through the tag fixture, one after the other, and
 /// returns what each response's `x-instance-served` said.
 async fn served_counts(instances: Instances, n: usize) -> Vec<String> {
     let rt = runtime();
-    let component = rt.compile_file(Path::new(test_policies::TAG)).unwrap();
+    let (component, wasm) = compile(&rt, test_policies::TAG);
     let mut spec = spec("tag", serde_json::json!({ "name": "t" }));
     spec.instances = instances;
-    let policy = rt.load(spec, &component).await.unwrap();
+    let policy = rt.load(spec, &component, &wasm).await.unwrap();
     let mut counts = Vec::new();
     for _ in 0..n {
         let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
-        instance.on_request(&request()).await.unwrap();
-        let resp = upstream_ok();
-        let resp = instance.on_response(&request(), &resp).await.unwrap();
-        let served = resp.headers.iter().find(|h| h.name == "x-instance-served");
-        counts.push(served.expect("tag sets it").value.clone());
+        let mut ex = request();
+        instance.on_request(&mut ex).await.unwrap();
+        let mut ex = answered(ex, upstream_ok());
+        instance.on_response(&mut ex).await.unwrap();
+        let resp = ex.response.unwrap();
+        let served = resp.head.headers.get("x-instance-served");
+        counts.push(served.expect("tag sets it").to_str().unwrap().to_owned());
     }
     counts
 }
@@ -277,19 +290,20 @@ async fn reused_instances_keep_their_state_and_are_replaced_after_max_uses() {
 #[tokio::test]
 async fn a_failed_instance_is_never_reused() {
     let rt = runtime();
-    let component = rt.compile_file(Path::new(test_policies::HOSTILE)).unwrap();
+    let (component, wasm) = compile(&rt, test_policies::HOSTILE);
     let mut spec = spec(
         "hostile",
         serde_json::json!({ "mode": "trap", "hook": "response" }),
     );
     spec.instances = Instances::Reuse;
-    let policy = rt.load(spec, &component).await.unwrap();
+    let policy = rt.load(spec, &component, &wasm).await.unwrap();
     for _ in 0..3 {
         let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
         // A reused instance would be refused as "already failed".
-        instance.on_request(&request()).await.unwrap();
-        let resp = upstream_ok();
-        let err = instance.on_response(&request(), &resp).await.unwrap_err();
+        let mut ex = request();
+        instance.on_request(&mut ex).await.unwrap();
+        let mut ex = answered(ex, upstream_ok());
+        let err = instance.on_response(&mut ex).await.unwrap_err();
         assert!(err.to_string().contains("trapped on purpose"), "{err}");
     }
 }
@@ -300,15 +314,23 @@ async fn a_reused_instance_logs_with_the_current_request_id() {
     let mut services = Services::production(KvLimits::default());
     services.log = sink.clone();
     let rt = Runtime::new(EngineSettings::default(), services).unwrap();
-    let component = rt.compile_file(Path::new(test_policies::LOGGING)).unwrap();
+    let (component, wasm) = compile(&rt, test_policies::LOGGING);
     let mut spec = spec("logging", serde_json::json!({}));
     spec.instances = Instances::Reuse;
-    let policy = rt.load(spec, &component).await.unwrap();
+    let policy = rt.load(spec, &component, &wasm).await.unwrap();
     for id in ["first", "second"] {
         let mut instance = policy.instantiate(&"r".into(), &id.into()).await.unwrap();
-        instance.on_request(&request()).await.unwrap();
-        let resp = upstream_ok();
-        instance.on_response(&request(), &resp).await.unwrap();
+        let mut ex = request();
+        ex.request.request_id = id.into();
+        instance.on_request(&mut ex).await.unwrap();
+        let mut ex = answered(ex, upstream_ok());
+        ex.phase = Phase::Complete;
+        let info = sidecar::message::Completion {
+            status: 200,
+            complete: true,
+            ..Default::default()
+        };
+        instance.on_complete(&mut ex, &info).await.unwrap();
     }
     let ids: Vec<String> = sink
         .records()
@@ -327,22 +349,21 @@ async fn a_policy_gets_no_files_environment_network_or_wall_clock() {
     assert!(std::env::vars().count() > 0);
 
     let rt = runtime();
-    let component = rt.compile_file(Path::new(test_policies::SANDBOX)).unwrap();
+    let (component, wasm) = compile(&rt, test_policies::SANDBOX);
     let policy = rt
-        .load(spec("sandbox", serde_json::json!({})), &component)
+        .load(spec("sandbox", serde_json::json!({})), &component, &wasm)
         .await
         .unwrap();
     let mut instance = policy.instantiate(&"r".into(), &"id".into()).await.unwrap();
-    let mut req = request();
-    req.headers.push(sidecar::bindings::Header {
-        name: "x-port".into(),
-        value: port.to_string(),
-    });
-    let Decision::Respond(resp) = instance.on_request(&req).await.unwrap() else {
+    let mut ex = request();
+    ex.request
+        .headers
+        .insert("x-port", HeaderValue::from_str(&port.to_string()).unwrap());
+    let Verdict::Respond(resp) = instance.on_request(&mut ex).await.unwrap() else {
         panic!("the sandbox fixture always answers");
     };
     assert_eq!(
-        String::from_utf8(resp.body).unwrap(),
-        "fs=denied;dir=denied;env=0;net=denied;clock=0"
+        &resp.body.complete().unwrap()[..],
+        b"fs=denied;dir=denied;env=0;net=denied;clock=0",
     );
 }

@@ -537,9 +537,11 @@ client_key = "{key}"
     let reason = |tls: &sidecar::config::UpstreamTls, url: String| {
         let config = sidecar::tls::client_config(tls, "test").unwrap();
         async move {
-            let req = http::Request::get(url).body(Full::default()).unwrap();
+            let req = http::Request::get(url)
+                .body(sidecar::message::Body::empty().into_stream())
+                .unwrap();
             match sidecar::upstream::UpstreamClient::with_tls(config)
-                .send(req, Duration::from_secs(10), 1024)
+                .send(req, Duration::from_secs(10))
                 .await
             {
                 Err(
