@@ -91,3 +91,43 @@ fn a_file_that_is_not_a_component_is_a_load_error_naming_it() {
     assert!(matches!(err, HarnessError::Load(_)));
     assert!(err.to_string().contains("junk.wasm"), "{err}");
 }
+
+#[test]
+fn a_policy_asking_for_less_than_the_body_is_told_and_the_body_goes_on_whole() {
+    let h = tag();
+    let mib = vec![b'z'; 1024 * 1024];
+    let p = h
+        .configure(json!({ "name": "a", "read_body": 1024 }))
+        .unwrap();
+    let trip = p
+        .round_trip(post("/up").body(mib.clone()), response(200))
+        .unwrap();
+    let forwarded = trip.forwarded.unwrap();
+    assert_eq!(forwarded.header("x-body"), Some("too-large"));
+    assert_eq!(forwarded.body, mib, "the body goes on untouched");
+
+    let p = h
+        .configure(json!({ "name": "a", "read_body": 2 * 1024 * 1024, "replace_body": "new" }))
+        .unwrap();
+    let trip = p.round_trip(post("/up").body(mib), response(200)).unwrap();
+    let forwarded = trip.forwarded.unwrap();
+    assert_eq!(forwarded.header("x-body"), Some("complete:1048576"));
+    assert_eq!(forwarded.body, b"new");
+}
+
+#[test]
+fn a_0_2_policy_is_configured_once_and_a_0_1_policy_per_instance() {
+    let p = tag();
+    assert_eq!(p.contract(), Contract::V02);
+    let configured = p.configure(json!({ "name": "a" })).unwrap();
+    assert_eq!(configured.configured_by(), ConfiguredBy::Snapshot);
+    assert!(configured.hooks().on_response);
+
+    let old = Harness::load(test_policies::V01_TAG).unwrap();
+    assert_eq!(old.contract(), Contract::V01);
+    let p = old.configure(json!({ "name": "a" })).unwrap();
+    assert_eq!(p.configured_by(), ConfiguredBy::PerInstance);
+    let trip = p.round_trip(get("/x"), response(200).body("ok")).unwrap();
+    assert_eq!(trip.forwarded.unwrap().header("x-chain"), Some("a"));
+    assert_eq!(trip.response.header("x-chain-response"), Some("a"));
+}

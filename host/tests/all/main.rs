@@ -14,6 +14,7 @@ mod reload;
 mod server;
 mod shipping;
 mod soak;
+mod streaming;
 mod support;
 mod tls;
 mod upstream_faults;
