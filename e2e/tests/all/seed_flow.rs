@@ -34,6 +34,12 @@ pub async fn start_trio(config: &str) -> Trio {
 
 /// The trio with the sidecar's kv store (the cache's storage) of choice.
 pub async fn start_trio_on(config: &str, kv: Arc<dyn KvStore>) -> Trio {
+    start_trio_with(config, kv, false).await
+}
+
+/// The trio; with `v01`, the sidecar runs the committed 0.1.0 builds of
+/// the demo's policies instead of the ones just built.
+async fn start_trio_with(config: &str, kv: Arc<dyn KvStore>, v01: bool) -> Trio {
     // user-service, counting what reaches it.
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
@@ -51,14 +57,31 @@ pub async fn start_trio_on(config: &str, kv: Arc<dyn KvStore>) -> Trio {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../config")
         .join(config);
-    let text = std::fs::read_to_string(&demo)
+    let mut text = std::fs::read_to_string(&demo)
         .unwrap()
         .replace("127.0.0.1:3002", &user_addr);
+    if v01 {
+        for (stem, path) in [
+            ("logging", test_policies::V01_LOGGING),
+            ("auth", test_policies::V01_AUTH),
+            ("cache", test_policies::V01_CACHE),
+        ] {
+            text = text.replace(
+                &format!("../plugins/target/wasm32-wasip2/release/{stem}.wasm"),
+                path,
+            );
+        }
+    }
     let config = sidecar::config::parse(&text, &demo, &|_| None).unwrap();
-    // Make sure the demo config's policies are the ones just built.
+    // Make sure the demo config's policies are the ones meant.
+    let auth = if v01 {
+        test_policies::V01_AUTH
+    } else {
+        test_policies::AUTH
+    };
     assert_eq!(
         config.policies["auth"].wasm.canonicalize().unwrap(),
-        Path::new(test_policies::AUTH).canonicalize().unwrap()
+        Path::new(auth).canonicalize().unwrap()
     );
     let logs = Arc::new(MemorySink::default());
     let services = Services {
@@ -135,6 +158,15 @@ async fn seed_flow_login_profile_denial_cache_and_logs() {
 
 /// The same flow, cache included, with the store on a real Redis (what
 /// replicas share with `[kv] backend = "redis"`).
+#[tokio::test]
+async fn seed_flow_on_the_committed_0_1_0_policies() {
+    let kv = Arc::new(sidecar::capabilities::MemoryKv::new(
+        Arc::new(SystemClock),
+        sidecar::capabilities::KvLimits::default(),
+    ));
+    seed_flow(&start_trio_with("demo.toml", kv, true).await).await;
+}
+
 #[tokio::test]
 async fn seed_flow_with_the_cache_on_redis() {
     let redis = RedisServer::start();
