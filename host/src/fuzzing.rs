@@ -5,13 +5,17 @@
 //! a violation:
 //! - [`config_parse`]: a config that parses satisfies every invariant the
 //!   rest of the sidecar relies on; one that does not names the file.
-//! - [`request_roundtrip`]: an HTTP request becomes the contract's request
-//!   with method, path, headers and body byte-for-byte (minus the hop-by-hop
-//!   headers), or the documented error; the contract request, as a policy
-//!   may leave it, becomes the upstream request or an error that names what
-//!   is invalid.
-//! - [`response_roundtrip`]: the same for responses, upstream → contract →
-//!   client.
+//! - [`request_roundtrip`]: an HTTP request becomes the [`RequestHead`]
+//!   policies see with method, path, query and header values byte-for-byte
+//!   (minus hop-by-hop and `connection`-named headers); a policy's edits
+//!   (method, path, headers, through the same checks its setters use)
+//!   either apply or give an error naming what is invalid; the head, as
+//!   the client sent it and as the policy left it, becomes the upstream
+//!   request with its path rewritten (still starting with `/`),
+//!   `x-forwarded-*` set and no hop-by-hop header but an upgrade's pair.
+//! - [`response_roundtrip`]: the same for responses, upstream →
+//!   [`ResponseHead`] → client, status included (a policy may only set
+//!   200–999).
 //!
 //! Requests and responses are read from a text-like format, so seeds are
 //! real messages and libFuzzer's mutations stay meaningful:
@@ -20,30 +24,29 @@
 //! GET /svc/a?b=1            (response: the status, e.g. `200`)
 //! host: example.com
 //! *1100 x-many: v           (`*N ` repeats the header line N times)
+//! x-gone                    (no `:`: a policy removes the header)
 //!                           (an empty line, then the body)
 //! body bytes
 //! ```
 //!
 //! Parts that no HTTP parser would hand the sidecar (an invalid method,
 //! header name or value) are skipped on the HTTP side but kept on the
-//! contract side, where a policy may produce them.
+//! policy side, where a policy may try to set them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
-use hyper::body::Body;
 
-use crate::bindings::{Header, Request, Response};
 use crate::config::{self, Config};
 use crate::convert::{self, MAX_HEADERS};
-use crate::error::SidecarError;
-use crate::upstream::UpstreamError;
+use crate::message::{self, Body, RequestHead, ResponseHead};
 
 /// The file name every config error must start with.
 const CONFIG_PATH: &str = "/etc/sidecar/fuzz.toml";
@@ -184,7 +187,9 @@ fn check_config(c: &Config) {
 /// One request or response in the format of the module docs.
 struct Message {
     start: Vec<u8>,
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Name, value, and whether the line had a `:` (without one, a policy
+    /// removes the header instead of appending it).
+    headers: Vec<(Vec<u8>, Vec<u8>, bool)>,
     body: Vec<u8>,
 }
 
@@ -212,16 +217,16 @@ impl Message {
                 break;
             }
             let (times, line) = repeat_count(&line);
-            let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
-            let name = line[..colon].to_vec();
-            let value = line.get(colon + 1..).unwrap_or_default();
+            let colon = line.iter().position(|&b| b == b':');
+            let name = line[..colon.unwrap_or(line.len())].to_vec();
+            let value = colon.map_or(&[][..], |c| &line[c + 1..]);
             let skip = value
                 .iter()
                 .take_while(|&&b| b == b' ' || b == b'\t')
                 .count();
             let value = value[skip..].to_vec();
             for _ in 0..times.min(MAX_PARSED_HEADERS - headers.len()) {
-                headers.push((name.clone(), value.clone()));
+                headers.push((name.clone(), value.clone(), colon.is_some()));
             }
         }
         Self {
@@ -231,28 +236,28 @@ impl Message {
         }
     }
 
-    /// Headers as a policy might leave them: any strings at all.
-    fn contract_headers(&self) -> Vec<Header> {
-        self.headers
-            .iter()
-            .map(|(n, v)| Header {
-                name: String::from_utf8_lossy(n).into_owned(),
-                value: String::from_utf8_lossy(v).into_owned(),
-            })
-            .collect()
-    }
-
     /// Headers as an HTTP parser would hand them over: invalid ones skipped.
     fn http_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         self.headers
             .iter()
-            .filter_map(|(n, v)| {
+            .filter_map(|(n, v, _)| {
                 Some((
                     HeaderName::from_bytes(n).ok()?,
                     HeaderValue::from_bytes(v).ok()?,
                 ))
             })
             .collect()
+    }
+
+    /// Header edits as a policy might make them: any name (a guest string),
+    /// any value bytes.
+    fn policy_edits(&self) -> impl Iterator<Item = (String, Option<&[u8]>)> {
+        self.headers.iter().map(|(n, v, colon)| {
+            (
+                String::from_utf8_lossy(n).into_owned(),
+                colon.then_some(v.as_slice()),
+            )
+        })
     }
 }
 
@@ -275,7 +280,8 @@ fn repeat_count(line: &[u8]) -> (usize, &[u8]) {
 }
 
 /// Connection-scoped headers (RFC 9110 §7.6.1), written out here rather
-/// than taken from `convert` so the check does not share its mistakes.
+/// than taken from `message::HOP_BY_HOP` so the check does not share its
+/// mistakes.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -288,8 +294,15 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
-fn never_forwarded(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str()) || name == header::CONTENT_LENGTH
+/// A `tchar` (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A `field-value` byte as the `http` crate takes it: visible, space, tab
+/// or obs-text.
+fn is_value_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
 }
 
 /// Header values by name, in order within each name: the part of a header
@@ -308,50 +321,49 @@ fn group_map(map: &HeaderMap) -> Grouped {
     group(map.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
 }
 
-/// The contract's headers as they must reach the other side: names
-/// lower-cased, connection-scoped ones dropped.
-fn group_forwardable(list: &[Header]) -> Grouped {
-    let mut out = Grouped::new();
-    for h in list {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).expect("checked by the caller");
-        if !never_forwarded(&name) {
-            out.entry(name.as_str().to_owned())
-                .or_default()
-                .push(h.value.as_bytes().to_vec());
-        }
-    }
-    out
-}
-
 /// The HTTP headers a policy must see: minus connection-scoped ones and
-/// whatever the `connection` header names (byte-wise: a token is ASCII even
+/// whatever a `connection` header names (byte-wise: a token is ASCII even
 /// in a value that is not).
-/// The names of the headers in `visible` whose values are not UTF-8.
-fn not_utf8<'a>(visible: &[&'a (HeaderName, HeaderValue)]) -> Vec<&'a str> {
-    visible
-        .iter()
-        .filter(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
-        .map(|(n, _)| n.as_str())
-        .collect()
-}
-
-fn visible_to_policies(pairs: &[(HeaderName, HeaderValue)]) -> Vec<&(HeaderName, HeaderValue)> {
+fn end_to_end(pairs: &[(HeaderName, HeaderValue)]) -> Grouped {
     let named: Vec<Vec<u8>> = pairs
         .iter()
         .filter(|(n, _)| n == header::CONNECTION)
         .flat_map(|(_, v)| v.as_bytes().split(|&b| b == b','))
         .map(|t| t.trim_ascii().to_ascii_lowercase())
         .collect();
-    pairs
-        .iter()
-        .filter(|(n, _)| !never_forwarded(n) && !named.iter().any(|t| t == n.as_str().as_bytes()))
-        .collect()
+    group(
+        pairs
+            .iter()
+            .filter(|(n, _)| {
+                !HOP_BY_HOP.contains(&n.as_str())
+                    && !named.iter().any(|t| t == n.as_str().as_bytes())
+            })
+            .map(|(n, v)| (n.as_str(), v.as_bytes())),
+    )
+}
+
+/// No hop-by-hop header, except `connection: upgrade` and `upgrade: X`
+/// when `upgrade` is `Some(X)`.
+fn check_hop_by_hop(headers: &HeaderMap, upgrade: Option<&HeaderValue>, what: &str) {
+    for name in HOP_BY_HOP {
+        let got: Vec<&[u8]> = headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let allowed: Vec<&[u8]> = match (name, upgrade) {
+            ("connection", Some(_)) => vec![b"upgrade"],
+            ("upgrade", Some(u)) => vec![u.as_bytes()],
+            _ => vec![],
+        };
+        assert_eq!(got, allowed, "{name} on the way to the {what}");
+    }
 }
 
 /// The whole body, which is in memory: one poll per frame, never pending.
 fn body_bytes<B>(mut body: B) -> Vec<u8>
 where
-    B: Body + Unpin,
+    B: hyper::body::Body + Unpin,
     B::Error: std::fmt::Debug,
 {
     let mut cx = Context::from_waker(Waker::noop());
@@ -378,6 +390,9 @@ fn client() -> SocketAddr {
     SocketAddr::from(([192, 0, 2, 7], 4242))
 }
 
+/// The request id the sidecar settled on.
+const REQUEST_ID: &str = "fuzz-id-1";
+
 /// Route shapes a config can produce: (prefix, rewrite).
 const ROUTES: [(&str, Option<&str>); 5] = [
     ("/", None),
@@ -387,13 +402,85 @@ const ROUTES: [(&str, Option<&str>); 5] = [
     ("/", Some("/v1")),
 ];
 
-/// Converts `data`, read as a request, from HTTP to the contract and on to
-/// the upstream request; and, read as a policy's output, from the contract
-/// to the upstream request.
+/// A header edit as a 0.2 policy's `set-header`/`append-header`/
+/// `remove-header` makes it (`None`: remove), through the same checks.
+fn edit_header(headers: &mut HeaderMap, name: &str, value: Option<&[u8]>) -> Result<(), String> {
+    let header = message::header_name(name)?;
+    if message::is_managed(header.as_str()) {
+        return Err(format!("header `{name}` is managed by the sidecar"));
+    }
+    match value {
+        None => {
+            headers.remove(&header);
+        }
+        Some(value) => {
+            let value = message::header_value(name, value)?;
+            if headers.len() >= MAX_HEADERS && !headers.contains_key(&header) {
+                return Err(format!("more than {MAX_HEADERS} headers"));
+            }
+            headers.append(header, value);
+        }
+    }
+    Ok(())
+}
+
+/// Applies `edit_header` and checks the outcome: applied if and only if
+/// name, value and count are valid, otherwise an error that names the
+/// header (or the limit).
+fn check_header_edit(headers: &mut HeaderMap, name: &str, value: Option<&[u8]>) {
+    let lower = name.to_ascii_lowercase();
+    let name_ok = !name.is_empty() && name.bytes().all(is_tchar);
+    let managed = lower == "content-length" || HOP_BY_HOP.contains(&lower.as_str());
+    let value_ok = value.is_none_or(|v| v.iter().copied().all(is_value_byte));
+    let full = value.is_some() && headers.len() >= MAX_HEADERS && !headers.contains_key(&lower);
+    let before = headers.get_all(&lower).iter().count();
+    match edit_header(headers, name, value) {
+        Err(e) => {
+            let named = e.contains(&format!("`{name}`"));
+            let explained = if !name_ok {
+                named && e.starts_with("header name")
+            } else if managed {
+                named
+            } else if !value_ok {
+                named && e.starts_with("value of header")
+            } else {
+                full && e.contains("headers")
+            };
+            assert!(
+                explained,
+                "unexplained refusal `{e}` of header `{name}`: {value:?}"
+            );
+        }
+        Ok(()) => {
+            assert!(
+                name_ok && !managed && value_ok && !full,
+                "accepted header `{name}`: {value:?}"
+            );
+            let after: Vec<&[u8]> = headers
+                .get_all(&lower)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            match value {
+                None => assert!(after.is_empty(), "`{name}` still there after removal"),
+                Some(v) => {
+                    assert_eq!(after.len(), before + 1, "`{name}` not appended");
+                    assert_eq!(after.last().copied(), Some(v), "`{name}` changed");
+                }
+            }
+        }
+    }
+    assert!(headers.len() <= MAX_HEADERS, "{} headers", headers.len());
+}
+
+/// Converts `data`, read as a request, from HTTP to the head policies see
+/// and on to the upstream request; then applies it, read as a policy's
+/// edits, to that head and converts the result too.
 ///
 /// # Panics
-/// If a conversion loses or alters a method, path, header or body byte, or
-/// refuses (or accepts) what it should not.
+/// If a conversion loses or alters a method, path, header or body byte,
+/// forwards a hop-by-hop header, or an edit is refused (or accepted) when
+/// it should not be.
 pub fn request_roundtrip(data: &[u8]) {
     let msg = Message::parse(data);
     let (method, target) = match msg.start.iter().position(|&b| b == b' ') {
@@ -401,63 +488,96 @@ pub fn request_roundtrip(data: &[u8]) {
         None => (&msg.start[..], &b"/"[..]),
     };
     let (prefix, rewrite) = ROUTES[data.len() % ROUTES.len()];
+    let tls = data.len() % 2 == 1;
 
-    // A policy's output: any strings.
-    let from_policy = Request {
-        method: String::from_utf8_lossy(method).into_owned(),
-        path: String::from_utf8_lossy(target).into_owned(),
-        headers: msg.contract_headers(),
-        body: msg.body.clone(),
-        route: "fuzz".into(),
-        client_addr: client().to_string(),
-    };
-    check_to_upstream(&from_policy, prefix, rewrite);
-
-    // A client's request, as hyper parsed it.
-    let method = Method::from_bytes(method).unwrap_or(Method::GET);
-    let (uri, path) = request_target(target);
+    // What the client sent, as hyper would hand it over.
+    let http_method = Method::from_bytes(method).unwrap_or(Method::GET);
+    let (uri, path_and_query) = request_target(target);
     let pairs = msg.http_headers();
-    let mut builder = http::Request::builder().method(method.clone()).uri(uri);
+    let mut builder = http::Request::builder()
+        .method(http_method.clone())
+        .uri(uri);
     for (n, v) in &pairs {
         builder = builder.header(n, v);
     }
     let (parts, ()) = builder.body(()).expect("valid parts").into_parts();
-    let result =
-        convert::request_from_http(&parts, Bytes::from(msg.body.clone()), "fuzz", client());
+    let route: Arc<str> = "fuzz".into();
+    let id: Arc<str> = REQUEST_ID.into();
+    let mut head = convert::request_head(parts, &route, client(), &id, tls);
 
-    let visible = visible_to_policies(&pairs);
-    let not_utf8 = not_utf8(&visible);
-    let req = match result {
-        Err(SidecarError::BadRequest(e)) if !not_utf8.is_empty() => {
-            assert!(
-                not_utf8.iter().any(|n| e.contains(&format!("`{n}`"))),
-                "error `{e}` names none of {not_utf8:?}"
-            );
-            return;
-        }
-        Err(e) => panic!("request refused: {e} (headers not UTF-8: {not_utf8:?})"),
-        Ok(req) => req,
-    };
-    assert!(not_utf8.is_empty(), "accepted non-UTF-8 {not_utf8:?}");
-    assert_eq!(req.method, method.as_str());
-    assert_eq!(req.path, path);
-    assert_eq!(req.body, msg.body);
-    assert_eq!(req.route, "fuzz");
-    assert_eq!(req.client_addr, client().to_string());
+    assert_eq!(head.method, http_method);
+    assert_eq!(head.path_and_query(), path_and_query);
+    assert!(head.path.starts_with('/'), "path `{}`", head.path);
+    assert!(!head.path.contains('?'), "path `{}`", head.path);
+    assert_eq!(&*head.route, "fuzz");
+    assert_eq!(head.client, client());
+    assert_eq!(head.tls, tls);
+    let mut expected = end_to_end(&pairs);
+    expected.insert("x-request-id".into(), vec![REQUEST_ID.as_bytes().to_vec()]);
     assert_eq!(
-        group(
-            req.headers
-                .iter()
-                .map(|h| (h.name.as_str(), h.value.as_bytes()))
-        ),
-        group(visible.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))),
+        group_map(&head.headers),
+        expected,
         "headers changed on the way to policies"
     );
-    check_to_upstream(&req, prefix, rewrite);
+    let asked = pairs.iter().any(|(n, v)| {
+        n == header::CONNECTION
+            && v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    let upgrade = pairs
+        .iter()
+        .find(|(n, _)| n == header::UPGRADE)
+        .map(|(_, v)| v);
+    assert_eq!(head.upgrade.as_ref(), upgrade.filter(|_| asked), "upgrade");
+    check_to_upstream(&head, &msg.body, prefix, rewrite);
+
+    // The same bytes as a policy's edits of that head.
+    let method = String::from_utf8_lossy(method);
+    match Method::from_bytes(method.as_bytes()) {
+        Ok(m) => {
+            assert!(
+                !method.is_empty() && method.bytes().all(is_tchar),
+                "method `{method}`"
+            );
+            head.method = m;
+            assert_eq!(head.method.as_str(), method);
+        }
+        Err(_) => assert!(
+            method.is_empty() || !method.bytes().all(is_tchar),
+            "refused method `{method}`"
+        ),
+    }
+    let target = String::from_utf8_lossy(target);
+    match message::split_path(&target) {
+        Ok((path, query)) => {
+            assert!(
+                target.starts_with('/') && !target.contains('#'),
+                "accepted path `{target}`"
+            );
+            head.path = path;
+            head.query = query;
+            assert_eq!(head.path_and_query(), target, "path changed");
+        }
+        Err(e) => {
+            assert!(e.contains(&format!("`{target}`")), "`{e}` for `{target}`");
+            assert!(
+                !target.starts_with('/')
+                    || target.contains('#')
+                    || target.parse::<http::uri::PathAndQuery>().is_err(),
+                "refused path `{target}`: {e}"
+            );
+        }
+    }
+    for (name, value) in msg.policy_edits() {
+        check_header_edit(&mut head.headers, &name, value);
+    }
+    check_to_upstream(&head, &msg.body, prefix, rewrite);
 }
 
 /// The URI hyper would hand over for request-target `target`, and the path
-/// policies must see. Targets no parser accepts are percent-encoded.
+/// and query policies must see. Targets no parser accepts are
+/// percent-encoded.
 fn request_target(target: &[u8]) -> (Uri, String) {
     if let Ok(uri) = Uri::try_from(target) {
         if target.starts_with(b"/") {
@@ -491,41 +611,27 @@ fn request_target(target: &[u8]) -> (Uri, String) {
     (uri, path)
 }
 
-/// `request_to_upstream` turns `req` into the upstream request if and only
-/// if everything in it is valid HTTP, and keeps it intact when it does.
-fn check_to_upstream(req: &Request, prefix: &str, rewrite: Option<&str>) {
+/// `request_to_upstream` turns `head` into the upstream request (or blames
+/// the path), keeping method, headers and body, rewriting the path on a
+/// segment boundary, setting `x-forwarded-*` and forwarding no hop-by-hop
+/// header but an upgrade's.
+fn check_to_upstream(head: &RequestHead, body: &[u8], prefix: &str, rewrite: Option<&str>) {
     let upstream = Uri::from_static("http://127.0.0.1:9");
-    let result = convert::request_to_upstream(req, &upstream, prefix, rewrite, client());
-
-    let method_ok = Method::from_bytes(req.method.as_bytes()).is_ok();
-    let count_ok = req.headers.len() <= MAX_HEADERS;
-    let names_ok = req
-        .headers
-        .iter()
-        .all(|h| HeaderName::from_bytes(h.name.as_bytes()).is_ok());
-    let values_ok = req.headers.iter().all(|h| {
-        HeaderName::from_bytes(h.name.as_bytes()).is_ok_and(|n| never_forwarded(&n))
-            || HeaderValue::from_str(&h.value).is_ok()
-    });
-    let out = match result {
+    let stream = Body::full(body.to_vec()).into_stream();
+    let path = head.path_and_query();
+    let out = match convert::request_to_upstream(head, stream, &upstream, prefix, rewrite) {
         Err(e) => {
-            let explained = (!method_ok && e.starts_with("method"))
-                || (!count_ok && e.contains("headers (at most"))
-                || (!names_ok && e.starts_with("header name"))
-                || (!values_ok && e.starts_with("value of header"))
-                // Whether a path is valid is the `http` crate's call; the
-                // requirement here is that it is blamed, not something else.
-                || (e.starts_with("path") && (rewrite.is_some() || !valid_target(&req.path)));
-            assert!(explained, "unexplained refusal `{e}` of {req:?}");
+            // Whether a path is valid is the `http` crate's call; the
+            // requirement here is that it is blamed, not something else.
+            assert!(
+                e.starts_with("path") && (rewrite.is_some() || !valid_target(&path)),
+                "unexplained refusal `{e}` of {head:?}"
+            );
             return;
         }
         Ok(out) => out,
     };
-    assert!(
-        method_ok && count_ok && names_ok && values_ok,
-        "accepted {req:?}"
-    );
-    assert_eq!(out.method().as_str(), req.method);
+    assert_eq!(out.method(), head.method);
     assert_eq!(out.uri().scheme_str(), Some("http"));
     assert_eq!(
         out.uri().authority().map(|a| a.as_str()),
@@ -534,32 +640,37 @@ fn check_to_upstream(req: &Request, prefix: &str, rewrite: Option<&str>) {
     let sent = out.uri().path_and_query().map_or("", |pq| pq.as_str());
     assert!(
         sent.starts_with('/'),
-        "request-target `{sent}` from {req:?}"
+        "request-target `{sent}` from {head:?}"
     );
-    check_rewrite(&req.path, prefix, rewrite, sent);
+    check_rewrite(&path, prefix, rewrite, sent);
 
-    let mut expected = group_forwardable(&req.headers);
-    let host = expected.remove("host");
-    if let Some(host) = host {
+    check_hop_by_hop(out.headers(), head.upgrade.as_ref(), "upstream");
+    let mut expected = group_map(&head.headers);
+    if let Some(host) = expected.remove("host") {
         expected.insert("x-forwarded-host".into(), vec![host[0].clone()]);
     }
     let mut xff = expected
         .remove("x-forwarded-for")
-        .map(|v| {
-            let mut first = v[0].clone();
+        .and_then(|v| {
+            let mut first = String::from_utf8(v[0].clone()).ok()?.into_bytes();
             first.extend_from_slice(b", ");
-            first
+            Some(first)
         })
         .unwrap_or_default();
     xff.extend_from_slice(b"192.0.2.7");
     expected.insert("x-forwarded-for".into(), vec![xff]);
-    expected.insert("x-forwarded-proto".into(), vec![b"http".to_vec()]);
+    let proto: &[u8] = if head.tls { b"https" } else { b"http" };
+    expected.insert("x-forwarded-proto".into(), vec![proto.to_vec()]);
+    if let Some(upgrade) = &head.upgrade {
+        expected.insert("connection".into(), vec![b"upgrade".to_vec()]);
+        expected.insert("upgrade".into(), vec![upgrade.as_bytes().to_vec()]);
+    }
     assert_eq!(
         group_map(out.headers()),
         expected,
         "headers changed on the way upstream"
     );
-    assert_eq!(body_bytes(out.into_body()), req.body);
+    assert_eq!(body_bytes(out.into_body()), body);
 }
 
 /// Whether `path` can be an origin-form request-target as it stands.
@@ -606,98 +717,82 @@ fn check_rewrite(path: &str, prefix: &str, rewrite: Option<&str>, sent: &str) {
 }
 
 /// Converts `data`, read as a response, from the upstream's HTTP to the
-/// contract and on to the client's; and, read as a policy's output, from
-/// the contract to the client's.
+/// head policies see and on to the client's; then applies it, read as a
+/// policy's edits (status, headers), to that head and converts the result.
 ///
 /// # Panics
 /// As [`request_roundtrip`].
 pub fn response_roundtrip(data: &[u8]) {
     let msg = Message::parse(data);
     let digits = msg.start.iter().take_while(|b| b.is_ascii_digit()).count();
-    let status = std::str::from_utf8(&msg.start[..digits.min(5)])
+    let number = std::str::from_utf8(&msg.start[..digits.min(5)])
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
         .and_then(|n| u16::try_from(n % 65536).ok())
         .unwrap_or(200);
 
-    check_to_client(Response {
-        status,
-        headers: msg.contract_headers(),
-        body: msg.body.clone(),
-    });
-
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let status = StatusCode::from_u16(number).unwrap_or(StatusCode::OK);
     let pairs = msg.http_headers();
     let mut builder = http::Response::builder().status(status);
     for (n, v) in &pairs {
         builder = builder.header(n, v);
     }
     let (parts, ()) = builder.body(()).expect("valid parts").into_parts();
-    let result = convert::response_from_upstream(&parts, Bytes::from(msg.body.clone()));
+    let (mut head, upgrade) = convert::response_head(parts);
 
-    let visible = visible_to_policies(&pairs);
-    let not_utf8 = not_utf8(&visible);
-    let resp = match result {
-        Err(UpstreamError::BadResponse(e)) if !not_utf8.is_empty() => {
-            assert!(
-                not_utf8.iter().any(|n| e.contains(&format!("`{n}`"))),
-                "error `{e}` names none of {not_utf8:?}"
-            );
-            return;
-        }
-        Err(e) => panic!("response refused: {e} (headers not UTF-8: {not_utf8:?})"),
-        Ok(resp) => resp,
-    };
-    assert!(not_utf8.is_empty(), "accepted non-UTF-8 {not_utf8:?}");
-    assert_eq!(resp.status, status.as_u16());
-    assert_eq!(resp.body, msg.body);
+    assert_eq!(head.status, status);
     assert_eq!(
-        group(
-            resp.headers
-                .iter()
-                .map(|h| (h.name.as_str(), h.value.as_bytes()))
-        ),
-        group(visible.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))),
+        group_map(&head.headers),
+        end_to_end(&pairs),
         "headers changed on the way to policies"
     );
-    check_to_client(resp);
+    let expected_upgrade = pairs
+        .iter()
+        .find(|(n, _)| n == header::UPGRADE)
+        .map(|(_, v)| v)
+        .filter(|_| status == StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(upgrade.as_ref(), expected_upgrade, "upgrade");
+    check_to_client(&head, upgrade.clone(), &msg.body);
+
+    // The same bytes as a policy's edits of that head.
+    let valid = (200..=999).contains(&number);
+    match StatusCode::from_u16(number)
+        .ok()
+        .filter(|s| s.as_u16() >= 200)
+    {
+        Some(s) => {
+            assert!(valid, "accepted status {number}");
+            head.status = s;
+        }
+        None => assert!(!valid, "refused status {number}"),
+    }
+    for (name, value) in msg.policy_edits() {
+        check_header_edit(&mut head.headers, &name, value);
+    }
+    check_to_client(&head, upgrade, &msg.body);
 }
 
-/// `response_to_http` answers the client with `resp` if and only if it is
-/// valid HTTP, and keeps it intact when it does.
-fn check_to_client(resp: Response) {
-    let status_ok = (200..=999).contains(&resp.status);
-    let count_ok = resp.headers.len() <= MAX_HEADERS;
-    let names_ok = resp
-        .headers
-        .iter()
-        .all(|h| HeaderName::from_bytes(h.name.as_bytes()).is_ok());
-    let values_ok = resp.headers.iter().all(|h| {
-        HeaderName::from_bytes(h.name.as_bytes()).is_ok_and(|n| never_forwarded(&n))
-            || HeaderValue::from_str(&h.value).is_ok()
-    });
-    let out = match convert::response_to_http(resp.clone()) {
-        Err(e) => {
-            let explained = (!status_ok && e == format!("status {}", resp.status))
-                || (!count_ok && e.contains("headers (at most"))
-                || (!names_ok && e.starts_with("header name"))
-                || (!values_ok && e.starts_with("value of header"));
-            assert!(explained, "unexplained refusal `{e}` of {resp:?}");
-            return;
-        }
-        Ok(out) => out,
-    };
-    assert!(
-        status_ok && count_ok && names_ok && values_ok,
-        "accepted {resp:?}"
+/// `response_to_http` answers the client with `head` and `body` intact,
+/// adding only an upgrade's pair of hop-by-hop headers.
+fn check_to_client(head: &ResponseHead, upgrade: Option<HeaderValue>, body: &[u8]) {
+    let out = convert::response_to_http(
+        head.clone(),
+        upgrade.clone(),
+        axum::body::Body::from(body.to_vec()),
     );
-    assert_eq!(out.status().as_u16(), resp.status);
+    assert_eq!(out.status(), head.status);
+    check_hop_by_hop(out.headers(), upgrade.as_ref(), "client");
+    let mut expected = group_map(&head.headers);
+    if let Some(upgrade) = &upgrade {
+        expected.insert("connection".into(), vec![b"upgrade".to_vec()]);
+        expected.insert("upgrade".into(), vec![upgrade.as_bytes().to_vec()]);
+    }
     assert_eq!(
         group_map(out.headers()),
-        group_forwardable(&resp.headers),
+        expected,
         "headers changed on the way to the client"
     );
-    assert_eq!(body_bytes(out.into_body()), resp.body);
+    assert_eq!(body_bytes(out.into_body()), body);
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub mod chain;
 pub mod config;
 pub mod convert;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod metrics;
 pub mod policy_cli;
