@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use sidecar::message::{Body, BodyLimits, Exchange, Phase, RequestHead, Response};
 use sidecar::capabilities::MemorySink;
 use sidecar::capabilities::{KvLimits, Services};
+use sidecar::message::{Body, BodyLimits, Exchange, Phase, RequestHead, Response};
 use sidecar::wasm::{
     Component, EngineSettings, FailureMode, HookError, Instances, PolicyError, PolicyLimits,
     PolicySpec, REUSE_MAX_USES, Runtime, Verdict,
@@ -66,7 +66,8 @@ async fn call_hostile(mode: &str) -> PolicyError {
     let policy = rt
         .load(
             spec("hostile", serde_json::json!({ "mode": mode })),
-            &component, &wasm,
+            &component,
+            &wasm,
         )
         .await
         .unwrap();
@@ -88,7 +89,8 @@ async fn refused_config_stops_the_load_with_the_policy_message() {
                 "tag",
                 serde_json::json!({ "name": "a", "refuse": "name is rude" }),
             ),
-            &component, &wasm,
+            &component,
+            &wasm,
         )
         .await
         .unwrap_err();
@@ -168,7 +170,8 @@ async fn a_pass_through_policy_continues_unchanged() {
     let policy = rt
         .load(
             spec("hostile", serde_json::json!({ "mode": "none" })),
-            &component, &wasm,
+            &component,
+            &wasm,
         )
         .await
         .unwrap();
