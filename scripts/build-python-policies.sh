@@ -101,7 +101,7 @@ PY
 }
 
 # The package `-d wit` builds against, for the log line.
-PACKAGE="$(sed -n 's/^package \([^;]*\);.*/\1/p' "$WIT"/*.wit | head -n 1)"
+PACKAGE="$(sed -n '/^package /{s/^package \([^;]*\);.*/\1/p;q;}' "$WIT"/*.wit)"
 
 mkdir -p "$TARGET"
 built=0
