@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use policy_harness::{
-    Decision, DecisionExt, Harness, HarnessError, HeadersExt, LogsExt, PolicyError, Request,
-    Response, ResponseExt,
+    Decision, DecisionExt, Harness, HarnessError, HeadersExt, HookError, LogsExt, MessageError,
+    PolicyError, Request, Response, ResponseExt,
 };
 use serde::Deserialize;
 
@@ -78,7 +78,11 @@ struct Expect {
     log_contains: Vec<String>,
     #[serde(default)]
     log_lacks: Vec<String>,
-    /// `trap`, `timeout` or `memory`: the hook must fail that way.
+    /// The hook must fail this way: the policy's failure (`trap`,
+    /// `timeout`, `memory`, `kv_quota`), or a message it cannot take or
+    /// give (`too_large`: a body over the limit; `bad_output`: an answer
+    /// or change that is not valid HTTP; `not_utf8`: a header a 0.1 policy
+    /// cannot be given; `message`: any of these).
     error: Option<String>,
 }
 
@@ -232,14 +236,28 @@ fn kind(d: &Decision) -> &'static str {
     if d.continued() { "continue" } else { "respond" }
 }
 
-fn check_error(e: &PolicyError, want: &str) -> Result<(), String> {
-    let ok = matches!(
-        (want, e),
-        ("trap", PolicyError::Trapped { .. })
-            | ("timeout", PolicyError::TimedOut { .. })
-            | ("memory", PolicyError::MemoryCap { .. })
-            | ("kv_quota", PolicyError::KvQuota { .. })
-    );
+fn check_error(e: &HookError, want: &str) -> Result<(), String> {
+    let ok = match e {
+        HookError::Policy(p) => matches!(
+            (want, p),
+            ("trap", PolicyError::Trapped { .. })
+                | ("timeout", PolicyError::TimedOut { .. })
+                | ("memory", PolicyError::MemoryCap { .. })
+                | ("kv_quota", PolicyError::KvQuota { .. })
+        ),
+        HookError::Message(m) => {
+            want == "message"
+                || matches!(
+                    (want, m),
+                    (
+                        "too_large",
+                        MessageError::RequestBodyTooLarge { .. }
+                            | MessageError::ResponseBodyTooLarge { .. }
+                    ) | ("bad_output", MessageError::BadOutput { .. })
+                        | ("not_utf8", MessageError::NotUtf8 { .. })
+                )
+        }
+    };
     if ok {
         Ok(())
     } else {

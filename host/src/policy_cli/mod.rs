@@ -7,12 +7,15 @@ mod new;
 mod wire;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
 use policy_harness::{Harness, PolicyLimits};
-use sidecar_runtime::bindings::CONTRACT;
-use sidecar_runtime::capabilities::{KvLimits, Services};
-use sidecar_runtime::wasm::{EngineSettings, Runtime};
+use sidecar_runtime::bindings::{CONTRACTS, v01, v02};
+use sidecar_runtime::capabilities::{Clock, KvLimits, MemoryKv, MemorySink, Services, SystemClock};
+use sidecar_runtime::wasm::{
+    Component, Configured, Contract, EngineSettings, FailureMode, PolicyError, PolicySpec, Runtime,
+};
 
 pub use self::cases::{Report, run_cases};
 pub use self::new::new_policy;
@@ -20,8 +23,13 @@ pub use self::new::new_policy;
 /// Interface names the sidecar provides, by what they are.
 const CAPABILITIES: [&str; 3] = ["log", "kv", "clock"];
 
-/// `sidecar policy check FILE`: is it a policy for this contract, and what
-/// does it import? Returns the report to print.
+/// Interfaces of the contract that are the message itself, not capabilities
+/// (shared records in 0.1; in 0.2 the request and response the host keeps).
+const MESSAGE: [&str; 1] = ["types"];
+
+/// `sidecar policy check FILE`: is it a policy for a contract this sidecar
+/// speaks (0.1.0 or 0.2.0), what does it import, and (0.2) which hooks does
+/// it ask for? Returns the report to print.
 ///
 /// # Errors
 /// One line naming what is wrong: not wasm, a core module, truncated or
@@ -39,12 +47,19 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
             path.display()
         ),
     }
+    // What `configure` logs while checking is not the user's business here.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let services = Services {
+        kv: Arc::new(MemoryKv::new(clock.clone(), KvLimits::default())),
+        clock,
+        log: Arc::new(MemorySink::default()),
+    };
     let runtime = Runtime::new(
         EngineSettings {
             max_instances: 8,
             ..EngineSettings::default()
         },
-        Services::production(KvLimits::default()),
+        services,
     )?;
     let component = runtime.compile(&bytes).map_err(|e| {
         let why = first_line(&e);
@@ -56,39 +71,28 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
         anyhow!("{} is not a valid component: {why}{hint}", path.display())
     })?;
     let described = runtime.describe(&component);
-    let handler = format!("{}/handler@{}", package(), version());
-    if !described.exports.contains(&handler) {
-        let ours = described
-            .exports
-            .iter()
-            .find(|e| e.starts_with(&format!("{}/handler", package())));
-        bail!(
-            "{} does not export `{handler}`: {}",
-            path.display(),
-            match ours {
-                Some(other) => format!("it exports `{other}`, another version of the contract"),
-                None if described.exports.is_empty() =>
-                    "it exports nothing (a component for another world)".into(),
-                None => format!(
-                    "it exports {} (a component for another world)",
-                    described.exports.join(", ")
-                ),
-            }
-        );
-    }
+    let contract = exported_contract(path, &described.exports)?;
+    let version = version(contract.name());
     let mut capabilities = Vec::new();
     let mut wasi = Vec::new();
     for import in &described.imports {
         let (iface, ver) = import.split_once('@').unwrap_or((import, ""));
         if let Some(name) = iface.strip_prefix(&format!("{}/", package())) {
-            if ver != version() {
+            if ver != version {
                 bail!(
-                    "{} imports `{import}`; this sidecar provides {CONTRACT}",
-                    path.display()
+                    "{} exports the handler of {} but imports `{import}`: build it against one contract",
+                    path.display(),
+                    contract.name()
                 );
             }
             if CAPABILITIES.contains(&name) {
                 capabilities.push(name.to_owned());
+            } else if !MESSAGE.contains(&name) {
+                bail!(
+                    "{} imports `{import}`, which {} does not define",
+                    path.display(),
+                    contract.name()
+                );
             }
         } else if let Some(name) = iface.strip_prefix("wasi:") {
             wasi.push(name.to_owned());
@@ -102,29 +106,126 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     runtime
         .validate(&component)
         .map_err(|e| anyhow!("{}: {}", path.display(), chain_line(&e)))?;
-    Ok(format!(
-        "{}: ok, a {CONTRACT} policy\n  capabilities: {}\n  wasi, linked but granting nothing (no files, network or environment): {}",
+    let mut report = format!(
+        "{}: ok, a {} policy{}\n  capabilities: {}\n  wasi, linked but granting nothing (no files, network or environment): {}",
         path.display(),
-        if capabilities.is_empty() {
-            "none".into()
+        contract.name(),
+        if contract == Contract::V01 {
+            " (an older contract, still loaded; `sidecar policy new` starts a 0.2 one)"
         } else {
-            capabilities.join(", ")
+            ""
         },
-        if wasi.is_empty() {
-            "none".into()
-        } else {
-            wasi.join(", ")
+        list(&capabilities),
+        list(&wasi),
+    );
+    if contract == Contract::V02 {
+        report.push('\n');
+        report.push_str(&hooks_line(&runtime, &component, &bytes, path));
+    }
+    Ok(report)
+}
+
+/// The contract whose handler `exports` holds, or why none.
+fn exported_contract(path: &Path, exports: &[String]) -> anyhow::Result<Contract> {
+    let handler = |contract: &str| format!("{}/handler@{}", package(), version(contract));
+    if exports.contains(&handler(v02::CONTRACT)) {
+        return Ok(Contract::V02);
+    }
+    if exports.contains(&handler(v01::CONTRACT)) {
+        return Ok(Contract::V01);
+    }
+    let wanted = CONTRACTS
+        .iter()
+        .map(|c| format!("`{}`", handler(c)))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let ours = exports
+        .iter()
+        .find(|e| e.starts_with(&format!("{}/handler", package())));
+    bail!(
+        "{} does not export {wanted}: {}",
+        path.display(),
+        match ours {
+            Some(other) => format!(
+                "it exports `{other}`, a version of the contract this sidecar does not speak"
+            ),
+            None if exports.is_empty() =>
+                "it exports nothing (a component for another world)".into(),
+            None => format!(
+                "it exports {} (a component for another world)",
+                exports.join(", ")
+            ),
+        }
+    )
+}
+
+/// What a 0.2 policy asks for when configured with `{}`: the hooks the
+/// sidecar will call besides `on-request`, and how it is configured. Many
+/// policies need a config: a refusal is reported, not an error.
+fn hooks_line(runtime: &Arc<Runtime>, component: &Component, wasm: &[u8], path: &Path) -> String {
+    let spec = PolicySpec {
+        name: policy_name(path),
+        config_json: "{}".into(),
+        failure: FailureMode::Closed,
+        limits: PolicyLimits::default(),
+        instances: Default::default(),
+    };
+    let loaded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(runtime.load(spec, component, wasm)));
+    match loaded {
+        Ok(policy) => {
+            let hooks = policy.hooks();
+            let mut asked = vec!["on-request"];
+            if hooks.on_response {
+                asked.push("on-response");
+            }
+            if hooks.on_complete {
+                asked.push("on-complete");
+            }
+            let configured = match policy.configured() {
+                Configured::Snapshot => "configured once, instances start from a snapshot".into(),
+                Configured::PerInstance => format!(
+                    "configured on every instance (no snapshot: {})",
+                    policy.snapshot_skipped().unwrap_or("unknown reason")
+                ),
+            };
+            format!(
+                "  hooks with config {{}}: {}\n  {configured}",
+                asked.join(", ")
+            )
+        }
+        Err(e) => match e.downcast_ref::<PolicyError>() {
+            Some(PolicyError::ConfigRefused { message, .. }) => format!(
+                "  hooks: not known, config {{}} is refused ({message}); `sidecar policy call` with a real config shows them"
+            ),
+            _ => format!(
+                "  hooks: not known, loading with config {{}} failed: {}",
+                chain_line(&e)
+            ),
         },
-    ))
+    }
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// `sidecar policy call FILE --config JSON --request FILE [--upstream FILE]`:
-/// runs one request through the policy; returns the outcome as JSON and the
-/// log lines it emitted.
+/// runs one request through the policy (with an upstream response, the
+/// response and completion hooks too, as far as the policy asked for them);
+/// returns the outcome as JSON and the log lines it emitted.
 ///
 /// # Errors
 /// The file cannot be loaded, the config is refused, an input file is
-/// unreadable or malformed, or the policy fails (trap, deadline, memory cap).
+/// unreadable or malformed, the policy fails (trap, deadline, memory cap),
+/// or its answer is not valid HTTP.
 pub fn call(
     path: &Path,
     config: &str,
@@ -144,6 +245,8 @@ pub fn call(
     harness.clock().set_micros(now.as_micros() as u64);
     let policy = harness.configure(config)?;
     let mut out = serde_json::Map::new();
+    out.insert("contract".into(), harness.contract().name().into());
+    out.insert("hooks".into(), wire::hooks_json(policy.hooks()));
     match upstream {
         None => {
             let decision = policy.on_request(request.build())?;
@@ -154,6 +257,9 @@ pub fn call(
             let trip = policy.round_trip(request.build(), upstream.build())?;
             out.insert("decision".into(), wire::decision_json(&trip.decision));
             out.insert("response".into(), wire::response_json(&trip.response));
+            if let Some(done) = &trip.completion {
+                out.insert("completion".into(), wire::completion_json(done));
+            }
         }
     }
     out.insert(
@@ -175,12 +281,14 @@ fn policy_name(path: &Path) -> String {
         .map_or("policy".into(), |s| s.to_string_lossy().into_owned())
 }
 
+/// `sidecar:policy`, the package every contract version shares.
 fn package() -> &'static str {
-    CONTRACT.split('@').next().unwrap_or(CONTRACT)
+    v02::CONTRACT.split('@').next().unwrap_or(v02::CONTRACT)
 }
 
-fn version() -> &'static str {
-    CONTRACT.split('@').nth(1).unwrap_or("")
+/// `0.2.0` of `sidecar:policy@0.2.0`.
+fn version(contract: &str) -> &str {
+    contract.split('@').nth(1).unwrap_or("")
 }
 
 fn first_line(e: &anyhow::Error) -> String {

@@ -25,14 +25,45 @@ fn check_err(bytes: &[u8]) -> String {
 }
 
 #[test]
-fn check_accepts_a_shipped_policy_and_lists_its_capabilities() {
+fn check_names_the_contract_and_lists_capabilities_and_hooks() {
     let report = check(Path::new(test_policies::CACHE)).unwrap();
+    assert!(
+        report.contains("ok, a sidecar:policy@0.2.0 policy"),
+        "{report}"
+    );
+    assert!(report.contains("capabilities: log, kv, clock"), "{report}");
+    assert!(
+        report.contains("hooks with config {}: on-request, on-response"),
+        "{report}"
+    );
+    assert!(report.contains("configured once"), "{report}");
+    let report = check(Path::new(test_policies::LOGGING)).unwrap();
+    assert!(report.contains("on-complete"), "{report}");
+    let report = check(Path::new(test_policies::TAG)).unwrap();
+    assert!(report.contains("capabilities: none"), "{report}");
+}
+
+#[test]
+fn check_reports_a_refused_empty_config_instead_of_hooks() {
+    // auth needs a secret.
+    let report = check(Path::new(test_policies::AUTH)).unwrap();
+    assert!(report.contains("ok, a sidecar:policy@0.2.0"), "{report}");
+    assert!(
+        report.contains("hooks: not known, config {} is refused"),
+        "{report}"
+    );
+}
+
+#[test]
+fn check_accepts_a_0_1_policy() {
+    let report = check(Path::new(test_policies::V01_CACHE)).unwrap();
     assert!(
         report.contains("ok, a sidecar:policy@0.1.0 policy"),
         "{report}"
     );
     assert!(report.contains("capabilities: log, kv, clock"), "{report}");
-    let report = check(Path::new(test_policies::TAG)).unwrap();
+    assert!(!report.contains("hooks"), "{report}");
+    let report = check(Path::new(test_policies::V01_TAG)).unwrap();
     assert!(report.contains("capabilities: none"), "{report}");
 }
 
@@ -51,7 +82,9 @@ fn check_rejects_a_component_for_another_world() {
     // The smallest valid component: it exports nothing.
     let msg = check_err(b"\0asm\x0d\0\x01\0");
     assert!(
-        msg.contains("does not export `sidecar:policy/handler@0.1.0`"),
+        msg.contains(
+            "does not export `sidecar:policy/handler@0.2.0` or `sidecar:policy/handler@0.1.0`"
+        ),
         "{msg}"
     );
     assert!(msg.contains("another world"), "{msg}");
@@ -67,49 +100,89 @@ fn check_rejects_a_truncated_file() {
 
 #[test]
 fn call_prints_the_decision_and_the_log_lines() {
-    let out = call(
-        Path::new(test_policies::AUTH),
-        r#"{"secret":"s"}"#,
-        r#"{"path":"/private"}"#,
-        None,
-    )
-    .unwrap();
-    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(json["decision"]["respond"]["status"], 401);
-    assert_eq!(json["logs"][0]["msg"], "auth denied");
-    assert_eq!(json["logs"][0]["policy"], "auth");
+    for (wasm, contract) in [
+        (test_policies::AUTH, "sidecar:policy@0.2.0"),
+        (test_policies::V01_AUTH, "sidecar:policy@0.1.0"),
+    ] {
+        let out = call(
+            Path::new(wasm),
+            r#"{"secret":"s"}"#,
+            r#"{"path":"/private"}"#,
+            None,
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["contract"], contract, "{out}");
+        assert_eq!(json["decision"]["respond"]["status"], 401, "{out}");
+        assert_eq!(json["logs"][0]["msg"], "auth denied", "{out}");
+        assert_eq!(json["logs"][0]["policy"], "auth", "{out}");
+    }
 }
 
 #[test]
 fn call_with_an_upstream_runs_the_response_hook() {
+    for wasm in [test_policies::CACHE, test_policies::V01_CACHE] {
+        let out = call(
+            Path::new(wasm),
+            "{}",
+            r#"{"path":"/p"}"#,
+            Some(r#"{"status":200,"body":"hi"}"#),
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["decision"]["continue"], "unchanged", "{out}");
+        assert_eq!(json["hooks"]["on_response"], true, "{out}");
+        assert!(
+            json["response"]["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h == "x-cache: miss"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn call_with_an_upstream_runs_the_completion_hook_a_0_2_policy_asks_for() {
     let out = call(
-        Path::new(test_policies::CACHE),
+        Path::new(test_policies::LOGGING),
         "{}",
         r#"{"path":"/p"}"#,
         Some(r#"{"status":200,"body":"hi"}"#),
     )
     .unwrap();
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(json["decision"]["continue"], "unchanged");
-    assert!(
-        json["response"]["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h == "x-cache: miss")
-    );
+    assert_eq!(json["hooks"]["on_complete"], true, "{out}");
+    assert_eq!(json["completion"]["status"], 200, "{out}");
+    assert_eq!(json["completion"]["response_body_bytes"], 2, "{out}");
+    assert_eq!(json["logs"].as_array().unwrap().len(), 1, "{out}");
 }
 
 #[test]
-fn shipped_case_files_pass() {
+fn shipped_case_files_pass_on_both_contracts() {
     for (wasm, cases) in [
         (test_policies::AUTH, "plugins/auth/cases.toml"),
+        (test_policies::V01_AUTH, "plugins/auth/cases.toml"),
         (test_policies::CACHE, "plugins/cache/cases.toml"),
+        (test_policies::V01_CACHE, "plugins/cache/cases.toml"),
     ] {
         let report = run_cases(Path::new(wasm), &repo(cases)).unwrap();
-        assert_eq!(report.failed, 0, "{cases}: {:#?}", report.lines);
+        assert_eq!(report.failed, 0, "{wasm} {cases}: {:#?}", report.lines);
         assert!(report.passed >= 5, "{cases}");
     }
+}
+
+#[test]
+fn python_case_file_passes_when_the_component_is_built() {
+    // Built by plugins-py's own build (componentize-py), not by cargo.
+    let wasm = repo("plugins-py/target/acl.wasm");
+    if !wasm.exists() {
+        eprintln!("skipped: {} not built", wasm.display());
+        return;
+    }
+    let report = run_cases(&wasm, &repo("plugins-py/acl/cases.toml")).unwrap();
+    assert_eq!(report.failed, 0, "{:#?}", report.lines);
 }
 
 #[test]

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use policy_harness::{
-    Decision, Request, Response, ResponseBuilder, ResponseExt, request, response,
+    Decision, Hooks, Request, Response, ResponseBuilder, ResponseExt, request, response,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sidecar_runtime::message::Completion;
 
 /// A request: `{"method": "GET", "path": "/x", "headers": {"a": "b"}, "body": "..."}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -117,4 +118,20 @@ pub fn decision_json(d: &Decision) -> Value {
         Decision::Continue(Some(r)) => json!({ "continue": request_json(r) }),
         Decision::Respond(r) => json!({ "respond": response_json(r) }),
     }
+}
+
+/// The hooks a policy asked for besides `on-request`.
+pub fn hooks_json(h: Hooks) -> Value {
+    json!({ "on_response": h.on_response, "on_complete": h.on_complete })
+}
+
+/// What the completion hook was told.
+pub fn completion_json(c: &Completion) -> Value {
+    json!({
+        "status": c.status,
+        "request_body_bytes": c.request_body_bytes,
+        "response_body_bytes": c.response_body_bytes,
+        "complete": c.complete,
+        "error": c.error,
+    })
 }
