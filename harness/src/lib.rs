@@ -42,8 +42,7 @@ pub use self::types::{Decision, Header, Request, Response};
 pub use sidecar_runtime::capabilities::{FieldValue, Level, ManualClock, MemoryKv, MemorySink};
 pub use sidecar_runtime::message::BodyLimits;
 pub use sidecar_runtime::wasm::{
-    Configured as ConfiguredBy, Contract, HookError, Hooks, MessageError, PolicyError,
-    PolicyLimits,
+    Configured as ConfiguredBy, Contract, HookError, Hooks, MessageError, PolicyError, PolicyLimits,
 };
 
 pub use self::builders::{
@@ -460,7 +459,6 @@ fn compiled(runtime: &Runtime, bytes: &[u8]) -> Result<Component, HarnessError> 
     cache.insert(bytes.to_vec(), component.clone());
     Ok(component)
 }
-
 
 #[cfg(test)]
 mod tests;

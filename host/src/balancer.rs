@@ -36,8 +36,8 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::gateway::Gateway;
-use crate::metrics::{Metrics, upstream_error_kind};
 use crate::message::{Body, BoxBody};
+use crate::metrics::{Metrics, upstream_error_kind};
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// How a route picks an endpoint.

@@ -66,7 +66,11 @@ impl Chain {
         let route = exchange.request.route.clone();
         if self.buffers {
             let limit = exchange.limits.v01_request;
-            match exchange.request_body.fill(limit, exchange.limits.idle).await {
+            match exchange
+                .request_body
+                .fill(limit, exchange.limits.idle)
+                .await
+            {
                 Ok(Filled::Complete(_)) => {}
                 Ok(Filled::TooLarge) => return Err(SidecarError::BodyTooLarge { limit }),
                 Err(e) => return Err(SidecarError::RequestBody(e)),

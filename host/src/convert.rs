@@ -50,7 +50,9 @@ fn upgrade_of(headers: &http::HeaderMap) -> Option<HeaderValue> {
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
     });
-    asked.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 /// The request head as policies see it: path as routed and checked, query
@@ -242,7 +244,10 @@ mod tests {
         // Found by fuzzing: the absolute-form target `http://h?q=1` reached
         // policies as path `?q=1`.
         let head = head_of(
-            http::Request::builder().uri("http://h?q=1").body(()).unwrap(),
+            http::Request::builder()
+                .uri("http://h?q=1")
+                .body(())
+                .unwrap(),
             false,
         );
         assert_eq!(head.path_and_query(), "/?q=1");
@@ -275,8 +280,8 @@ mod tests {
             true,
         );
         let up: Uri = "http://127.0.0.1:9".parse().unwrap();
-        let out =
-            request_to_upstream(&head, Body::empty().into_stream(), &up, "/svc", Some("/")).unwrap();
+        let out = request_to_upstream(&head, Body::empty().into_stream(), &up, "/svc", Some("/"))
+            .unwrap();
         assert_eq!(out.uri(), "http://127.0.0.1:9/x");
         assert_eq!(
             out.headers()["x-forwarded-for"].as_bytes(),

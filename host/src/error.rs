@@ -130,9 +130,10 @@ impl SidecarError {
             MessageError::ResponseBodyTooLarge { limit } => {
                 Self::Upstream(UpstreamError::ResponseTooLarge { limit })
             }
-            MessageError::NotUtf8 { what: "request", name } => {
-                Self::BadRequest(format!("header `{name}` has a value that is not UTF-8"))
-            }
+            MessageError::NotUtf8 {
+                what: "request",
+                name,
+            } => Self::BadRequest(format!("header `{name}` has a value that is not UTF-8")),
             MessageError::NotUtf8 { name, .. } => Self::Upstream(UpstreamError::BadResponse(
                 format!("header `{name}` has a value that is not UTF-8"),
             )),

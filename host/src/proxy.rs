@@ -118,7 +118,9 @@ pub async fn proxy(
     let Response { head, body } = exchange.response.take().expect("set above");
     let switching = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
     let (upgrade, tunnel) = match (switching, client_upgrade, upstream_upgrade) {
-        (true, Some(client), Some((upstream, protocol))) => (Some(protocol), Some((client, upstream))),
+        (true, Some(client), Some((upstream, protocol))) => {
+            (Some(protocol), Some((client, upstream)))
+        }
         _ => (None, None),
     };
     let sent = Arc::new(AtomicU64::new(0));
@@ -163,12 +165,18 @@ async fn forward(
     let head = &exchange.request;
     // Built per attempt: a retry may go to another endpoint.
     let outgoing = |endpoint: &http::Uri, body: BoxBody| {
-        convert::request_to_upstream(head, body, endpoint, &route.prefix, route.rewrite.as_deref())
-            .map_err(|detail| SidecarError::BadPolicyOutput {
-                route: route.name.to_string(),
-                what: "request",
-                detail,
-            })
+        convert::request_to_upstream(
+            head,
+            body,
+            endpoint,
+            &route.prefix,
+            route.rewrite.as_deref(),
+        )
+        .map_err(|detail| SidecarError::BadPolicyOutput {
+            route: route.name.to_string(),
+            what: "request",
+            detail,
+        })
     };
     let body = std::mem::take(&mut exchange.request_body);
     // What was buffered stays readable for the response hooks.
