@@ -12,6 +12,17 @@ const LIB_RS: &str = include_str!("../../../plugins/template/src/lib.rs");
 const COMPONENT_RS: &str = include_str!("../../../plugins/template/src/component.rs");
 const TEST_RS: &str = include_str!("../../../plugins/template/tests/policy.rs");
 const WIT: &str = include_str!("../../../wit/policy.wit");
+/// The policies' workspace manifest: its profiles (small release builds; a
+/// debug build of the harness's compiler crates fast enough for tests that
+/// snapshot a policy per config) go into the new crate, its own workspace.
+const WORKSPACE_TOML: &str = include_str!("../../../plugins/Cargo.toml");
+
+/// The `[profile.*]` tables of the policies' workspace, as one block.
+fn profiles() -> &'static str {
+    WORKSPACE_TOML
+        .find("[profile.")
+        .map_or("", |start| &WORKSPACE_TOML[start..])
+}
 
 /// Where this repository's harness is: the generated crate depends on it by path.
 fn harness_dir() -> PathBuf {
@@ -47,8 +58,8 @@ pub fn new_policy(name: &str, dir: &Path) -> anyhow::Result<String> {
             "path = \"../../harness\"",
             &format!("path = {:?}", harness.display().to_string()),
         )
-        + "\n# A crate of its own, not part of an enclosing workspace.\n[workspace]\n\n\
-           [profile.release]\nopt-level = \"s\"\nlto = true\ncodegen-units = 1\nstrip = true\npanic = \"abort\"\n";
+        + "\n# A crate of its own, not part of an enclosing workspace.\n[workspace]\n\n"
+        + profiles();
     let files: [(&str, String); 6] = [
         ("Cargo.toml", cargo_toml),
         ("src/lib.rs", LIB_RS.to_owned()),

@@ -39,8 +39,12 @@ fn check_names_the_contract_and_lists_capabilities_and_hooks() {
     assert!(report.contains("configured once"), "{report}");
     let report = check(Path::new(test_policies::LOGGING)).unwrap();
     assert!(report.contains("on-complete"), "{report}");
-    let report = check(Path::new(test_policies::TAG)).unwrap();
+    let report = check(Path::new(test_policies::NOOP)).unwrap();
     assert!(report.contains("capabilities: none"), "{report}");
+    assert!(
+        report.contains("hooks with config {}: on-request\n"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -233,13 +237,20 @@ fn new_writes_a_crate_from_the_template() {
     let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
     assert!(cargo.contains("name = \"my-policy\""));
     assert!(cargo.contains("[workspace]"));
+    // The policies' workspace profiles, now the new crate's own.
+    assert!(cargo.contains("[profile.release]"), "{cargo}");
+    assert!(cargo.contains("[profile.dev.package.wasmtime]"), "{cargo}");
     assert!(
         !cargo.contains("../../harness"),
         "harness path made absolute"
     );
     let component = std::fs::read_to_string(dir.join("src/component.rs")).unwrap();
     assert!(component.contains("path: \"wit\""));
-    assert!(dir.join("wit/policy.wit").exists());
+    let wit = std::fs::read_to_string(dir.join("wit/policy.wit")).unwrap();
+    assert!(
+        wit.contains(&format!("package {};", sidecar_runtime::bindings::CONTRACT)),
+        "the new crate targets the current contract"
+    );
     assert!(dir.join("tests/policy.rs").exists());
     assert!(
         new_policy("my-policy", &dir)
@@ -248,4 +259,39 @@ fn new_writes_a_crate_from_the_template() {
             .contains("already exists")
     );
     assert!(new_policy("Bad Name", &dir.with_file_name("x")).is_err());
+}
+
+#[test]
+#[ignore = "slow: builds the new crate and its harness (wasmtime) and runs its tests; run with --ignored"]
+fn new_crate_builds_and_passes_its_tests() {
+    let dir = scratch("new-build").join("fresh-policy");
+    new_policy("fresh-policy", &dir).unwrap();
+    // Kept between runs (the harness's dependencies take minutes to build).
+    let target = repo("target/policy-new");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.arg("test")
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", &target);
+    // This test's own build settings must not reach the new crate's build.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let keep = matches!(key.as_str(), "CARGO_HOME" | "CARGO_MAKEFLAGS")
+            || key.starts_with("CARGO_NET_");
+        if (key.starts_with("CARGO_") && !keep) || key == "RUSTFLAGS" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("CARGO_TARGET_DIR", &target);
+    let out = cmd.output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "cargo test in the new crate: {log}");
+    assert!(
+        log.contains("request_without_the_header_is_refused_with_json ... ok"),
+        "the template's harness test ran: {log}"
+    );
 }
