@@ -126,7 +126,6 @@ impl Fixture {
         let body = Bytes::from_static(
             br#"{"username":"alice","email":"alice@example.com","role":"user","created":"2026-11-01"}"#,
         );
-        assert_eq!(body.len(), 86);
         let (parts, ()) = http::Response::builder()
             .status(200)
             .header("content-type", "application/json")
