@@ -51,6 +51,10 @@ pub enum Strategy {
     LeastRequests,
 }
 
+/// Request bodies up to this size, with a `content-length`, are buffered
+/// on routes that retry, so that they can be sent again.
+const REPLAY_BUFFER_BYTES: usize = 64 * 1024;
+
 /// A route's balancing, health and retry settings (`[[route]]`, `[route.health]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BalanceSettings {
@@ -246,6 +250,8 @@ impl Upstreams {
     ///
     /// A body that is not all buffered can be sent once only: such a request
     /// is never retried (a replay would need the bytes already streamed).
+    /// On a route that retries, a body of announced length up to 64 KiB is
+    /// buffered first for that reason.
     ///
     /// # Errors
     /// What `request_for` returns, or the last attempt's [`UpstreamError`]
@@ -261,6 +267,18 @@ impl Upstreams {
         let deadline = Instant::now() + timeout;
         self.budget.deposit(Instant::now());
         let mut tried = Vec::new();
+        let mut body = body;
+        // As Envoy does for retries: a small body of announced length is
+        // read first, so a request whose connection failed can be replayed.
+        if self.settings.retries > 0
+            && self.endpoints.len() > 1
+            && body
+                .known_len()
+                .is_some_and(|n| n <= REPLAY_BUFFER_BYTES as u64)
+        {
+            // A failure stays on the body and fails the send below.
+            let _ = body.fill(REPLAY_BUFFER_BYTES, timeout).await;
+        }
         // `Some` while a copy can still be sent.
         let mut body = Some(body);
         loop {

@@ -28,7 +28,7 @@ use crate::chain::Completing;
 use crate::convert;
 use crate::error::SidecarError;
 use crate::gateway::{Gateway, Route};
-use crate::message::{Body, BoxBody, BoxError, Completion, Exchange, Response};
+use crate::message::{self, Body, BoxBody, BoxError, Completion, Exchange, Response};
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 
@@ -197,7 +197,12 @@ async fn forward(
     let upgrade = resp.extensions_mut().remove::<OnUpgrade>();
     let (parts, incoming) = resp.into_parts();
     let (head, protocol) = convert::response_head(parts);
-    let body = Body::stream(BoxBody::new(incoming.map_err(BoxError::from)));
+    // No size limit on a streamed body, but a bound on silence: one that
+    // stalls for the route's timeout ends (the client sees it cut off).
+    let body = Body::stream(message::idle_timeout(
+        BoxBody::new(incoming.map_err(BoxError::from)),
+        route.timeout,
+    ));
     let upgrade = upgrade.zip(protocol);
     Ok((Response { head, body }, upgrade))
 }

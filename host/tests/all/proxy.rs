@@ -24,6 +24,17 @@ timeout_ms = 200
 name = "down"
 prefix = "/down"
 upstream = "http://127.0.0.1:9"
+
+# A 0.1 policy gets bodies whole: its route buffers them, up to max_body_bytes.
+[[route]]
+name = "buffered"
+prefix = "/buffered"
+upstream = "{UPSTREAM}"
+rewrite = "/"
+policies = ["noop01"]
+
+[policy.noop01]
+wasm = "{V01_NOOP}"
 "#;
 
 #[tokio::test]
@@ -149,11 +160,11 @@ async fn malformed_http_and_very_long_paths_get_4xx_and_never_reach_upstream() {
 }
 
 #[tokio::test]
-async fn oversized_body_is_413() {
+async fn a_body_over_max_body_bytes_is_413_on_a_0_1_route() {
     let upstream = Upstream::start().await;
     let sidecar = start(PLAIN, &upstream).await;
     let resp = client()
-        .post(format!("{}/api/x", sidecar.base))
+        .post(format!("{}/buffered/echo", sidecar.base))
         .body(vec![b'x'; 4096])
         .send()
         .await
@@ -162,6 +173,22 @@ async fn oversized_body_is_413() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "body_too_large");
     assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_bytes_streams_where_no_policy_buffers_it() {
+    let upstream = Upstream::start().await;
+    let sidecar = start(PLAIN, &upstream).await;
+    let resp = client()
+        .post(format!("{}/api/echo", sidecar.base))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["body"], "x".repeat(4096), "the upstream got it whole");
+    assert_eq!(upstream.hits(), 1);
 }
 
 #[tokio::test]

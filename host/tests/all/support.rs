@@ -92,7 +92,8 @@ pub async fn start(toml: &str, upstream: &Upstream) -> Running {
         .replace("{HOSTILE}", test_policies::HOSTILE)
         .replace("{AUTH}", test_policies::AUTH)
         .replace("{LOGGING}", test_policies::LOGGING)
-        .replace("{CACHE}", test_policies::CACHE);
+        .replace("{CACHE}", test_policies::CACHE)
+        .replace("{V01_NOOP}", test_policies::V01_NOOP);
     let config = sidecar::config::parse(&text, Path::new("/test/sidecar.toml"), &|_| None).unwrap();
     let (base, logs, sidecar) = serve(&config).await;
     Running {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-pub use self::body::{Body, BodyError, BoxBody, BoxError, Filled};
+pub use self::body::{Body, BodyError, BoxBody, BoxError, Filled, idle_timeout};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// and `content-length`'s partner `transfer-encoding`: never forwarded as
@@ -96,6 +96,68 @@ pub fn header_value(name: &str, value: &[u8]) -> Result<HeaderValue, String> {
     HeaderValue::from_bytes(value).map_err(|_| {
         format!("value of header `{name}` has a byte HTTP forbids (NUL, CR, LF or a control byte)")
     })
+}
+
+/// How a policy changes one header.
+#[derive(Debug, Clone, Copy)]
+pub enum HeaderEdit<'a> {
+    /// Replace every value of the header with this one.
+    Set(&'a [u8]),
+    /// Add this value after the header's others.
+    Append(&'a [u8]),
+    Remove,
+}
+
+/// Why a header edit was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEditError {
+    /// A name that is not a token, a value with a forbidden byte, or one
+    /// header more than [`MAX_HEADERS`]; the text says which.
+    Invalid(String),
+    /// The sidecar manages this header ([`is_managed`]).
+    ReadOnly,
+}
+
+/// Applies a policy's change of header `name` to `headers`, with the rules
+/// every contract shares: a valid name and value, no managed header, and
+/// never more than [`MAX_HEADERS`] values after the change.
+///
+/// # Errors
+/// The edit is refused and `headers` is left as it was.
+pub fn edit_header(
+    headers: &mut HeaderMap,
+    name: &str,
+    change: HeaderEdit<'_>,
+) -> Result<(), HeaderEditError> {
+    let header = header_name(name).map_err(HeaderEditError::Invalid)?;
+    if is_managed(header.as_str()) {
+        return Err(HeaderEditError::ReadOnly);
+    }
+    let value = match change {
+        HeaderEdit::Remove => {
+            headers.remove(&header);
+            return Ok(());
+        }
+        HeaderEdit::Set(v) | HeaderEdit::Append(v) => {
+            header_value(name, v).map_err(HeaderEditError::Invalid)?
+        }
+    };
+    // `len` counts values: a set replaces the header's own, an append adds.
+    let kept = match change {
+        HeaderEdit::Set(_) => headers.len() - headers.get_all(&header).iter().count(),
+        _ => headers.len(),
+    };
+    if kept >= MAX_HEADERS {
+        return Err(HeaderEditError::Invalid(format!(
+            "more than {MAX_HEADERS} headers"
+        )));
+    }
+    if matches!(change, HeaderEdit::Set(_)) {
+        headers.insert(header, value);
+    } else {
+        headers.append(header, value);
+    }
+    Ok(())
 }
 
 /// Checks a path and query a policy set, and splits it.

@@ -702,7 +702,7 @@ impl PolicyInstance {
                     .await;
                 v02::take_back(&mut warm.store, exchange);
                 let decision = self.outcome(called)?;
-                Ok(v02::verdict(&policy, decision)?)
+                Ok(v02::verdict(&policy, decision, exchange.limits.policy_max)?)
             }
         }
     }

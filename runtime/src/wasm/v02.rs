@@ -19,7 +19,7 @@ use super::policy::{MessageError, Verdict};
 use super::state::HostState;
 use crate::bindings::v02::types::{self, Body, EditError, Header, Request, Response};
 use crate::bindings::v02::{Completion, Decision, Hooks, Reply};
-use crate::message::{self, BodyLimits, Exchange, Filled, Phase};
+use crate::message::{self, BodyLimits, Exchange, Filled, HeaderEdit, HeaderEditError, Phase};
 
 /// The part of a store's data that holds the exchange during a call.
 #[derive(Default)]
@@ -75,10 +75,11 @@ pub(super) fn completion(info: &message::Completion) -> Completion {
 pub(super) fn verdict(
     policy: &std::sync::Arc<str>,
     decision: Decision,
+    max_body: usize,
 ) -> Result<Verdict, MessageError> {
     match decision {
         Decision::Continue => Ok(Verdict::Continue),
-        Decision::Respond(reply) => reply_response(reply)
+        Decision::Respond(reply) => reply_response(reply, max_body)
             .map(Verdict::Respond)
             .map_err(|detail| MessageError::BadOutput {
                 policy: policy.clone(),
@@ -88,11 +89,12 @@ pub(super) fn verdict(
     }
 }
 
-fn reply_response(reply: Reply) -> Result<message::Response, String> {
+fn reply_response(reply: Reply, max_body: usize) -> Result<message::Response, String> {
     let status = StatusCode::from_u16(reply.status)
         .ok()
         .filter(|s| s.as_u16() >= 200)
         .ok_or_else(|| format!("status {}", reply.status))?;
+    check_body_size(reply.body.len(), max_body)?;
     if reply.headers.len() > message::MAX_HEADERS {
         return Err(format!(
             "{} headers (at most {})",
@@ -135,36 +137,20 @@ fn all(headers: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
-/// How a header is changed.
-enum Edit<'a> {
-    Set(&'a [u8]),
-    Append(&'a [u8]),
-    Remove,
+fn edit(headers: &mut HeaderMap, name: &str, change: HeaderEdit<'_>) -> Result<(), EditError> {
+    message::edit_header(headers, name, change).map_err(|e| match e {
+        HeaderEditError::Invalid(why) => EditError::Invalid(why),
+        HeaderEditError::ReadOnly => EditError::ReadOnly,
+    })
 }
 
-fn edit(headers: &mut HeaderMap, name: &str, change: Edit<'_>) -> Result<(), EditError> {
-    let header = message::header_name(name).map_err(EditError::Invalid)?;
-    if message::is_managed(header.as_str()) {
-        return Err(EditError::ReadOnly);
-    }
-    match change {
-        Edit::Remove => {
-            headers.remove(&header);
-        }
-        Edit::Set(value) | Edit::Append(value) => {
-            let value = message::header_value(name, value).map_err(EditError::Invalid)?;
-            if headers.len() >= message::MAX_HEADERS && !headers.contains_key(&header) {
-                return Err(EditError::Invalid(format!(
-                    "more than {} headers",
-                    message::MAX_HEADERS
-                )));
-            }
-            if matches!(change, Edit::Set(_)) {
-                headers.insert(header, value);
-            } else {
-                headers.append(header, value);
-            }
-        }
+/// A body a policy gives is bounded as one it reads: by the sidecar's
+/// `max_policy_body_bytes`.
+fn check_body_size(len: usize, max: usize) -> Result<(), String> {
+    if len > max {
+        return Err(format!(
+            "a body of {len} bytes is over the sidecar's limit of {max} (`max_policy_body_bytes`)"
+        ));
     }
     Ok(())
 }
@@ -256,7 +242,7 @@ impl types::HostRequest for MessageState {
         value: Vec<u8>,
     ) -> Result<(), EditError> {
         let head = self.request_mut()?;
-        edit(&mut head.headers, &name, Edit::Set(&value))
+        edit(&mut head.headers, &name, HeaderEdit::Set(&value))
     }
 
     fn append_header(
@@ -266,12 +252,12 @@ impl types::HostRequest for MessageState {
         value: Vec<u8>,
     ) -> Result<(), EditError> {
         let head = self.request_mut()?;
-        edit(&mut head.headers, &name, Edit::Append(&value))
+        edit(&mut head.headers, &name, HeaderEdit::Append(&value))
     }
 
     fn remove_header(&mut self, _: Resource<Request>, name: String) -> Result<(), EditError> {
         let head = self.request_mut()?;
-        edit(&mut head.headers, &name, Edit::Remove)
+        edit(&mut head.headers, &name, HeaderEdit::Remove)
     }
 
     fn set_path(&mut self, _: Resource<Request>, path_and_query: String) -> Result<(), EditError> {
@@ -319,6 +305,7 @@ impl types::HostRequest for MessageState {
                 "an upgrade request has no body to replace".into(),
             ));
         }
+        check_body_size(body.len(), self.exchange.limits.policy_max).map_err(EditError::Invalid)?;
         message::set_content_length(&mut self.exchange.request.headers, body.len());
         self.exchange.request_body.replace(Bytes::from(body));
         Ok(())
@@ -384,7 +371,7 @@ impl types::HostResponse for MessageState {
         value: Vec<u8>,
     ) -> Result<(), EditError> {
         let resp = self.response_mut()?;
-        edit(&mut resp.head.headers, &name, Edit::Set(&value))
+        edit(&mut resp.head.headers, &name, HeaderEdit::Set(&value))
     }
 
     fn append_header(
@@ -394,12 +381,12 @@ impl types::HostResponse for MessageState {
         value: Vec<u8>,
     ) -> Result<(), EditError> {
         let resp = self.response_mut()?;
-        edit(&mut resp.head.headers, &name, Edit::Append(&value))
+        edit(&mut resp.head.headers, &name, HeaderEdit::Append(&value))
     }
 
     fn remove_header(&mut self, _: Resource<Response>, name: String) -> Result<(), EditError> {
         let resp = self.response_mut()?;
-        edit(&mut resp.head.headers, &name, Edit::Remove)
+        edit(&mut resp.head.headers, &name, HeaderEdit::Remove)
     }
 
     async fn body(&mut self, _: Resource<Response>, max_bytes: u64) -> wasmtime::Result<Body> {
@@ -425,7 +412,9 @@ impl types::HostResponse for MessageState {
     }
 
     fn set_body(&mut self, _: Resource<Response>, body: Vec<u8>) -> Result<(), EditError> {
+        let max = self.exchange.limits.policy_max;
         let resp = self.response_mut()?;
+        check_body_size(body.len(), max).map_err(EditError::Invalid)?;
         if resp.head.status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(EditError::Invalid(
                 "a 101 response has no body to replace".into(),
