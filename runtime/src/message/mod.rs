@@ -49,6 +49,11 @@ pub const MAX_HEADERS: usize = 1024;
 /// names (compared byte-wise: a name is an ASCII token even in a value that
 /// is not UTF-8).
 pub fn end_to_end(headers: HeaderMap) -> HeaderMap {
+    // Most requests carry none (a `connection` header is one of them): one
+    // pass over the names, no hashing, no new map.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+        return headers;
+    }
     let named: Vec<Vec<u8>> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -5,16 +5,16 @@
 //! (records copied in and out, see [`super::v01`]). Everything else — the
 //! store, the limits, failure classification, reuse — is the same for both.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Store, Trap, UpdateDeadline};
-use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use super::state::{EpochWallClock, HostState, MemoryCap};
+use super::nursery::{Job, Ready};
+use super::state::{HostState, LazyWasi, MemoryCap};
 use super::v02::MessageState;
 use super::{EPOCH_TICK, Runtime, snapshot, v01, v02};
 use crate::bindings;
@@ -223,6 +223,12 @@ pub struct Policy {
     idle: Option<Arc<IdlePool>>,
     /// Why a 0.2 component is configured per instance, if it is.
     snapshot_skipped: Option<String>,
+    /// Instances made ahead of requests (see [`super::nursery`]): only for
+    /// a policy configured once, whose fresh instances run no guest code
+    /// before their request.
+    ready: Option<Ready>,
+    /// This policy, for the fill jobs it hands the nursery.
+    me: Weak<Policy>,
 }
 
 type IdlePool = Mutex<Vec<Warm>>;
@@ -330,6 +336,13 @@ impl Policy {
             }
         };
         let spec_reuse = spec.instances;
+        let ready = match kind {
+            Kind::V02 {
+                configure_each: false,
+                ..
+            } => Ready::new(runtime.settings().prepared_instances as usize),
+            _ => None,
+        };
         let mut policy = Self {
             name: name.clone(),
             spec,
@@ -339,6 +352,8 @@ impl Policy {
             deadline_ticks,
             idle: (spec_reuse == Instances::Reuse).then(Default::default),
             snapshot_skipped,
+            ready,
+            me: Weak::new(),
         };
         // Validate the config now (and, for a snapshot, that it
         // instantiates), so a refused config stops the load instead of
@@ -351,7 +366,12 @@ impl Policy {
             policy.hooks = hooks;
         }
         drop(instance);
-        Ok(Arc::new(policy))
+        let policy = Arc::new_cyclic(|me| {
+            policy.me = me.clone();
+            policy
+        });
+        policy.prepare();
+        Ok(policy)
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -413,7 +433,12 @@ impl Policy {
             .idle
             .as_ref()
             .and_then(|idle| idle.lock().unwrap_or_else(|e| e.into_inner()).pop());
-        if let Some(mut warm) = reused {
+        let prepared = || {
+            let warm = self.ready.as_ref()?.take();
+            self.prepare();
+            warm
+        };
+        if let Some(mut warm) = reused.or_else(prepared) {
             // Log lines of this request carry this request's id.
             warm.store.data_mut().log.caller = caller;
             return Ok(self.instance(warm));
@@ -421,8 +446,47 @@ impl Policy {
         self.fresh(caller).await
     }
 
+    /// Asks the nursery to top up the ready instances, unless it already
+    /// is or none are missing.
+    fn prepare(&self) {
+        let Some(ready) = &self.ready else { return };
+        if ready.missing() > 0 && ready.queue() {
+            if let Err(_job) = self.runtime.nursery().send(Job::Fill(self.me.clone())) {
+                ready.filled();
+            }
+        }
+    }
+
+    /// Makes instances until the ready ones reach their target (on the
+    /// nursery thread). Stops at the first failure: the request path then
+    /// makes its own and reports why.
+    pub(super) async fn fill(&self) {
+        let Some(ready) = &self.ready else { return };
+        loop {
+            while ready.missing() > 0 {
+                let Ok(instance) = self.fresh(load_caller(&self.name)).await else {
+                    ready.filled();
+                    return;
+                };
+                let Some(warm) = instance.into_warm() else {
+                    break;
+                };
+                if !ready.put(warm) {
+                    break;
+                }
+            }
+            ready.filled();
+            // A request may have taken one between the last check and
+            // `filled`, and found a fill still queued.
+            if ready.missing() == 0 || !ready.queue() {
+                return;
+            }
+        }
+    }
+
     fn instance(&self, warm: Warm) -> PolicyInstance {
         PolicyInstance {
+            runtime: self.runtime.clone(),
             policy: self.name.clone(),
             limits: self.spec.limits,
             deadline_ticks: self.deadline_ticks,
@@ -494,17 +558,8 @@ pub(super) fn new_store(
     let services = runtime.services();
     // Panic messages land here, to be logged with the trap.
     let stderr = MemoryOutputPipe::new(4096);
-    // Deny by default, said out loud: no preopened directories, no
-    // environment or arguments, no sockets, and no wall clock.
-    let wasi = WasiCtxBuilder::new()
-        .stderr(stderr.clone())
-        .wall_clock(EpochWallClock)
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .build();
     let state = HostState {
-        wasi,
+        wasi: LazyWasi::new(stderr.clone()),
         table: ResourceTable::new(),
         limiter: MemoryCap {
             max_bytes: spec.limits.memory_bytes,
@@ -596,6 +651,8 @@ pub(super) fn validate(
 /// One policy's instance for one request. Dropping it frees the slot, or
 /// with [`Instances::Reuse`] parks it for a later request.
 pub struct PolicyInstance {
+    /// Whose nursery drops it.
+    runtime: Arc<Runtime>,
     policy: Arc<str>,
     limits: PolicyLimits,
     deadline_ticks: u64,
@@ -617,7 +674,7 @@ enum Bindings {
 
 /// An instantiated and configured component, with what it needs to be
 /// called again.
-struct Warm {
+pub(super) struct Warm {
     store: Store<HostState>,
     bindings: Bindings,
     stderr: MemoryOutputPipe,
@@ -628,15 +685,26 @@ struct Warm {
 
 impl Drop for PolicyInstance {
     fn drop(&mut self) {
-        let (Some(idle), Some(warm)) = (self.idle.take(), self.warm.take()) else {
-            return;
+        let Some(warm) = self.warm.take() else { return };
+        let warm = match self.idle.take() {
+            Some(idle)
+                if !self.poisoned
+                    && warm.uses < REUSE_MAX_USES
+                    && warm.stderr.contents().is_empty() =>
+            {
+                let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < REUSE_MAX_IDLE {
+                    idle.push(warm);
+                    return;
+                }
+                warm
+            }
+            _ => warm,
         };
-        if self.poisoned || warm.uses >= REUSE_MAX_USES || !warm.stderr.contents().is_empty() {
-            return;
-        }
-        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < REUSE_MAX_IDLE {
-            idle.push(warm);
+        // Tearing a store down (its slot's memory reset) is as costly as
+        // making it: not on the request's time. Done here if it must be.
+        if let Err(job) = self.runtime.nursery().send(Job::Reap(Box::new(warm))) {
+            drop(job);
         }
     }
 }
@@ -644,6 +712,11 @@ impl Drop for PolicyInstance {
 impl PolicyInstance {
     pub fn policy(&self) -> &Arc<str> {
         &self.policy
+    }
+
+    /// The instance itself, never called: for the ready instances.
+    fn into_warm(mut self) -> Option<Warm> {
+        self.warm.take()
     }
 
     async fn configure(&mut self, config: &str) -> Result<(), PolicyError> {

@@ -3,7 +3,8 @@
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capabilities::clock::ClockState;
 use crate::capabilities::kv::KvState;
@@ -12,7 +13,7 @@ use crate::wasm::v02::MessageState;
 
 /// The data of one policy instance's `Store`.
 pub struct HostState {
-    pub(crate) wasi: WasiCtx,
+    pub(crate) wasi: LazyWasi,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryCap,
     pub(crate) log: LogState,
@@ -25,9 +26,40 @@ pub struct HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get(),
             table: &mut self.table,
         }
+    }
+}
+
+/// WASI as a policy sees it, built on its first use. Building it seeds
+/// two random generators and boxes clocks: a tenth of what a fresh
+/// instance costs, paid by every request although most policies never
+/// call WASI (their language's runtime links it, see FACTS.md).
+pub(crate) struct LazyWasi {
+    ctx: Option<WasiCtx>,
+    /// Where the guest's stderr (panic messages) goes.
+    stderr: MemoryOutputPipe,
+}
+
+impl LazyWasi {
+    pub(crate) fn new(stderr: MemoryOutputPipe) -> Self {
+        Self { ctx: None, stderr }
+    }
+
+    fn get(&mut self) -> &mut WasiCtx {
+        let stderr = &self.stderr;
+        self.ctx.get_or_insert_with(|| {
+            // Deny by default, said out loud: no preopened directories, no
+            // environment or arguments, no sockets, and no wall clock.
+            WasiCtxBuilder::new()
+                .stderr(stderr.clone())
+                .wall_clock(EpochWallClock)
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build()
+        })
     }
 }
 
