@@ -439,9 +439,6 @@ fn shared_engine() -> Result<Arc<SharedEngine>, HarnessError> {
     }
     let settings = EngineSettings {
         max_instances: 64,
-        // A test makes a call or two per policy: instances made ahead
-        // would only be thrown away.
-        prepared_instances: 0,
         ..EngineSettings::default()
     };
     let engine = SharedEngine::new(settings).map_err(HarnessError::Load)?;

@@ -312,8 +312,6 @@ struct RawWasm {
     /// Engine-wide ceiling for any policy's memory cap.
     max_memory_mb: Option<usize>,
     max_instances: Option<u32>,
-    /// Fresh instances per policy made ahead of requests.
-    prepared_instances: Option<u32>,
     /// Defaults for policies that set none.
     deadline_ms: Option<u64>,
     memory_mb: Option<usize>,
@@ -399,8 +397,6 @@ struct RawPolicy {
 }
 
 const MB: usize = 1024 * 1024;
-/// Instances a policy may keep made ahead: more only holds pool slots.
-const MAX_PREPARED: u32 = 64;
 
 fn validate(
     raw: RawConfig,
@@ -461,13 +457,6 @@ fn validate(
             .unwrap_or(engine_defaults.max_memory_bytes),
         max_instances: positive("wasm.max_instances", raw.wasm.max_instances)?
             .unwrap_or(engine_defaults.max_instances),
-        prepared_instances: match raw.wasm.prepared_instances {
-            Some(n) if n > MAX_PREPARED => bail!(
-                "wasm.prepared_instances: {n} is more than {MAX_PREPARED} (instances made ahead per policy; 0 turns it off)"
-            ),
-            Some(n) => n,
-            None => engine_defaults.prepared_instances,
-        },
     };
     let limit_defaults = PolicyLimits {
         deadline: positive("wasm.deadline_ms", raw.wasm.deadline_ms)?

@@ -57,7 +57,6 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     let runtime = Runtime::new(
         EngineSettings {
             max_instances: 8,
-            prepared_instances: 0,
             ..EngineSettings::default()
         },
         services,

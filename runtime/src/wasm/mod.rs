@@ -8,7 +8,6 @@
 //! in the tens of microseconds.
 
 mod cache;
-mod nursery;
 mod policy;
 mod snapshot;
 mod state;
@@ -50,11 +49,7 @@ pub struct EngineSettings {
     pub max_memory_bytes: usize,
     /// Instances alive at once across all requests: concurrent requests ×
     /// policies per route. Beyond it a request fails with 503, never queues.
-    /// Prepared instances count too.
     pub max_instances: u32,
-    /// Fresh instances each policy keeps made ahead of requests (see
-    /// `nursery`); 0 makes them on the request path.
-    pub prepared_instances: u32,
 }
 
 impl Default for EngineSettings {
@@ -62,7 +57,6 @@ impl Default for EngineSettings {
         Self {
             max_memory_bytes: 64 * 1024 * 1024,
             max_instances: 1_000,
-            prepared_instances: 4,
         }
     }
 }
@@ -143,7 +137,6 @@ pub struct Runtime {
     linker: Linker<HostState>,
     services: Services,
     cache: cache::CompileCache,
-    nursery: nursery::Nursery,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -205,7 +198,6 @@ impl Runtime {
             linker,
             services,
             cache: cache::CompileCache::new(cache_dir),
-            nursery: nursery::Nursery::default(),
         }))
     }
 
@@ -293,10 +285,6 @@ impl Runtime {
 
     pub(crate) fn linker(&self) -> &Linker<HostState> {
         &self.linker
-    }
-
-    fn nursery(&self) -> &nursery::Nursery {
-        &self.nursery
     }
 }
 

@@ -5,7 +5,7 @@
 //! (records copied in and out, see [`super::v01`]). Everything else — the
 //! store, the limits, failure classification, reuse — is the same for both.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,7 +13,6 @@ use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use super::nursery::{Job, Ready};
 use super::state::{HostState, LazyWasi, MemoryCap};
 use super::v02::MessageState;
 use super::{EPOCH_TICK, Runtime, snapshot, v01, v02};
@@ -223,12 +222,6 @@ pub struct Policy {
     idle: Option<Arc<IdlePool>>,
     /// Why a 0.2 component is configured per instance, if it is.
     snapshot_skipped: Option<String>,
-    /// Instances made ahead of requests (see [`super::nursery`]): only for
-    /// a policy configured once, whose fresh instances run no guest code
-    /// before their request.
-    ready: Option<Ready>,
-    /// This policy, for the fill jobs it hands the nursery.
-    me: Weak<Policy>,
 }
 
 type IdlePool = Mutex<Vec<Warm>>;
@@ -336,13 +329,6 @@ impl Policy {
             }
         };
         let spec_reuse = spec.instances;
-        let ready = match kind {
-            Kind::V02 {
-                configure_each: false,
-                ..
-            } => Ready::new(runtime.settings().prepared_instances as usize),
-            _ => None,
-        };
         let mut policy = Self {
             name: name.clone(),
             spec,
@@ -352,8 +338,6 @@ impl Policy {
             deadline_ticks,
             idle: (spec_reuse == Instances::Reuse).then(Default::default),
             snapshot_skipped,
-            ready,
-            me: Weak::new(),
         };
         // Validate the config now (and, for a snapshot, that it
         // instantiates), so a refused config stops the load instead of
@@ -366,12 +350,7 @@ impl Policy {
             policy.hooks = hooks;
         }
         drop(instance);
-        let policy = Arc::new_cyclic(|me| {
-            policy.me = me.clone();
-            policy
-        });
-        policy.prepare();
-        Ok(policy)
+        Ok(Arc::new(policy))
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -433,12 +412,7 @@ impl Policy {
             .idle
             .as_ref()
             .and_then(|idle| idle.lock().unwrap_or_else(|e| e.into_inner()).pop());
-        let prepared = || {
-            let warm = self.ready.as_ref()?.take();
-            self.prepare();
-            warm
-        };
-        if let Some(mut warm) = reused.or_else(prepared) {
+        if let Some(mut warm) = reused {
             // Log lines of this request carry this request's id.
             warm.store.data_mut().log.caller = caller;
             return Ok(self.instance(warm));
@@ -446,47 +420,8 @@ impl Policy {
         self.fresh(caller).await
     }
 
-    /// Asks the nursery to top up the ready instances, unless it already
-    /// is or none are missing.
-    fn prepare(&self) {
-        let Some(ready) = &self.ready else { return };
-        if ready.missing() > 0 && ready.queue() {
-            if let Err(_job) = self.runtime.nursery().send(Job::Fill(self.me.clone())) {
-                ready.filled();
-            }
-        }
-    }
-
-    /// Makes instances until the ready ones reach their target (on the
-    /// nursery thread). Stops at the first failure: the request path then
-    /// makes its own and reports why.
-    pub(super) async fn fill(&self) {
-        let Some(ready) = &self.ready else { return };
-        loop {
-            while ready.missing() > 0 {
-                let Ok(instance) = self.fresh(load_caller(&self.name)).await else {
-                    ready.filled();
-                    return;
-                };
-                let Some(warm) = instance.into_warm() else {
-                    break;
-                };
-                if !ready.put(warm) {
-                    break;
-                }
-            }
-            ready.filled();
-            // A request may have taken one between the last check and
-            // `filled`, and found a fill still queued.
-            if ready.missing() == 0 || !ready.queue() {
-                return;
-            }
-        }
-    }
-
     fn instance(&self, warm: Warm) -> PolicyInstance {
         PolicyInstance {
-            runtime: self.runtime.clone(),
             policy: self.name.clone(),
             limits: self.spec.limits,
             deadline_ticks: self.deadline_ticks,
@@ -651,8 +586,6 @@ pub(super) fn validate(
 /// One policy's instance for one request. Dropping it frees the slot, or
 /// with [`Instances::Reuse`] parks it for a later request.
 pub struct PolicyInstance {
-    /// Whose nursery drops it.
-    runtime: Arc<Runtime>,
     policy: Arc<str>,
     limits: PolicyLimits,
     deadline_ticks: u64,
@@ -674,7 +607,7 @@ enum Bindings {
 
 /// An instantiated and configured component, with what it needs to be
 /// called again.
-pub(super) struct Warm {
+struct Warm {
     store: Store<HostState>,
     bindings: Bindings,
     stderr: MemoryOutputPipe,
@@ -685,26 +618,15 @@ pub(super) struct Warm {
 
 impl Drop for PolicyInstance {
     fn drop(&mut self) {
-        let Some(warm) = self.warm.take() else { return };
-        let warm = match self.idle.take() {
-            Some(idle)
-                if !self.poisoned
-                    && warm.uses < REUSE_MAX_USES
-                    && warm.stderr.contents().is_empty() =>
-            {
-                let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < REUSE_MAX_IDLE {
-                    idle.push(warm);
-                    return;
-                }
-                warm
-            }
-            _ => warm,
+        let (Some(idle), Some(warm)) = (self.idle.take(), self.warm.take()) else {
+            return;
         };
-        // Tearing a store down (its slot's memory reset) is as costly as
-        // making it: not on the request's time. Done here if it must be.
-        if let Err(job) = self.runtime.nursery().send(Job::Reap(Box::new(warm))) {
-            drop(job);
+        if self.poisoned || warm.uses >= REUSE_MAX_USES || !warm.stderr.contents().is_empty() {
+            return;
+        }
+        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < REUSE_MAX_IDLE {
+            idle.push(warm);
         }
     }
 }
@@ -712,11 +634,6 @@ impl Drop for PolicyInstance {
 impl PolicyInstance {
     pub fn policy(&self) -> &Arc<str> {
         &self.policy
-    }
-
-    /// The instance itself, never called: for the ready instances.
-    fn into_warm(mut self) -> Option<Warm> {
-        self.warm.take()
     }
 
     async fn configure(&mut self, config: &str) -> Result<(), PolicyError> {
