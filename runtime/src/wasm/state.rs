@@ -33,8 +33,8 @@ impl WasiView for HostState {
 }
 
 /// WASI as a policy sees it, built on its first use. Building it seeds
-/// two random generators and boxes clocks: a tenth of what a fresh
-/// instance costs, paid by every request although most policies never
+/// two random generators and boxes clocks: about 5% of a fresh call
+/// (BENCHMARKS.md), paid by every request although most policies never
 /// call WASI (their language's runtime links it, see FACTS.md).
 pub(crate) struct LazyWasi {
     ctx: Option<WasiCtx>,
