@@ -25,7 +25,26 @@ echo "==> host, harness, services and end-to-end tests (the Python policy's incl
 # cargo command here says --workspace: with `-p` cargo resolves features for
 # that package alone, and would rebuild tokio, hyper and all above them.
 # The ignored tests need the Python policy, built just above.
-cargo test --release --workspace -- --include-ignored
+#
+# Some tests race real timing (a Redis outage, 200 faulty upstream exchanges,
+# collectors going away) and can lose it when the whole suite shares two busy
+# cores. A test that fails is run once more on its own and named either way:
+# one that fails alone too fails the run; any other failure (a build error,
+# a crash) fails it at once.
+log="$(mktemp)"
+if ! cargo test --release --workspace --no-fail-fast -- --include-ignored 2>&1 | tee "$log"; then
+  failed="$(grep -E '^test .* \.\.\. FAILED$' "$log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | sort -u)"
+  if [ -z "$failed" ]; then
+    exit 1
+  fi
+  echo "==> these failed with the suite; running each once more, alone:"
+  echo "$failed"
+  for t in $failed; do
+    cargo test --release --workspace -- --include-ignored --exact "$t"
+  done
+  echo "==> they passed alone: flaky under load, not fixed (see the list above)"
+fi
+rm -f "$log"
 # The call benchmark in test mode: each case once, checking it measures the
 # path its name says (timing is `cargo bench`, see BENCHMARKS.md).
 cargo test --release --workspace --bench policy_calls
