@@ -40,8 +40,13 @@ struct RawConfig {
     max_token_bytes: usize,
 }
 
+/// Allowance for clock skew between the issuer and this sidecar, applied to
+/// `exp` and `nbf`. Kept small: every second of it is a second in which a
+/// request with a token its issuer already refuses still passes, and may be
+/// answered from the cache without the issuer being asked. Clocks synced by
+/// NTP, let alone one host's clock, differ by far less than a second.
 fn default_leeway() -> u64 {
-    30
+    5
 }
 fn default_subject_claim() -> String {
     "sub".into()
@@ -149,7 +154,7 @@ mod tests {
     fn defaults_apply() {
         let c = Config::parse(r#"{"secret":"s"}"#).unwrap();
         assert_eq!(c.secret, b"s");
-        assert_eq!(c.leeway_secs, 30);
+        assert_eq!(c.leeway_secs, 5);
         assert_eq!(c.subject_claim, "sub");
         assert_eq!(c.subject_header, "x-authenticated-user");
         assert!(c.require_exp);
@@ -161,12 +166,14 @@ mod tests {
     #[test]
     fn full_config_parses() {
         let c = Config::parse(
-            r#"{"secret": "k", "issuer": null, "audience": "api", "leeway_secs": 5,
+            r#"{"secret": "k", "issuer": null, "audience": "api", "leeway_secs": 10,
                 "public_paths": ["/user-service/login"], "subject_claim": "username",
                 "subject_header": "X-User", "require_exp": false, "max_token_bytes": 100}"#,
         )
         .unwrap();
         assert_eq!(c.audience.as_deref(), Some("api"));
+        assert_eq!(c.leeway_secs, 10);
+        assert_eq!(c.subject_claim, "username");
         assert_eq!(c.subject_header, "x-user");
         assert!(!c.require_exp);
     }

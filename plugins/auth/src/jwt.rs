@@ -264,7 +264,8 @@ mod tests {
         sign_with(Algorithm::HS256, &key, claims)
     }
 
-    /// Claims shaped like the seed tokens of the user service.
+    /// Claims shaped like this repo's user-service tokens (`sub` and
+    /// `username`; the seed's own tokens carry no `sub`).
     fn seed_claims() -> Value {
         json!({"username": "admin", "sub": "admin", "iat": NOW - 10, "exp": NOW + 3600})
     }
@@ -304,14 +305,19 @@ mod tests {
         let c = cfg_with(r#""subject_claim":"username""#);
         let claims = json!({"username": "bob", "sub": "x", "exp": NOW + 60});
         assert_eq!(verify(&sign(&claims), &c, NOW).unwrap(), "bob");
+        // The seed's user-service issues `username` and no `sub` at all.
+        let seed = sign(&json!({"username": "admin", "iat": NOW - 10, "exp": NOW + 3600}));
+        assert_eq!(verify(&seed, &c, NOW).unwrap(), "admin");
+        assert_eq!(code_of(&seed, &cfg()), Code::MissingSubject);
     }
 
     #[test]
     fn expiry_and_leeway() {
-        let c = cfg(); // leeway 30
+        let c = cfg(); // leeway 5
         let at = |exp: u64| sign(&json!({"sub": "a", "exp": exp}));
-        assert!(verify(&at(NOW - 30), &c, NOW).is_ok(), "within leeway");
-        assert_eq!(code_of(&at(NOW - 31), &c), Code::TokenExpired);
+        assert!(verify(&at(NOW - 5), &c, NOW).is_ok(), "within leeway");
+        assert_eq!(code_of(&at(NOW - 6), &c), Code::TokenExpired);
+        assert_eq!(code_of(&at(NOW - 20), &c), Code::TokenExpired);
         assert_eq!(code_of(&at(NOW - 3600), &c), Code::TokenExpired);
         let strict = cfg_with(r#""leeway_secs":0"#);
         assert!(verify(&at(NOW), &strict, NOW).is_ok());
@@ -342,8 +348,8 @@ mod tests {
     fn nbf_in_future() {
         let c = cfg();
         let nbf = |nbf: u64| sign(&json!({"sub": "a", "exp": NOW + 600, "nbf": nbf}));
-        assert!(verify(&nbf(NOW + 30), &c, NOW).is_ok(), "within leeway");
-        assert_eq!(code_of(&nbf(NOW + 31), &c), Code::TokenNotYetValid);
+        assert!(verify(&nbf(NOW + 5), &c, NOW).is_ok(), "within leeway");
+        assert_eq!(code_of(&nbf(NOW + 6), &c), Code::TokenNotYetValid);
         assert_eq!(code_of(&nbf(NOW + 500), &c), Code::TokenNotYetValid);
         assert!(verify(&nbf(NOW - 100), &c, NOW).is_ok());
     }

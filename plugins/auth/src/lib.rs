@@ -1,7 +1,7 @@
 //! `auth` policy: verifies HS256 JWT bearer tokens.
 //!
 //! Config (JSON): `secret` (required, the HS256 key as UTF-8 bytes),
-//! `issuer` / `audience` (null = not checked), `leeway_secs` (30),
+//! `issuer` / `audience` (null = not checked), `leeway_secs` (5),
 //! `public_paths` ([]: exact paths, or prefixes when ending in `*`),
 //! `subject_claim` ("sub"), `subject_header` ("x-authenticated-user"),
 //! `require_exp` (true), `max_token_bytes` (8192). Unknown fields are refused.

@@ -175,6 +175,101 @@ fn allowed_requests_log_nothing() {
     assert!(h.logs().is_empty(), "{:?}", h.logs());
 }
 
+// --- the demo configs ------------------------------------------------------
+
+/// The demo configs, whose auth sections must stay alike.
+const DEMO_CONFIGS: [&str; 3] = ["demo.toml", "demo-python.toml", "demo-replicas.toml"];
+
+/// `[policy.auth.config]` of `config/<file>`, as the sidecar hands it to the
+/// policy, with `${VAR:-default}` taken as its default (the test reads no
+/// environment). Reads only what those tables hold, one `key = value` per
+/// line whose value is also JSON (strings, arrays, numbers); anything else
+/// fails the test rather than being misread.
+fn demo_auth_config(file: &str) -> Value {
+    let path = format!("{}/../../config/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut table = serde_json::Map::new();
+    let mut lines = text
+        .lines()
+        .skip_while(|l| l.trim() != "[policy.auth.config]");
+    assert!(lines.next().is_some(), "{path}: no [policy.auth.config]");
+    for line in lines.map(str::trim).take_while(|l| !l.starts_with('[')) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, rest) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{path}: not `key = value`: {line}"));
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let value = match values.next() {
+            Some(Ok(v)) => v,
+            other => panic!("{path}: value this reader does not know: {line} ({other:?})"),
+        };
+        let tail = rest[values.byte_offset()..].trim_start();
+        assert!(tail.is_empty() || tail.starts_with('#'), "{path}: {line}");
+        let value = match value {
+            Value::String(s) if s.starts_with("${") => {
+                let default = s
+                    .strip_suffix('}')
+                    .and_then(|s| s.split_once(":-"))
+                    .map(|(_, default)| default.to_owned())
+                    .unwrap_or_else(|| panic!("{path}: no default in {s}"));
+                Value::String(default)
+            }
+            v => v,
+        };
+        table.insert(key.trim().to_owned(), value);
+    }
+    Value::Object(table)
+}
+
+#[test]
+fn demo_configs_share_one_auth_config() {
+    let demo = demo_auth_config(DEMO_CONFIGS[0]);
+    assert_eq!(demo["secret"], "Secreto", "the seed's secret by default");
+    for file in &DEMO_CONFIGS[1..] {
+        assert_eq!(demo_auth_config(file), demo, "{file}");
+    }
+}
+
+#[test]
+fn demo_config_accepts_seed_tokens_and_forwards_the_username() {
+    let h = harness();
+    let p = h.configure(demo_auth_config("demo.toml")).unwrap();
+    let secret = "Secreto";
+    // What the seed's user-service issues: no `sub`.
+    let seed = sign_with(
+        Algorithm::HS256,
+        secret,
+        &json!({ "username": "admin", "iat": NOW, "exp": NOW + 3600 }),
+    );
+    // What this repo's user-service issues: both claims, equal.
+    let ours = sign_with(
+        Algorithm::HS256,
+        secret,
+        &json!({ "sub": "alice", "username": "alice", "iat": NOW, "exp": NOW + 3600 }),
+    );
+    for (token, user) in [(&seed, "admin"), (&ours, "alice")] {
+        let d = p
+            .on_request(get("/user-service/profile").bearer(token))
+            .unwrap();
+        assert_eq!(forwarded_user(&d).as_deref(), Some(user), "{d:?}");
+    }
+}
+
+#[test]
+fn demo_config_refuses_a_token_with_neither_sub_nor_username() {
+    let token = sign_with(
+        Algorithm::HS256,
+        "Secreto",
+        &json!({ "name": "admin", "iat": NOW, "exp": NOW + 3600 }),
+    );
+    assert_eq!(
+        code_for_token(demo_auth_config("demo.toml"), &token),
+        "missing_subject"
+    );
+}
+
 // --- times -----------------------------------------------------------------
 
 #[test]
@@ -195,12 +290,12 @@ fn rejects_token_without_exp_unless_not_required() {
 #[test]
 fn token_expires_when_the_clock_passes_exp_plus_leeway() {
     let h = harness();
-    let p = h.configure(config()).unwrap(); // default leeway: 30 s
+    let p = h.configure(config()).unwrap(); // default leeway: 5 s
     let token = sign(&json!({ "sub": "alice", "iat": NOW, "exp": NOW + 60 }));
     let call = || p.on_request(get("/orders").bearer(&token)).unwrap();
 
     assert_eq!(forwarded_user(&call()).as_deref(), Some("alice"));
-    h.advance(Duration::from_secs(60 + 30));
+    h.advance(Duration::from_secs(60 + 5));
     assert_eq!(
         forwarded_user(&call()).as_deref(),
         Some("alice"),
@@ -230,11 +325,15 @@ fn rejects_token_not_yet_valid_until_nbf() {
 fn leeway_is_honoured_for_exp_and_nbf() {
     let expired_20s_ago = sign(&json!({ "sub": "alice", "exp": NOW - 20 }));
     let valid_in_20s = sign(&json!({ "sub": "alice", "nbf": NOW + 20, "exp": NOW + 600 }));
+    // The default leeway (5 s) does not stretch to 20 s: a token its issuer
+    // already refuses is refused here too, so no cached answer reaches it.
+    assert_eq!(code_for_token(config(), &expired_20s_ago), "token_expired");
+    assert_eq!(
+        code_for_token(config(), &valid_in_20s),
+        "token_not_yet_valid"
+    );
+    // An explicit 20 s absorbs 20 s of clock skew...
     for token in [&expired_20s_ago, &valid_in_20s] {
-        // Default leeway (30 s) absorbs the 20 s of clock skew...
-        let d = call(config(), get("/orders").bearer(token));
-        assert_eq!(forwarded_user(&d).as_deref(), Some("alice"));
-        // ...an explicit 20 s too...
         let d = call(
             json!({ "secret": SECRET, "leeway_secs": 20 }),
             get("/orders").bearer(token),
