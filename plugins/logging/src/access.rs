@@ -17,7 +17,7 @@ pub struct Exchange<'a> {
     pub method: &'a str,
     /// Path and query (`path?query`), before redaction.
     pub path: &'a str,
-    /// The first value of `cfg.user_header`, if any.
+    /// The user a later policy vouched for ([`vouched_user`]), if any.
     pub user: Option<&'a str>,
     pub request_id: &'a str,
     pub route: &'a str,
@@ -30,6 +30,24 @@ pub struct Exchange<'a> {
     pub duration_micros: u64,
     /// Why the response did not go out whole; `None` when it did.
     pub error: Option<&'a str>,
+}
+
+/// The user to log: the first value of the user header that was not there
+/// when the request reached this policy's request hook (`arrived`), so one
+/// that a policy later in the chain (`auth`) set. `arrived` is `None` when
+/// the request hook did not record it; then nothing is trusted.
+///
+/// What the request carried on arrival is the client's word (or that of a
+/// policy before this one), and it is still there at completion whenever
+/// the request did not get as far as the policy that replaces it: `auth`
+/// failed, or a policy between this one and `auth` answered. Logging it
+/// would let any client put any name on its request, so it is never
+/// logged. The price: `logging` must come before the policy that sets the
+/// header, and a client that sent exactly the name `auth` then set is
+/// logged without one.
+pub fn vouched_user(arrived: Option<&[Vec<u8>]>, now: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+    let arrived = arrived?;
+    now.into_iter().find(|v| !arrived.contains(v))
 }
 
 /// Builds the fields. The caller reads only the user and `x-cache` headers,
@@ -159,6 +177,46 @@ mod tests {
             get(&f, "error"),
             Some(&FieldValue::Str("client went away".into()))
         );
+    }
+
+    fn values(vs: &[&str]) -> Vec<Vec<u8>> {
+        vs.iter().map(|v| v.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn user_set_by_a_later_policy_is_vouched_for() {
+        // auth set it; the client sent none, or another name.
+        assert_eq!(
+            vouched_user(Some(&[]), values(&["alice"])),
+            Some(b"alice".to_vec())
+        );
+        assert_eq!(
+            vouched_user(Some(&values(&["admin"])), values(&["alice"])),
+            Some(b"alice".to_vec())
+        );
+        // A value appended after the client's is the policy's.
+        assert_eq!(
+            vouched_user(Some(&values(&["admin"])), values(&["admin", "alice"])),
+            Some(b"alice".to_vec())
+        );
+    }
+
+    #[test]
+    fn user_the_client_sent_is_never_vouched_for() {
+        // Denied before auth replaced it, or no auth in the chain.
+        assert_eq!(
+            vouched_user(Some(&values(&["admin"])), values(&["admin"])),
+            None
+        );
+        assert_eq!(
+            vouched_user(Some(&values(&["admin", "bob"])), values(&["bob"])),
+            None
+        );
+        // auth stripped it and denied.
+        assert_eq!(vouched_user(Some(&values(&["admin"])), vec![]), None);
+        assert_eq!(vouched_user(Some(&[]), vec![]), None);
+        // Unknown what arrived: nothing is trusted.
+        assert_eq!(vouched_user(None, values(&["alice"])), None);
     }
 
     #[test]

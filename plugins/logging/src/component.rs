@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use crate::access::{Exchange, FieldValue, access_fields};
+use crate::access::{Exchange, FieldValue, access_fields, vouched_user};
 use crate::config::Config;
 use crate::redact::monitor_body;
 
@@ -15,6 +15,12 @@ use sidecar::policy::types::{Body, Header, Reply};
 /// Set by `configure`; every request's instance starts from the configured
 /// snapshot, so the hooks find it filled.
 static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// The values of `user_header` the request carried when it reached
+/// `on-request`: the client's word, never logged as the user (see
+/// [`vouched_user`]). Set per request, on the request's own instance, which
+/// `on-complete` runs on too.
+static ARRIVED_USER: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
 
 const MONITOR_REPLY: &[u8] = b"Request logged by Sidecar!";
 
@@ -39,6 +45,8 @@ impl Guest for Component {
         let Some(cfg) = CONFIG.get() else {
             return Decision::Continue;
         };
+        // Set once per instance; a second call cannot happen.
+        let _ = ARRIVED_USER.set(req.header(&cfg.user_header));
         if !cfg.is_monitor(&req.method(), &req.path()) {
             return Decision::Continue;
         }
@@ -73,10 +81,16 @@ impl Guest for Component {
         let Some(cfg) = CONFIG.get() else {
             return;
         };
-        // `req` is the request as sent upstream: the user header is the one
-        // `auth` set, never a client's.
-        let user = first_text(req.header(&cfg.user_header));
-        let cache = first_text(resp.header("x-cache"));
+        // `req` is the request as sent upstream, or as it stood when a policy
+        // answered: on a denial before `auth` ran, the user header is still
+        // the client's. Only a value set after this policy's request hook is
+        // logged.
+        let user = vouched_user(
+            ARRIVED_USER.get().map(Vec::as_slice),
+            req.header(&cfg.user_header),
+        )
+        .map(text);
+        let cache = resp.header("x-cache").into_iter().next().map(text);
         let path = policy_common::path_and_query(req.path(), req.query());
         let error = (!info.complete).then(|| info.error.as_deref().unwrap_or("incomplete"));
         let fields = access_fields(
@@ -111,14 +125,10 @@ impl Guest for Component {
     }
 }
 
-/// A header's first value as log text. Values are bytes; one that is not
-/// UTF-8 is logged with U+FFFD in place of the bad bytes.
-fn first_text(values: Vec<Vec<u8>>) -> Option<String> {
-    let first = values.into_iter().next()?;
-    Some(
-        String::from_utf8(first)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-    )
+/// A header value as log text. Values are bytes; one that is not UTF-8 is
+/// logged with U+FFFD in place of the bad bytes.
+fn text(value: Vec<u8>) -> String {
+    String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 export!(Component);

@@ -2,9 +2,15 @@
 //! `/monitor` endpoint.
 //!
 //! Config (JSON): `monitor_path` ("/monitor"; null disables), `user_header`
-//! ("x-authenticated-user"), `redact_fields` (["password", "passwd",
-//! "secret", "token", "authorization"], matched case-insensitively against
-//! JSON keys and query parameter names). Unknown fields are refused.
+//! ("x-authenticated-user"), `redact_fields` (["password", "passwords",
+//! "passwd", "pwd", "pass", "secret", "secrets", "token", "tokens", "jwt",
+//! "api_key", "apikey", "credential", "credentials", "authorization",
+//! "cookie", "session", "private_key"], matched against JSON keys, query and
+//! form parameter names by words: case-insensitive, percent-decoded, with
+//! `_`, `-`, `.`, camelCase and `[…]` as word breaks, so `token` covers
+//! `access_token`, `id_token` and `idToken`, and `password` covers
+//! `pass%77ord`, `password[]` and `user[password]`). Unknown fields are
+//! refused.
 //!
 //! `configure` asks for `on-complete` only. `on-request` reads no body,
 //! except that a `POST` to `monitor_path` is answered here (200, `Request
@@ -15,6 +21,12 @@
 //! request_bytes, response_bytes, and error when the response broke off.
 //! No header value other than those, and no other body, is ever logged.
 //!
+//! `user` is logged only when a policy after this one in the chain (`auth`)
+//! set `user_header`: a value the request already carried when it reached
+//! `on-request` is the client's word, still there when a policy between
+//! this one and `auth` (or a failing `auth`) answered, so it is never
+//! logged. Put `logging` before the policy that sets the header.
+//!
 //! The logic lives in plain modules so `cargo test` runs natively; only
 //! `component` touches the generated bindings and is built for wasm32 only.
 
@@ -24,6 +36,7 @@
 
 mod access;
 mod config;
+mod names;
 mod redact;
 
 #[cfg(target_arch = "wasm32")]

@@ -10,8 +10,10 @@ pub const REDACTED: &str = "[redacted]";
 /// Non-JSON monitor bodies are logged as text, cut to this many bytes.
 pub const MAX_BODY_TEXT: usize = 4096;
 
-/// Replaces, at any depth, the value of every object key listed in
-/// `redact_fields` (case-insensitive) with `"[redacted]"`.
+/// Replaces, at any depth, the value of every object key that
+/// [`Config::is_redacted`] names with `"[redacted]"`. Other strings are
+/// redacted as text ([`redact_text`]), so a secret written inside one
+/// (`"Authorization: Bearer …"`, `"a=1&password=…"`) is caught too.
 pub fn redact_json(value: &mut Value, cfg: &Config) {
     match value {
         Value::Object(map) => {
@@ -24,6 +26,7 @@ pub fn redact_json(value: &mut Value, cfg: &Config) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|v| redact_json(v, cfg)),
+        Value::String(text) => *text = redact_text(text, cfg),
         _ => {}
     }
 }
@@ -49,111 +52,144 @@ pub fn monitor_body(body: &[u8], cfg: &Config) -> (&'static str, String) {
     }
 }
 
-/// Text that is not JSON (a form post, JSON with a syntax error): every
-/// `name=value` or `"name": value` whose name is redacted gets its value
-/// replaced. A heuristic, so it errs on redacting too much.
+/// Text that is not JSON (a form post, headers pasted in a body, JSON with
+/// a syntax error): every `name=value` or `name: value` whose name
+/// [`Config::mentions_redacted`] gets its value replaced. A heuristic, so it
+/// errs on redacting too much: a quoted value goes to its closing quote, a
+/// `[…]` or `{…}` value to its closing bracket, any other value to the next
+/// `&`, `,`, `;`, quote, `}`, `]` or line end, spaces included, so that
+/// `Authorization: Bearer abc` loses its scheme and its token.
 pub fn redact_text(text: &str, cfg: &Config) -> String {
-    let lower = text.to_lowercase();
-    // Byte ranges of values to replace; `lower` has the same byte offsets
-    // for ASCII, and redact_fields are matched as ASCII-insensitive words.
-    let mut cuts: Vec<(usize, usize)> = Vec::new();
-    if lower.len() == text.len() {
-        for field in &cfg.redact_fields {
-            let mut from = 0;
-            while let Some(at) = lower[from..].find(field.as_str()) {
-                let start = from + at;
-                from = start + field.len();
-                if let Some(range) = value_after(text.as_bytes(), from) {
-                    cuts.push(range);
-                }
-            }
-        }
-    } else if cfg.redact_fields.iter().any(|f| lower.contains(f.as_str())) {
-        // Case mapping changed byte offsets (non-ASCII text): redact it all
-        // rather than risk cutting in the wrong place.
-        return REDACTED.to_string();
-    }
-    cuts.sort_unstable();
+    let b = text.as_bytes();
     let mut out = String::with_capacity(text.len());
-    let mut pos = 0;
-    for (start, end) in cuts {
-        if start < pos {
+    // `text[..copied]` is in `out` already.
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if matches!(b[i], b'=' | b':')
+            && let Some(name) = name_before(b, i)
+            && cfg.mentions_redacted(&text[name])
+            && let Some((start, end)) = value_after(b, i + 1)
+        {
+            out.push_str(&text[copied..start]);
+            out.push_str(REDACTED);
+            copied = end;
+            i = end;
             continue;
         }
-        out.push_str(&text[pos..start]);
-        out.push_str(REDACTED);
-        pos = end;
+        i += 1;
     }
-    out.push_str(&text[pos..]);
+    out.push_str(&text[copied..]);
     out
 }
 
-/// After a field name at `i`: skip a closing quote and spaces, require `=`
-/// or `:`, skip spaces and an opening quote; the value runs to the next
-/// delimiter.
-fn value_after(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
-    let skip = |i: &mut usize, set: &[u8]| {
-        while *i < b.len() && set.contains(&b[*i]) {
-            *i += 1;
-        }
-    };
-    skip(&mut i, b"\"' \t");
-    if i >= b.len() || !matches!(b[i], b'=' | b':') {
-        return None;
-    }
-    i += 1;
-    skip(&mut i, b" \t\"'");
-    let start = i;
-    while i < b.len() && !b"&,;\"' \t\r\n}]".contains(&b[i]) {
-        i += 1;
-    }
-    (i > start).then_some((start, i))
+/// Bytes a field name is made of in text: ASCII letters and digits, and
+/// what form encoding and bracket syntax add (`pass%77ord`, `password[]`).
+fn is_name_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"_-.%+[]".contains(&c)
 }
 
-/// `path?query` with the values of redacted parameters replaced. Names are
-/// compared after percent- and `+`-decoding, so `pass%77ord` is caught too.
+/// The name before the separator at `sep`, past spaces and a closing quote.
+/// Its bounds sit next to ASCII bytes, so they are character boundaries.
+fn name_before(b: &[u8], sep: usize) -> Option<std::ops::Range<usize>> {
+    let mut end = sep;
+    while end > 0 && matches!(b[end - 1], b' ' | b'\t') {
+        end -= 1;
+    }
+    if end > 0 && matches!(b[end - 1], b'"' | b'\'') {
+        end -= 1;
+    }
+    let mut start = end;
+    while start > 0 && is_name_byte(b[start - 1]) {
+        start -= 1;
+    }
+    (start < end).then_some(start..end)
+}
+
+/// The byte range of the value that starts at `i` (after a separator),
+/// past spaces. Every bound found is at an ASCII byte or the end.
+fn value_after(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
+    while i < b.len() && matches!(b[i], b' ' | b'\t') {
+        i += 1;
+    }
+    let first = *b.get(i)?;
+    let (start, end) = match first {
+        b'"' | b'\'' => (i + 1, quoted_end(b, i)),
+        b'[' | b'{' => (i, bracket_end(b, i)),
+        _ => {
+            let mut end = i;
+            while end < b.len() && !b"&,;\"'}]\r\n".contains(&b[end]) {
+                end += 1;
+            }
+            while end > i && matches!(b[end - 1], b' ' | b'\t') {
+                end -= 1;
+            }
+            (i, end)
+        }
+    };
+    (end > start).then_some((start, end))
+}
+
+/// Where the string quoted at `open` ends: its closing quote (a backslash
+/// escapes the byte after it), or the end of the text.
+fn quoted_end(b: &[u8], open: usize) -> usize {
+    let quote = b[open];
+    let mut i = open + 1;
+    while i < b.len() && b[i] != quote {
+        i += if b[i] == b'\\' { 2 } else { 1 };
+    }
+    i.min(b.len())
+}
+
+/// Just past the bracket that closes the one at `open` (quoted strings
+/// skipped), or the end of the text.
+fn bracket_end(b: &[u8], open: usize) -> usize {
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < b.len() {
+        match b[i] {
+            b'"' | b'\'' => i = quoted_end(b, i),
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// `path?query` with the values of redacted parameters replaced; `&` and
+/// `;` both separate parameters. Names are compared as
+/// [`Config::is_redacted`] does: decoded, so `pass%77ord` and
+/// `access%5Ftoken` are caught, and without brackets, so `password[]` is.
 pub fn redact_path(path: &str, cfg: &Config) -> String {
     let Some((base, query)) = path.split_once('?') else {
         return path.to_string();
     };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| {
-            let name = param.split('=').next().unwrap_or(param);
-            if cfg.is_redacted(&percent_decode(name)) {
-                format!("{name}={REDACTED}")
-            } else {
-                param.to_string()
-            }
-        })
-        .collect();
-    format!("{base}?{}", params.join("&"))
-}
-
-/// Lenient form-urlencoding decode (invalid escapes are kept as they are).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
+    let mut out = String::with_capacity(path.len());
+    out.push_str(base);
+    out.push('?');
+    for piece in query.split_inclusive(['&', ';']) {
+        let (param, sep) = match piece.strip_suffix(['&', ';']) {
+            Some(param) => piece.split_at(param.len()),
+            None => (piece, ""),
+        };
+        let name = param.split('=').next().unwrap_or(param);
+        if cfg.is_redacted(name) {
+            out.push_str(name);
+            out.push('=');
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(param);
         }
-        i += 1;
+        out.push_str(sep);
     }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
+    out
 }
 
 #[cfg(test)]
@@ -177,6 +213,75 @@ mod text_tests {
         assert_eq!(redact_text("no secrets here", &cfg()), "no secrets here");
         assert_eq!(redact_text("token", &cfg()), "token");
     }
+
+    #[test]
+    fn authorization_loses_its_scheme_and_its_credential() {
+        assert_eq!(
+            redact_text("Authorization: Bearer abc.def.ghi\r\nAccept: */*", &cfg()),
+            "Authorization: [redacted]\r\nAccept: */*"
+        );
+        assert_eq!(
+            redact_text("authorization: Basic dXNlcjpwYXNz", &cfg()),
+            "authorization: [redacted]"
+        );
+        assert_eq!(
+            redact_text(r#"{"Authorization": "Bearer abc", "x": 1,}"#, &cfg()),
+            r#"{"Authorization": "[redacted]", "x": 1,}"#
+        );
+    }
+
+    #[test]
+    fn encoded_and_bracketed_form_names_are_caught() {
+        let form = "user=bob&pass%77ord=s1&%70assword=s2&access%5Ftoken=s3\
+                    &password[]=s4&password%5B%5D=s5&password[0]=s6&user[password]=s7\
+                    &id_token=s8&api_key=s9&pwd=s10";
+        let out = redact_text(form, &cfg());
+        assert!(out.starts_with("user=bob&"), "{out}");
+        for n in 1..=10 {
+            assert!(!out.contains(&format!("=s{n}")), "s{n} in {out}");
+        }
+        assert_eq!(out.matches(REDACTED).count(), 10, "{out}");
+    }
+
+    #[test]
+    fn names_inside_longer_names_count_in_text() {
+        assert_eq!(
+            redact_text("mytoken=abc&page=2", &cfg()),
+            "mytoken=[redacted]&page=2"
+        );
+    }
+
+    #[test]
+    fn quoted_and_bracketed_values_go_whole() {
+        assert_eq!(
+            redact_text(r#"{"password": "a \" b, c", "u": 1"#, &cfg()),
+            r#"{"password": "[redacted]", "u": 1"#
+        );
+        assert_eq!(
+            redact_text(
+                r#"{"credentials": {"u": "a", "p": ["b", "}"]}, "x": 1,}"#,
+                &cfg()
+            ),
+            r#"{"credentials": [redacted], "x": 1,}"#
+        );
+        // Unterminated: to the end.
+        assert_eq!(
+            redact_text(r#"secret: "abc"#, &cfg()),
+            r#"secret: "[redacted]"#
+        );
+        assert_eq!(redact_text("secret=[abc", &cfg()), "secret=[redacted]");
+        // Nothing after the separator: nothing to cut.
+        assert_eq!(redact_text("password=", &cfg()), "password=");
+        assert_eq!(redact_text(r#"password: """#, &cfg()), r#"password: """#);
+    }
+
+    #[test]
+    fn non_ascii_text_is_cut_in_the_right_place() {
+        assert_eq!(
+            redact_text("名前=太郎&password=ひみつ&x=é", &cfg()),
+            "名前=太郎&password=[redacted]&x=é"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -195,7 +300,7 @@ mod tests {
             "Password": "hunter2",
             "nested": {"TOKEN": "abc", "list": [{"secret": 1}, {"ok": true}]},
             "authorization": {"deep": "x"},
-            "passwords": "not a listed key"
+            "passport": "not a listed key"
         });
         redact_json(&mut v, &cfg());
         assert_eq!(
@@ -205,7 +310,45 @@ mod tests {
                 "Password": "[redacted]",
                 "nested": {"TOKEN": "[redacted]", "list": [{"secret": "[redacted]"}, {"ok": true}]},
                 "authorization": "[redacted]",
-                "passwords": "not a listed key"
+                "passport": "not a listed key"
+            })
+        );
+    }
+
+    #[test]
+    fn common_secret_keys_redacted_at_any_depth() {
+        let mut v = json!({
+            "access_token": "a1",
+            "data": {"api_key": "a2", "list": [{"pwd": "a3"}, {"JWT": "a4"}]},
+            "credentials": {"user": "bob", "password": "a5"},
+            "id_token": "a6",
+            "passwords": ["a7"],
+            "apiKey": "a8",
+            "user": "bob",
+        });
+        redact_json(&mut v, &cfg());
+        let text = v.to_string();
+        for n in 1..=8 {
+            assert!(!text.contains(&format!("a{n}")), "a{n} in {text}");
+        }
+        assert_eq!(v["user"], "bob");
+        assert_eq!(v["credentials"], REDACTED);
+    }
+
+    #[test]
+    fn secrets_written_inside_json_strings_are_redacted() {
+        let mut v = json!({
+            "headers": ["Authorization: Bearer abc", "Accept: */*"],
+            "callback": "/cb?access_token=xyz&state=1",
+            "note": "plain",
+        });
+        redact_json(&mut v, &cfg());
+        assert_eq!(
+            v,
+            json!({
+                "headers": ["Authorization: [redacted]", "Accept: */*"],
+                "callback": "/cb?access_token=[redacted]&state=1",
+                "note": "plain",
             })
         );
     }
@@ -261,10 +404,28 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%41+b"), "aA b");
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("%4"), "%4");
-        assert_eq!(percent_decode("%zz"), "%zz");
+    fn common_secret_params_redacted_however_spelled() {
+        let c = cfg();
+        assert_eq!(
+            redact_path("/cb?access_token=a1&id_token=a2&state=s", &c),
+            "/cb?access_token=[redacted]&id_token=[redacted]&state=s"
+        );
+        assert_eq!(
+            redact_path(
+                "/a?password[]=a1&password[0]=a2&user[password]=a3&password%5B%5D=a4",
+                &c
+            ),
+            "/a?password[]=[redacted]&password[0]=[redacted]&user[password]=[redacted]\
+             &password%5B%5D=[redacted]"
+        );
+        assert_eq!(
+            redact_path("/a?%70assword=a1&access%5Ftoken=a2&API-KEY=a3&page=2", &c),
+            "/a?%70assword=[redacted]&access%5Ftoken=[redacted]&API-KEY=[redacted]&page=2"
+        );
+        // `;` separates parameters too.
+        assert_eq!(
+            redact_path("/a?x=1;jwt=a1;y=2&", &c),
+            "/a?x=1;jwt=[redacted];y=2&"
+        );
     }
 }

@@ -52,7 +52,6 @@ fn logs_one_access_line_per_round_trip_with_every_field() {
     let h = harness();
     let p = h.configure(json!({})).unwrap();
     let req = get("/user-service/profile?x=1")
-        .header("x-authenticated-user", "alice")
         .route("users")
         .client("10.1.2.3:5555")
         .request_id("rid-7");
@@ -81,7 +80,6 @@ fn logs_one_access_line_per_round_trip_with_every_field() {
             "path",
             "status",
             "duration_ms",
-            "user",
             "request_id",
             "route",
             "client",
@@ -94,7 +92,8 @@ fn logs_one_access_line_per_round_trip_with_every_field() {
     assert_eq!(field(&f, "method"), Some(&s("GET")));
     assert_eq!(field(&f, "path"), Some(&s("/user-service/profile?x=1")));
     assert_eq!(field(&f, "status"), Some(&FieldValue::Int(200)));
-    assert_eq!(field(&f, "user"), Some(&s("alice")));
+    // `user` comes only from a policy later in a real chain (`auth`);
+    // alone on the harness, no policy sets it.
     assert_eq!(field(&f, "request_id"), Some(&s("rid-7")));
     assert_eq!(field(&f, "route"), Some(&s("users")));
     assert_eq!(field(&f, "client"), Some(&s("10.1.2.3:5555")));
@@ -203,19 +202,48 @@ fn optional_fields_are_left_out_when_their_headers_are_absent() {
     );
 }
 
+// --- the user ----------------------------------------------------------
+
 #[test]
-fn user_header_is_configurable() {
+fn client_sent_user_on_a_denied_request_is_not_logged() {
     let h = harness();
-    let p = h.configure(json!({ "user_header": "X-User" })).unwrap();
+    let p = h.configure(json!({})).unwrap();
+    // logging runs first; a later policy answered 401 before `auth` could
+    // strip the header, so the request still carries the client's claim.
+    let denial = json!({ "error": "missing bearer token", "code": "missing_token" });
     p.round_trip(
-        get("/x")
-            .header("x-user", "bob")
-            .header("x-authenticated-user", "alice"),
-        response(200),
+        get("/orders").header("x-authenticated-user", "admin"),
+        response(401).json(&denial),
     )
     .unwrap();
     let f = only_line(&h, "access");
-    assert_eq!(field(&f, "user"), Some(&s("bob")));
+    assert_eq!(field(&f, "status"), Some(&FieldValue::Int(401)));
+    assert_eq!(field(&f, "user"), None, "{f:?}");
+    assert!(!h.logs().mention("admin"), "{:?}", h.logs());
+}
+
+#[test]
+fn client_sent_user_is_never_logged_whatever_the_status() {
+    let h = harness();
+    for (cfg, header) in [
+        (json!({}), "x-authenticated-user"),
+        (json!({ "user_header": "X-User" }), "x-user"),
+    ] {
+        let p = h.configure(cfg).unwrap();
+        for status in [200, 403, 429, 503] {
+            p.round_trip(get("/x").header(header, "admin"), response(status))
+                .unwrap();
+        }
+        // The monitor endpoint's own answer too.
+        p.round_trip(
+            post("/monitor").header(header, "admin").body("ping"),
+            response(502),
+        )
+        .unwrap();
+    }
+    let logs = h.take_logs();
+    assert_eq!(logs.with_message("access").len(), 10, "{logs:?}");
+    assert!(!logs.mention("admin"), "{logs:?}");
 }
 
 #[test]
@@ -306,6 +334,33 @@ fn custom_redact_fields_apply_to_the_query() {
         str_field(&f, "path").as_deref(),
         Some("/x?api_key=[redacted]&PASSWORD=[redacted]&page=2")
     );
+}
+
+#[test]
+fn common_secret_names_are_redacted_however_spelled_in_the_query() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    p.round_trip(
+        get(
+            "/cb?access_token=q1&id_token=q2&password[]=q3&pass%77ord=q4\
+             &%70assword=q5&access%5Ftoken=q6&user[password]=q7&state=ok",
+        ),
+        response(302),
+    )
+    .unwrap();
+    let f = only_line(&h, "access");
+    assert_eq!(
+        str_field(&f, "path").as_deref(),
+        Some(
+            "/cb?access_token=[redacted]&id_token=[redacted]&password[]=[redacted]\
+             &pass%77ord=[redacted]&%70assword=[redacted]&access%5Ftoken=[redacted]\
+             &user[password]=[redacted]&state=ok"
+        )
+    );
+    let logs = h.logs();
+    for n in 1..=7 {
+        assert!(!logs.mention(&format!("q{n}")), "q{n} logged: {logs:?}");
+    }
 }
 
 // --- /monitor --------------------------------------------------------------
@@ -484,6 +539,63 @@ fn custom_redact_fields_apply_to_the_monitor_body() {
     let f = only_line(&h, "monitor");
     let logged: Value = serde_json::from_str(&str_field(&f, "body").unwrap()).unwrap();
     assert_eq!(logged, json!({ "Card": "[redacted]", "name": "bob" }));
+}
+
+#[test]
+fn monitor_json_body_has_common_secret_keys_redacted_at_any_depth() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    let body = json!({
+        "access_token": "j1",
+        "client": { "api_key": "j2", "login": { "pwd": "j3", "jwt": "j4" } },
+        "credentials": { "user": "bob", "key": "j5" },
+        "items": [{ "Access_Token": "j6" }],
+        "user": "bob",
+    });
+    p.on_request(post("/monitor").json(&body)).unwrap();
+    let f = only_line(&h, "monitor");
+    let logged: Value = serde_json::from_str(&str_field(&f, "body").unwrap()).unwrap();
+    assert_eq!(
+        logged,
+        json!({
+            "access_token": "[redacted]",
+            "client": { "api_key": "[redacted]", "login": { "pwd": "[redacted]", "jwt": "[redacted]" } },
+            "credentials": "[redacted]",
+            "items": [{ "Access_Token": "[redacted]" }],
+            "user": "bob",
+        })
+    );
+}
+
+#[test]
+fn monitor_text_body_loses_whole_credentials_and_encoded_names() {
+    let h = harness();
+    let p = h.configure(json!({})).unwrap();
+    p.on_request(
+        post("/monitor")
+            .header("content-type", "text/plain")
+            .body("Authorization: Bearer t1.t2.t3\r\nAccept: */*"),
+    )
+    .unwrap();
+    let f = only_line(&h, "monitor");
+    assert_eq!(
+        str_field(&f, "body_text").as_deref(),
+        Some("Authorization: [redacted]\r\nAccept: */*")
+    );
+    h.take_logs();
+
+    p.on_request(
+        post("/monitor")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("user=bob&pass%77ord=f1&%70assword=f2&access%5Ftoken=f3&password[]=f4&pwd=f5"),
+    )
+    .unwrap();
+    let f = only_line(&h, "monitor");
+    let text = str_field(&f, "body_text").unwrap();
+    assert!(text.starts_with("user=bob&"), "{text}");
+    for n in 1..=5 {
+        assert!(!text.contains(&format!("f{n}")), "f{n} logged: {text}");
+    }
 }
 
 // --- config ----------------------------------------------------------------
