@@ -298,10 +298,16 @@ impl Upstreams {
                 UpstreamError::Timeout(_) => UpstreamError::Timeout(timeout),
                 other => other,
             });
-            self.record(endpoint, result.as_ref().map(|r| r.status()), metrics);
             let error = match result {
-                Ok(answer) => return Ok(answer),
-                Err(error) => error,
+                // Not the endpoint's failure: nothing to record or retry.
+                Err(e @ UpstreamError::ClientBody(_)) => return Err(e.into()),
+                result => {
+                    self.record(endpoint, result.as_ref().map(|r| r.status()), metrics);
+                    match result {
+                        Ok(answer) => return Ok(answer),
+                        Err(error) => error,
+                    }
+                }
             };
             tried.push(i);
             let retryable = match error {

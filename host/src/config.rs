@@ -137,6 +137,19 @@ pub struct ServerSettings {
     /// On SIGTERM: how long in-flight requests may take to finish before the
     /// sidecar exits anyway.
     pub shutdown_grace: Duration,
+    /// The longest a client may leave a request body waiting: from the head
+    /// to its first byte, and between any two reads. Beyond it, 408 and the
+    /// connection is closed. A request takes a concurrency slot only once
+    /// its body has started to arrive.
+    pub body_read_timeout: Duration,
+    /// Once a body has been waited on for `body_read_timeout`, it must have
+    /// come at this average pace at least (bytes per second of waiting), or
+    /// 408 (a drip of a byte now and then). 0 turns the check off.
+    pub body_min_bytes_per_sec: u64,
+    /// Client connections open at once; a new one beyond it is closed at once.
+    pub max_connections: usize,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerSettings {
@@ -146,6 +159,13 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_requests: 1024,
             shutdown_grace: Duration::from_secs(20),
+            body_read_timeout: Duration::from_secs(10),
+            // Apache's mod_reqtimeout default.
+            body_min_bytes_per_sec: 500,
+            max_connections: 10_000,
+            // A sidecar's callers are often all on one host: a quarter of
+            // the total still leaves room for everyone else.
+            max_connections_per_ip: 2_500,
         }
     }
 }
@@ -276,6 +296,10 @@ struct RawServer {
     header_read_timeout_ms: Option<u64>,
     max_concurrent_requests: Option<usize>,
     shutdown_grace_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    body_min_bytes_per_sec: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     tls: Option<RawListenerTls>,
 }
 
@@ -425,7 +449,30 @@ fn validate(
         .unwrap_or(server_defaults.max_concurrent_requests),
         shutdown_grace: positive("server.shutdown_grace_ms", raw.server.shutdown_grace_ms)?
             .map_or(server_defaults.shutdown_grace, Duration::from_millis),
+        body_read_timeout: positive(
+            "server.body_read_timeout_ms",
+            raw.server.body_read_timeout_ms,
+        )?
+        .map_or(server_defaults.body_read_timeout, Duration::from_millis),
+        body_min_bytes_per_sec: raw
+            .server
+            .body_min_bytes_per_sec
+            .unwrap_or(server_defaults.body_min_bytes_per_sec),
+        max_connections: positive("server.max_connections", raw.server.max_connections)?
+            .unwrap_or(server_defaults.max_connections),
+        max_connections_per_ip: positive(
+            "server.max_connections_per_ip",
+            raw.server.max_connections_per_ip,
+        )?
+        .unwrap_or(server_defaults.max_connections_per_ip),
     };
+    if server.max_connections_per_ip > server.max_connections {
+        bail!(
+            "server.max_connections_per_ip: {} is more than server.max_connections ({})",
+            server.max_connections_per_ip,
+            server.max_connections
+        );
+    }
     if server.max_header_bytes < MIN_HEADER_BYTES {
         bail!(
             "server.max_header_bytes: {} is below the smallest enforceable limit, {MIN_HEADER_BYTES}",

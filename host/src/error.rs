@@ -34,7 +34,7 @@ pub enum SidecarError {
         detail: String,
     },
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Upstream(UpstreamError),
     #[error("the sidecar is at its limit of {limit} requests in progress; retry shortly")]
     Overloaded { limit: usize },
 }
@@ -45,7 +45,9 @@ impl SidecarError {
             Self::NoRoute | Self::NoUpstream { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RequestBody(BodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+            Self::RequestBody(BodyError::Timeout(_) | BodyError::TooSlow(_)) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::Policy(_) | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadPolicyOutput { .. } => StatusCode::BAD_GATEWAY,
@@ -61,6 +63,7 @@ impl SidecarError {
             Self::BadRequest(_) => "bad_request",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::RequestBody(BodyError::Timeout(_)) => "body_timeout",
+            Self::RequestBody(BodyError::TooSlow(_)) => "body_too_slow",
             Self::RequestBody(_) => "bad_request",
             Self::Policy(_) => "policy_failed",
             Self::Overloaded { .. } => "overloaded",
@@ -71,6 +74,8 @@ impl SidecarError {
             Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
             Self::Upstream(UpstreamError::ResponseTooLarge { .. }) => "upstream_response_too_large",
             Self::Upstream(UpstreamError::BadResponse(_)) => "upstream_bad_response",
+            // Never built: `From` makes it a `RequestBody`.
+            Self::Upstream(UpstreamError::ClientBody(_)) => "bad_request",
         }
     }
 
@@ -119,6 +124,16 @@ impl SidecarError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         Response::full(self.status(), headers, self.body().into())
+    }
+}
+
+impl From<UpstreamError> for SidecarError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            // The client's body failed on its way upstream: the client's error.
+            UpstreamError::ClientBody(body) => Self::RequestBody(body),
+            e => Self::Upstream(e),
+        }
     }
 }
 

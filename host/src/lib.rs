@@ -3,6 +3,7 @@
 //!
 //! Layout, in the order a request meets it:
 //! - [`server`]: accept, limits, load shedding, the request's span;
+//! - [`connections`]: how many client connections, in all and per address;
 //! - [`proxy`]: the request path top to bottom, bodies streamed;
 //! - [`chain`]: a route's policies, request hooks in order, response hooks in
 //!   reverse;
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod balancer;
 pub mod chain;
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod error;
 #[doc(hidden)]

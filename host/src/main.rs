@@ -211,6 +211,14 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
         let mut services = Services::with_kv(&config.kv)?;
         services.log = shipping.sink();
         let sidecar = Arc::new(Sidecar::with_metrics(&config, services, metrics).await?);
+        let open_files = sidecar::connections::raise_fd_limit();
+        if open_files.is_some_and(|n| n < config.server.max_connections as u64 * 2) {
+            tracing::warn!(
+                open_files,
+                max_connections = config.server.max_connections,
+                "the open-files limit is below twice [server] max_connections (each proxied request may need an upstream connection too)"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("{}: listen: cannot bind {}", file.display(), config.listen))?;

@@ -16,6 +16,7 @@
 //! | `sidecar_policy_denials_total` (the request hook answered 4xx/5xx itself) | `policy` |
 //! | `sidecar_policy_failures_total` | `policy`, `hook`, `reason` (`trap`, `deadline`, `memory_cap`, `kv_quota`, `config_refused`, `unavailable`) |
 //! | `sidecar_reloads_total` | `result` (`applied`, `refused`) |
+//! | `sidecar_connections_refused_total` (closed on accept) | `limit` (`max_connections`, `max_connections_per_ip`) |
 //! | `sidecar_log_lines_shipped_total` (written to a file, or accepted by a collector) | `sink` |
 //! | `sidecar_log_lines_dropped_total` | `sink`, `reason` (`queue_full`, `send_failed`, `shutdown`) |
 
@@ -103,6 +104,11 @@ struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     sink: String,
 }
@@ -143,6 +149,7 @@ pub struct Metrics {
     policy_denials: Family<PolicyLabels, Counter>,
     policy_failures: Family<PolicyFailureLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    connections_refused: Family<LimitLabels, Counter>,
     log_shipped: Family<SinkLabels, Counter>,
     log_dropped: Family<SinkDropLabels, Counter>,
     /// The admin view of failures per policy (the counters above cannot be
@@ -265,6 +272,12 @@ impl Metrics {
             "Config and policy reloads, by result",
             reloads.clone(),
         );
+        let connections_refused = Family::default();
+        registry.register(
+            "sidecar_connections_refused",
+            "Client connections closed on accept, by the limit they were over",
+            connections_refused.clone(),
+        );
         let log_shipped = Family::default();
         registry.register(
             "sidecar_log_lines_shipped",
@@ -291,6 +304,7 @@ impl Metrics {
             policy_denials,
             policy_failures,
             reloads,
+            connections_refused,
             log_shipped,
             log_dropped,
             failing: Mutex::default(),
@@ -463,6 +477,13 @@ impl Metrics {
         }
     }
 
+    /// A connection closed on accept for being over `limit`.
+    pub fn connection_refused(&self, limit: &'static str) {
+        self.connections_refused
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
     pub fn reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "refused" };
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
@@ -476,6 +497,7 @@ pub fn upstream_error_kind(error: &UpstreamError) -> &'static str {
         UpstreamError::Timeout(_) => "timeout",
         UpstreamError::ResponseTooLarge { .. } => "too_large",
         UpstreamError::BadResponse(_) => "bad_response",
+        UpstreamError::ClientBody(_) => "client_body",
     }
 }
 

@@ -17,11 +17,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::capabilities::Services;
 use crate::config::Config;
+use crate::connections::{ConnectionLimits, Refused};
 use crate::error::SidecarError;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -42,6 +44,9 @@ pub struct AppState {
     /// One permit per request in progress (`[server] max_concurrent_requests`).
     in_flight: Semaphore,
     max_in_flight: usize,
+    /// `[server] body_read_timeout_ms` and `body_min_bytes_per_sec`.
+    body_read_timeout: Duration,
+    body_min_rate: u64,
 }
 
 /// A ready-to-serve sidecar: runtime, gateway, and the channel to swap it.
@@ -105,6 +110,8 @@ impl Sidecar {
             metrics: metrics.clone(),
             in_flight: Semaphore::new(config.server.max_concurrent_requests),
             max_in_flight: config.server.max_concurrent_requests,
+            body_read_timeout: config.server.body_read_timeout,
+            body_min_rate: config.server.body_min_bytes_per_sec,
         });
         let sidecar = Self {
             runtime,
@@ -185,6 +192,8 @@ impl Sidecar {
         let (stop, stopping) = watch::channel(false);
         let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         let is_tls = self.tls.is_some();
+        let connections =
+            ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, client) = tokio::select! {
@@ -197,6 +206,18 @@ impl Sidecar {
                     }
                 },
                 () = &mut shutdown => break,
+            };
+            // Over a limit: closed at once, before anything is read.
+            let admitted = match connections.admit(client.ip()) {
+                Ok(admitted) => admitted,
+                Err(limit) => {
+                    self.metrics.connection_refused(match limit {
+                        Refused::Total => "max_connections",
+                        Refused::PerIp => "max_connections_per_ip",
+                    });
+                    tracing::debug!(%client, ?limit, "connection refused: over the limit");
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let service = app
@@ -218,6 +239,7 @@ impl Sidecar {
             let handshake_timeout = settings.header_read_timeout;
             tokio::spawn(async move {
                 let _live = live;
+                let _admitted = admitted;
                 let served = match acceptor {
                     None => {
                         let conn = http
@@ -301,10 +323,23 @@ async fn handle(
     // failures alike, carries its id.
     let span = tracing::info_span!("request", id = %request_id);
     let mut route = None;
+    // A request takes a slot only once its body has started to come (or it
+    // has none): a client that sends a head and then nothing waits here, on
+    // a timer, holding no slot. HTTP/1 clients send the body right after the
+    // head (with `Expect: 100-continue`, once reading it asks for it).
+    let (parts, body) = req.into_parts();
+    let mut body = crate::message::paced(
+        crate::message::BoxBody::new(body.map_err(crate::message::BoxError::from)),
+        state.body_read_timeout,
+        state.body_min_rate,
+    );
+    let started_body = body.started().instrument(span.clone()).await;
+    let req = http::Request::from_parts(parts, Body::new(body));
     // Beyond the limit, shed at once: a queue would only add latency to
     // requests whose clients have likely given up.
-    let result = match state.in_flight.try_acquire() {
-        Ok(_permit) => {
+    let result = match started_body.map(|()| state.in_flight.try_acquire()) {
+        Err(e) => Err(SidecarError::RequestBody(e)),
+        Ok(Ok(_permit)) => {
             let gateway = state.gateway.borrow().clone();
             let tls = req.extensions().get::<Tls>().is_some_and(|t| t.0);
             let shared = Shared {
@@ -319,7 +354,7 @@ async fn handle(
                 .instrument(span.clone())
                 .await
         }
-        Err(_) => Err(SidecarError::Overloaded {
+        Ok(Err(_)) => Err(SidecarError::Overloaded {
             limit: state.max_in_flight,
         }),
     };
@@ -332,6 +367,14 @@ async fn handle(
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    if resp.status() == http::StatusCode::REQUEST_TIMEOUT {
+        // The rest of a body that stalled cannot be told from the next
+        // request: the connection ends with this answer.
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
     }
     let route = route.as_deref().unwrap_or(NO_ROUTE);
     state

@@ -30,6 +30,10 @@ pub enum UpstreamError {
     ResponseTooLarge { limit: usize },
     #[error("upstream sent an invalid response: {0}")]
     BadResponse(String),
+    /// The client's request body failed (stalled, too slow, broke off)
+    /// while it streamed upstream: the client's fault, not the upstream's.
+    #[error("the request body could not be read: {0}")]
+    ClientBody(crate::message::BodyError),
 }
 
 /// A pooled client. Cheap to clone.
@@ -87,7 +91,9 @@ impl UpstreamClient {
                 // The whole chain: the client's own message is only
                 // "client error (Connect)"; the cause (refused, a TLS
                 // alert, an unknown issuer) is in its sources.
-                if e.is_connect() {
+                if let Some(body) = crate::message::BodyError::find(&e) {
+                    UpstreamError::ClientBody(body)
+                } else if e.is_connect() {
                     UpstreamError::Unreachable(causes(&e))
                 } else if is_tls_failure(&e) || closed_before_answer(&e) {
                     UpstreamError::Unavailable(causes(&e))

@@ -236,7 +236,8 @@ fn server_limits_have_defaults_and_errors_name_the_field() {
     assert_eq!(c.server, ServerSettings::default());
     let c = parse_str(&format!(
         "[server]\nmax_header_bytes = 16384\nheader_read_timeout_ms = 500\n\
-         max_concurrent_requests = 8\nshutdown_grace_ms = 2000\n{MINIMAL}"
+         max_concurrent_requests = 8\nshutdown_grace_ms = 2000\nbody_read_timeout_ms = 700\n\
+         body_min_bytes_per_sec = 0\nmax_connections = 100\nmax_connections_per_ip = 10\n{MINIMAL}"
     ))
     .unwrap();
     assert_eq!(
@@ -246,7 +247,23 @@ fn server_limits_have_defaults_and_errors_name_the_field() {
             header_read_timeout: Duration::from_millis(500),
             max_concurrent_requests: 8,
             shutdown_grace: Duration::from_secs(2),
+            body_read_timeout: Duration::from_millis(700),
+            body_min_bytes_per_sec: 0,
+            max_connections: 100,
+            max_connections_per_ip: 10,
         }
+    );
+    let e = err(&format!(
+        "[server]\nmax_connections = 10\nmax_connections_per_ip = 20\n{MINIMAL}"
+    ));
+    assert!(
+        e.contains("server.max_connections_per_ip: 20 is more than server.max_connections (10)"),
+        "{e}"
+    );
+    let e = err(&format!("[server]\nbody_read_timeout_ms = 0\n{MINIMAL}"));
+    assert!(
+        e.contains("server.body_read_timeout_ms: must be greater than 0"),
+        "{e}"
     );
     let e = err(&format!("[server]\nmax_header_bytes = 1024\n{MINIMAL}"));
     assert!(

@@ -191,3 +191,165 @@ async fn shutdown_stops_waiting_after_the_grace_period() {
     );
     drop(in_flight);
 }
+
+/// Opens `n` connections that each send a whole head announcing a 100-byte
+/// body, and then nothing.
+async fn slow_body_connections(base: &str, n: usize) -> Vec<TcpStream> {
+    sidecar::connections::raise_fd_limit();
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            .await
+            .unwrap();
+        streams.push(s);
+    }
+    streams
+}
+
+/// What the sidecar sent on `stream` until it closed it (or `within` passed).
+async fn read_until_closed(mut stream: TcpStream, within: Duration) -> Option<String> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut buf))
+        .await
+        .ok()
+        .map(|_| String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[tokio::test]
+async fn a_normal_client_is_served_beside_a_thousand_slow_body_connections() {
+    let upstream = Upstream::start().await;
+    let s = serve(&config(&upstream, "body_read_timeout_ms = 3000")).await;
+    let attack = slow_body_connections(&s.base, 1_030).await;
+    let opened = Instant::now();
+    // More heads than `max_concurrent_requests` (1 024), none with a body:
+    // they hold no slot, so a normal client goes through at once.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let resp = client()
+            .post(format!("{}/api/x", s.base))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    // Each slow one gets 408 and is closed, within the body timeout.
+    let answers = futures_join(
+        attack
+            .into_iter()
+            .map(|stream| read_until_closed(stream, Duration::from_secs(10))),
+    )
+    .await;
+    let closed_after = opened.elapsed();
+    for answer in &answers {
+        let answer = answer.as_deref().expect("a slow-body connection was left open");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("body_timeout"), "{answer}");
+    }
+    assert!(closed_after < Duration::from_secs(8), "{closed_after:?}");
+    assert_eq!(upstream.hits(), 3, "no stalled request reached the upstream");
+}
+
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_midway_gets_408_and_the_connection_is_closed() {
+    let upstream = Upstream::start().await;
+    let s = serve(&config(&upstream, "body_read_timeout_ms = 300")).await;
+    let mut stream = TcpStream::connect(s.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_until_closed(stream, Duration::from_secs(5))
+        .await
+        .expect("the connection of a stalled body was left open");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_body_dripping_below_the_least_rate_gets_408() {
+    let upstream = Upstream::start().await;
+    let s = serve(&config(
+        &upstream,
+        "body_read_timeout_ms = 400\nbody_min_bytes_per_sec = 100",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(s.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    // A byte every 150 ms: never silent for the timeout, far below 100 B/s.
+    let (mut read, mut write) = stream.into_split();
+    let drip = tokio::spawn(async move {
+        for _ in 0..60 {
+            if write.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut buf))
+        .await
+        .expect("a dripping body was never cut off")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_too_slow"), "{answer}");
+    drip.abort();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_address_limit_are_closed_at_once() {
+    let upstream = Upstream::start().await;
+    let s = serve(&config(
+        &upstream,
+        "max_connections = 50\nmax_connections_per_ip = 3",
+    ))
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // Let the sidecar count them.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fourth = TcpStream::connect(&addr).await.unwrap();
+    let answer = read_until_closed(fourth, Duration::from_secs(2))
+        .await
+        .expect("a connection over the limit was kept open");
+    assert_eq!(answer, "", "closed before anything was read or sent");
+    // One closes: a new one is served.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = raw_status(&s.base, "GET /api/x HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(status, 200);
+}

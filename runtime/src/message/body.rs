@@ -40,6 +40,28 @@ pub enum BodyError {
     /// Nothing arrived for too long.
     #[error("no body data within {0:?}")]
     Timeout(std::time::Duration),
+    /// Data came, but slower than the least pace allowed (bytes per second).
+    #[error("the body arrived slower than {0} bytes per second")]
+    TooSlow(u64),
+}
+
+impl BodyError {
+    /// The `BodyError` behind `e`, if a body stream's failure caused it
+    /// (through hyper's, axum's or a boxed error's sources).
+    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        let mut next = Some(e);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<Self>() {
+                return Some(found.clone());
+            }
+            next = e.source();
+        }
+        None
+    }
+
+    fn from_stream(e: &BoxError) -> Self {
+        Self::find(&**e).unwrap_or_else(|| Self::Stream(e.to_string()))
+    }
 }
 
 /// A body: a buffered prefix, then the rest of the stream (if any).
@@ -149,7 +171,7 @@ impl Body {
                     self.rest = None;
                     continue;
                 }
-                Ok(Some(Err(e))) => Err(BodyError::Stream(e.to_string())),
+                Ok(Some(Err(e))) => Err(BodyError::from_stream(&e)),
                 Ok(Some(Ok(frame))) => Ok(frame),
             };
             match frame {
@@ -275,6 +297,139 @@ impl http_body::Body for IdleTimeout {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A client's request body held to a pace: it fails with
+/// [`BodyError::Timeout`] when the sidecar has waited `idle` for the next
+/// piece, and with [`BodyError::TooSlow`] when, after `idle` of waiting in
+/// all, it came slower than `min_rate` bytes per second of waiting. Only
+/// time spent waiting on the client counts: an upstream that reads slowly
+/// (backpressure) is not the client's fault.
+pub fn paced(body: BoxBody, idle: std::time::Duration, min_rate: u64) -> Paced {
+    Paced {
+        inner: body,
+        idle,
+        min_rate,
+        first: None,
+        waiting_since: None,
+        waited: std::time::Duration::ZERO,
+        received: 0,
+        timer: Box::pin(tokio::time::sleep(idle)),
+        failed: false,
+    }
+}
+
+/// See [`paced`].
+pub struct Paced {
+    inner: BoxBody,
+    idle: std::time::Duration,
+    min_rate: u64,
+    /// A frame read ahead by [`Paced::started`], handed out first.
+    first: Option<Frame<Bytes>>,
+    waiting_since: Option<tokio::time::Instant>,
+    waited: std::time::Duration,
+    received: u64,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    failed: bool,
+}
+
+impl Paced {
+    /// Waits (within the pace) until the body's first piece has arrived, or
+    /// it ended; the piece is kept and handed out first. A request whose
+    /// client sent only a head waits here, before it takes any slot.
+    ///
+    /// # Errors
+    /// As the body would fail: the client stalled, or the stream broke.
+    pub async fn started(&mut self) -> Result<(), BodyError> {
+        if self.first.is_some() || self.inner.is_end_stream() {
+            return Ok(());
+        }
+        match std::future::poll_fn(|cx| Pin::new(&mut *self).poll_inner(cx)).await {
+            None => Ok(()),
+            Some(Ok(frame)) => {
+                self.first = Some(frame);
+                Ok(())
+            }
+            Some(Err(e)) => Err(BodyError::from_stream(&e)),
+        }
+    }
+
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let now = tokio::time::Instant::now();
+                if self.waiting_since.is_none() {
+                    self.waiting_since = Some(now);
+                    self.timer.as_mut().reset(now + self.idle);
+                }
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => self.fail(BodyError::Timeout(self.idle)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(since) = self.waiting_since.take() {
+                    self.waited += since.elapsed();
+                }
+                if let Some(data) = frame.data_ref() {
+                    self.received += data.len() as u64;
+                }
+                let least = self.min_rate as f64 * self.waited.as_secs_f64();
+                if self.min_rate > 0 && self.waited > self.idle && (self.received as f64) < least
+                {
+                    return self.fail(BodyError::TooSlow(self.min_rate));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.failed = true;
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+}
+
+impl http_body::Body for Paced {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        this.poll_inner(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && (self.failed || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let first = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + first);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + first);
+        }
+        hint
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-pub use self::body::{Body, BodyError, BoxBody, BoxError, Filled, idle_timeout};
+pub use self::body::{Body, BodyError, BoxBody, BoxError, Filled, Paced, idle_timeout, paced};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// and `content-length`'s partner `transfer-encoding`: never forwarded as
