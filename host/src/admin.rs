@@ -9,11 +9,18 @@
 //!   sha256, contract version, load time; the reload status.
 //! - `GET /upstreams`: per route, its balancing and each endpoint's health
 //!   (ejected until when), requests in flight, attempts and failures.
-//! - `POST /reload`: reload now; 200 with the new generation, or 422 with
-//!   why it was refused (the running config keeps serving).
+//! - `POST /reload`: reload now; 200 with the new generation, 422 with
+//!   why it was refused (the running config keeps serving), or 409 when a
+//!   newer reload asked meanwhile replaced it.
 //!
 //! It listens before the policies are loaded, so probes get an answer during
 //! a slow start (a Python policy compiles for seconds).
+//!
+//! Browsers are kept out: a request whose `Host` is a DNS name other than
+//! `localhost` (DNS rebinding: a page's own name pointed at 127.0.0.1), or
+//! that a page on another origin sent (`Origin`, `Sec-Fetch-Site`), gets 403.
+//! Probes, Prometheus and curl address it by IP or `localhost` and send
+//! neither header.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -72,7 +79,53 @@ pub fn router(admin: Arc<Admin>) -> Router {
                 Json(json!({ "error": "no such admin endpoint (try /healthz, /readyz, /metrics, /policies, /upstreams, /reload)", "code": "not_found" })),
             )
         })
+        .layer(axum::middleware::from_fn(same_machine_only))
         .with_state(admin)
+}
+
+/// See the module docs: 403 for DNS-rebound and cross-origin requests.
+async fn same_machine_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text(header::HOST.as_str()).or_else(|| req.uri().host());
+    let refused = if !host.is_some_and(is_local_host) {
+        Some(("the admin listener answers only to an IP address or localhost as Host", "forbidden_host"))
+    } else if text(header::ORIGIN.as_str()).is_some_and(|origin| {
+        origin
+            .split_once("://")
+            .is_none_or(|(_, authority)| Some(authority) != host)
+    }) || text("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none")
+    {
+        Some(("the admin listener does not answer requests from other origins", "forbidden_origin"))
+    } else {
+        None
+    };
+    match refused {
+        Some((error, code)) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": error, "code": code })),
+        )
+            .into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// `localhost`, or an IP address, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 fn loading() -> Response {
@@ -182,6 +235,11 @@ async fn reload(State(admin): State<Arc<Admin>>) -> Response {
         Ok(generation) => {
             Json(json!({ "status": "reloaded", "generation": generation })).into_response()
         }
+        Err(e) if e.is::<crate::reload::Superseded>() => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": "a newer reload was asked for and replaces this one", "code": "reload_superseded" })),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({ "error": format!("{e:#}"), "code": "reload_refused" })),

@@ -60,6 +60,9 @@ pub struct Config {
     pub log: LogSettings,
     /// Where compiled policies are cached across restarts; `None` disables.
     pub compile_cache: Option<PathBuf>,
+    /// The most the compile cache directory may hold; the least recently
+    /// used entries go first (`[wasm] compile_cache_max_mb`, 512).
+    pub compile_cache_max_bytes: u64,
     pub routes: Vec<RouteConfig>,
     pub policies: BTreeMap<String, PolicyConfig>,
 }
@@ -343,6 +346,7 @@ struct RawWasm {
     kv_bytes_per_request: Option<usize>,
     /// A folder for compiled policies, or "off".
     compile_cache: Option<String>,
+    compile_cache_max_mb: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -687,6 +691,8 @@ fn validate(
         Some(dir) => Some(base.join(dir)),
         None => default_cache_dir(env),
     };
+    let compile_cache_max_bytes = mib("wasm.compile_cache_max_mb", raw.wasm.compile_cache_max_mb)?
+        .map_or(crate::wasm::DEFAULT_MAX_DISK_BYTES, |b| b as u64);
     Ok(Config {
         source: path.to_owned(),
         listen,
@@ -699,6 +705,7 @@ fn validate(
         reload,
         log,
         compile_cache,
+        compile_cache_max_bytes,
         routes,
         policies,
     })
@@ -892,7 +899,9 @@ fn kv_settings(raw: RawKv) -> anyhow::Result<KvSettings> {
 }
 
 /// `$XDG_CACHE_HOME/wasm-policy-sidecar`, else `~/.cache/wasm-policy-sidecar`.
-fn default_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+/// The compile cache's folder when the config names none:
+/// `$XDG_CACHE_HOME/wasm-policy-sidecar`, else `~/.cache/wasm-policy-sidecar`.
+pub(crate) fn default_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let base = env("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)

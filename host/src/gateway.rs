@@ -17,7 +17,7 @@ use crate::balancer::{Upstreams, UpstreamsView};
 use crate::chain::Chain;
 use crate::config::{Config, ProxySettings};
 use crate::upstream::UpstreamClient;
-use crate::wasm::{CompileSource, Policy, PolicySpec, Runtime, sha256_hex};
+use crate::wasm::{CompileSource, NotAComponent, Policy, PolicySpec, Runtime, sha256_hex};
 
 /// One route, ready to serve.
 #[derive(Debug)]
@@ -88,10 +88,55 @@ impl Gateway {
         runtime: &Arc<Runtime>,
         previous: Option<&Self>,
     ) -> anyhow::Result<Self> {
+        Self::build_unless(config, runtime, previous, &|| false).await
+    }
+
+    /// [`Gateway::build`] on a thread of its own, at a lower priority:
+    /// compiling and configuring large policies never holds up the threads
+    /// that serve requests. Stops early (an error) once `superseded` says a
+    /// newer build has been asked for: checked before each policy.
+    ///
+    /// # Errors
+    /// As [`Gateway::build`]; also if the thread cannot start or dies.
+    pub async fn build_apart(
+        config: Config,
+        runtime: Arc<Runtime>,
+        previous: Option<Arc<Self>>,
+        superseded: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
+        let handle = tokio::runtime::Handle::current();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("policy-load".into())
+            .spawn(move || {
+                crate::wasm::lower_thread_priority();
+                let built = handle.block_on(Self::build_unless(
+                    &config,
+                    &runtime,
+                    previous.as_deref(),
+                    &superseded,
+                ));
+                let _ = tx.send(built);
+            })
+            .context("starting the policy-load thread")?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("loading the policies failed: the load thread panicked"))?
+    }
+
+    async fn build_unless(
+        config: &Config,
+        runtime: &Arc<Runtime>,
+        previous: Option<&Self>,
+        superseded: &(dyn Fn() -> bool + Send + Sync),
+    ) -> anyhow::Result<Self> {
         let file = config.source.display();
         let mut loaded: HashMap<&str, Arc<Policy>> = HashMap::new();
         let mut infos = Vec::with_capacity(config.policies.len());
         for (name, p) in &config.policies {
+            if superseded() {
+                return Err(anyhow::Error::new(crate::reload::Superseded)
+                    .context(format!("{file}: stopped before policy.{name}")));
+            }
             let field = format!("{file}: policy.{name}.wasm");
             let bytes = std::fs::read(&p.wasm)
                 .with_context(|| format!("{field}: cannot read {}", p.wasm.display()))?;
@@ -102,12 +147,6 @@ impl Gateway {
                     p.wasm.display()
                 );
             }
-            let (component, source) = runtime.compile_cached(&bytes).with_context(|| {
-                format!(
-                    "{field}: {} is not a valid WebAssembly component",
-                    p.wasm.display()
-                )
-            })?;
             let spec = PolicySpec {
                 name: name.clone(),
                 config_json: p.config_json.clone(),
@@ -115,10 +154,16 @@ impl Gateway {
                 limits: p.limits,
                 instances: p.instances,
             };
-            let policy = runtime
-                .load(spec, &component, &bytes)
+            let (policy, source) = runtime
+                .load_wasm(spec, &bytes)
                 .await
-                .with_context(|| format!("{file}: policy.{name} ({})", p.wasm.display()))?;
+                .map_err(|e| match e.downcast::<NotAComponent>() {
+                    Ok(NotAComponent(why)) => why.context(format!(
+                        "{field}: {} is not a valid WebAssembly component",
+                        p.wasm.display()
+                    )),
+                    Err(e) => e.context(format!("{file}: policy.{name} ({})", p.wasm.display())),
+                })?;
             if let Some(why) = policy.snapshot_skipped() {
                 tracing::warn!(policy = %name, %why, "configure runs per instance: the component could not be snapshotted");
             }

@@ -6,6 +6,13 @@
 //! finishes on the chain it started with; a failed reload changes nothing
 //! but the status the admin view shows.
 //!
+//! The build runs on a thread of its own at a lower priority (compiling a
+//! large policy takes seconds of CPU), and gives way to a newer reload: a
+//! reload asked for while another is loading stops that one before its next
+//! policy, and reloads queued behind a newer one are skipped. Once the new
+//! gateway serves, the compile cache forgets what it no longer uses and the
+//! freed memory is given back to the system.
+//!
 //! Triggers: the file watcher (polling, so an atomic `rename` into place is
 //! seen like any write; a change is applied once it has been stable for one
 //! more interval, so a copy in progress is not picked up), `POST /reload` on
@@ -13,6 +20,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -49,7 +57,12 @@ impl Sidecar {
     /// Why the new config or a policy was refused (naming file and field);
     /// the running gateway is unchanged.
     pub async fn reload(&self) -> anyhow::Result<u64> {
+        let ticket = self.reloads_asked.fetch_add(1, Ordering::SeqCst) + 1;
         let _one_at_a_time = self.reload_lock.lock().await;
+        if self.reloads_asked.load(Ordering::SeqCst) > ticket {
+            // A newer reload waits: it reads the same files, or newer ones.
+            return Err(Superseded.into());
+        }
         // The listener's certificate too, for deployments that reload by
         // signal rather than by watching files.
         if let Some(tls) = &self.tls
@@ -60,7 +73,13 @@ impl Sidecar {
                 "new TLS certificate refused; the old one keeps serving"
             );
         }
-        let result = self.try_reload().await;
+        let result = self.try_reload(ticket).await;
+        if let Err(e) = &result
+            && e.is::<Superseded>()
+        {
+            tracing::info!("reload gave way to a newer one");
+            return Err(Superseded.into());
+        }
         self.metrics.reload(result.is_ok());
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.last_attempt_at = Some(now_secs());
@@ -82,7 +101,7 @@ impl Sidecar {
         result.map(|()| status.generation)
     }
 
-    async fn try_reload(&self) -> anyhow::Result<()> {
+    async fn try_reload(&self, ticket: u64) -> anyhow::Result<()> {
         let path = self.current_config().source;
         // Fingerprints are taken before reading, so a change made while
         // this reload runs is seen as a change afterwards.
@@ -97,7 +116,11 @@ impl Sidecar {
             ("[wasm] engine limits", old.engine != new.engine),
             ("[kv]", old.kv != new.kv),
             ("[[log.sink]]", old.log != new.log),
-            ("wasm.compile_cache", old.compile_cache != new.compile_cache),
+            (
+                "wasm.compile_cache",
+                old.compile_cache != new.compile_cache
+                    || old.compile_cache_max_bytes != new.compile_cache_max_bytes,
+            ),
             ("[reload]", old.reload != new.reload),
         ];
         for (what, changed) in restart_only {
@@ -110,8 +133,26 @@ impl Sidecar {
         }
         let mut print = config_print;
         print.extend(fingerprint(&policy_files(&new)));
-        let gateway = Arc::new(Gateway::build(&new, &self.runtime, Some(&self.gateway())).await?);
-        self.gateway.send_replace(gateway.clone());
+        let mark = self.runtime.mark_loads();
+        let asked = self.reloads_asked.clone();
+        let gateway = Gateway::build_apart(
+            new.clone(),
+            self.runtime.clone(),
+            Some(self.gateway()),
+            move || asked.load(Ordering::SeqCst) > ticket,
+        )
+        .await;
+        let gateway = match gateway {
+            Ok(g) => Arc::new(g),
+            Err(e) if e.is::<Superseded>() => return Err(Superseded.into()),
+            Err(e) => return Err(e),
+        };
+        let old = self.gateway.send_replace(gateway.clone());
+        // The old gateway's code goes with its last request; the compile
+        // cache keeps only what this load used.
+        drop(old);
+        self.runtime.forget_compiled_unused_since(mark);
+        give_back_freed_memory();
         self.start_health_checks(&gateway);
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = print;
@@ -149,6 +190,31 @@ impl Sidecar {
     }
 }
 
+/// A reload that gave way to a newer one (not a failure).
+#[derive(Debug, thiserror::Error)]
+#[error("superseded by a newer reload")]
+pub struct Superseded;
+
+/// Returns memory freed by a load (the compiler's scratch, replaced code)
+/// to the system: glibc's allocator keeps freed memory in its arenas, one
+/// per thread that compiled. Again a little later, once the requests still
+/// on the old gateway are done.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async {
+        for wait in [Duration::ZERO, Duration::from_secs(10)] {
+            tokio::time::sleep(wait).await;
+            #[allow(unsafe_code)]
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only releases free memory at the top
+                // of the heaps and unused pages; it has no preconditions.
+                unsafe { libc::malloc_trim(0) }
+            })
+            .await;
+        }
+    });
+}
+
 fn policy_files(config: &Config) -> Vec<PathBuf> {
     config.policies.values().map(|p| p.wasm.clone()).collect()
 }
@@ -179,15 +245,29 @@ pub(crate) fn fingerprint(files: &[PathBuf]) -> Fingerprint {
 }
 
 /// Watches the config and policy files until the task is dropped, and
-/// reloads when they differ from what was loaded and have settled.
+/// reloads when they differ from what was loaded and have settled. A change
+/// seen while a reload runs starts another at once (the running one gives
+/// way to it).
 pub async fn watch(sidecar: Arc<Sidecar>, interval: Duration) {
     // Files whose reload failed: not retried until they change again.
     let mut refused: Option<Fingerprint> = None;
     let mut settling: Option<Fingerprint> = None;
+    // The reload in progress, and the files it was started for.
+    let mut running: Option<(Fingerprint, tokio::task::JoinHandle<anyhow::Result<u64>>)> = None;
     loop {
         tokio::time::sleep(interval).await;
+        if let Some((print, task)) = running.take_if(|(_, task)| task.is_finished())
+            && let Ok(Err(e)) = task.await
+            && !e.is::<Superseded>()
+        {
+            refused = Some(print);
+        }
         let now = fingerprint(&sidecar.watched_files());
-        if now == sidecar.loaded_fingerprint() || Some(&now) == refused.as_ref() {
+        let loading = running.as_ref().map(|(print, _)| print);
+        if now == sidecar.loaded_fingerprint()
+            || Some(&now) == refused.as_ref()
+            || Some(&now) == loading
+        {
             settling = None;
             continue;
         }
@@ -197,9 +277,8 @@ pub async fn watch(sidecar: Arc<Sidecar>, interval: Duration) {
             continue;
         }
         tracing::info!("policy or config files changed; reloading");
-        if sidecar.reload().await.is_err() {
-            refused = Some(now);
-        }
+        let reloading = sidecar.clone();
+        running = Some((now, tokio::spawn(async move { reloading.reload().await })));
         settling = None;
     }
 }

@@ -60,6 +60,8 @@ pub struct Sidecar {
     pub(crate) config: std::sync::Mutex<Config>,
     /// One reload at a time (watcher, admin and SIGHUP may ask together).
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// Reloads asked for so far: one that sees a newer ask gives way to it.
+    pub(crate) reloads_asked: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) status: std::sync::Mutex<crate::reload::ReloadStatus>,
     /// The files as they were when the gateway now serving was loaded.
     pub(crate) loaded: std::sync::Mutex<crate::reload::Fingerprint>,
@@ -101,8 +103,15 @@ impl Sidecar {
             .map(|t| ListenerTls::load(t, &config.source).map(Arc::new))
             .transpose()?;
         let runtime =
-            Runtime::with_compile_cache(config.engine, services, config.compile_cache.clone())?;
-        let gateway = Arc::new(Gateway::build(config, &runtime, None).await?);
+            Runtime::with_compile_cache(
+                config.engine,
+                services,
+                config.compile_cache.clone(),
+                config.compile_cache_max_bytes,
+            )?;
+        let gateway = Arc::new(
+            Gateway::build_apart(config.clone(), runtime.clone(), None, || false).await?,
+        );
         let (tx, rx) = watch::channel(gateway.clone());
         let state = Arc::new(AppState {
             gateway: rx,
@@ -120,6 +129,7 @@ impl Sidecar {
             state,
             config: std::sync::Mutex::new(config.clone()),
             reload_lock: tokio::sync::Mutex::new(()),
+            reloads_asked: Arc::default(),
             status: std::sync::Mutex::new(crate::reload::ReloadStatus::default()),
             loaded: std::sync::Mutex::new(loaded),
             tls,

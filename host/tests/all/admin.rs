@@ -241,3 +241,65 @@ async fn a_policy_that_keeps_failing_shows_in_the_policies_view() {
     );
     assert!(policy("tagger")["failures"].is_null());
 }
+
+#[tokio::test]
+async fn refuses_dns_rebound_hosts_and_cross_origin_requests() {
+    let upstream = Upstream::start().await;
+    let (_, _, sidecar) = serve(&config(&upstream)).await;
+    let admin = admin_listener(Admin::serving(sidecar.clone())).await;
+    let port = admin.rsplit(':').next().unwrap().to_owned();
+    let c = client();
+    let reload = |host: String, origin: Option<&'static str>| {
+        let mut req = c.post(format!("{admin}/reload")).header("host", host);
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        req.send()
+    };
+    // A page whose name was pointed at 127.0.0.1 (DNS rebinding).
+    let resp = reload(format!("evil.example:{port}"), None).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "forbidden_host");
+    let resp = c
+        .get(format!("{admin}/policies"))
+        .header("host", "rebind.attacker.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403, "no reading what is loaded either");
+    // A cross-site form post from a page in a browser on this machine.
+    let resp = reload(format!("127.0.0.1:{port}"), Some("http://evil.example"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "forbidden_origin");
+    let resp = c
+        .get(format!("{admin}/metrics"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        sidecar.reload_status().generation,
+        0,
+        "no refused request reloaded"
+    );
+    // curl, probes and Prometheus: an IP or localhost, no Origin. (The
+    // reload itself is refused, 422: this config has no file to re-read.)
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let resp = reload(host.clone(), None).await.unwrap();
+        assert_eq!(resp.status(), 422, "{host}");
+    }
+    let same_origin = format!("http://127.0.0.1:{port}");
+    let resp = c
+        .post(format!("{admin}/reload"))
+        .header("origin", same_origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422, "the admin's own origin");
+    assert_eq!(get_json(&format!("{admin}/healthz")).await.0, 200);
+}

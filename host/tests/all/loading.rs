@@ -214,6 +214,7 @@ fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored(
             EngineSettings::default(),
             Services::production(KvLimits::default()),
             Some(dir.clone()),
+            sidecar::wasm::DEFAULT_MAX_DISK_BYTES,
         )
         .unwrap()
     };
@@ -243,6 +244,71 @@ fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored(
         fresh_runtime().compile_cached(&bytes).unwrap().1,
         CompileSource::Disk
     );
+    // What the loads since a mark did not use is forgotten in memory (the
+    // disk still has it).
+    let rt = fresh_runtime();
+    assert_eq!(rt.compile_cached(&bytes).unwrap().1, CompileSource::Disk);
+    let mark = rt.mark_loads();
+    rt.forget_compiled_unused_since(mark);
+    assert_eq!(rt.compile_cached(&bytes).unwrap().1, CompileSource::Disk);
+    let mark = rt.mark_loads();
+    assert_eq!(rt.compile_cached(&bytes).unwrap().1, CompileSource::Memory);
+    rt.forget_compiled_unused_since(mark);
+    assert_eq!(rt.compile_cached(&bytes).unwrap().1, CompileSource::Memory);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_configured_snapshot_is_reused_across_restarts_for_the_same_config_only() {
+    use sidecar::wasm::CompileSource;
+    let dir = std::env::temp_dir().join(format!("sidecar-snapshot-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bytes = std::fs::read(test_policies::TAG).unwrap();
+    let fresh_runtime = || {
+        Runtime::with_compile_cache(
+            EngineSettings::default(),
+            Services::production(KvLimits::default()),
+            Some(dir.clone()),
+            sidecar::wasm::DEFAULT_MAX_DISK_BYTES,
+        )
+        .unwrap()
+    };
+    let load = |rt: Arc<Runtime>, name: &'static str| {
+        let bytes = bytes.clone();
+        async move {
+            let (policy, source) = rt
+                .load_wasm(spec("tag", serde_json::json!({ "name": name })), &bytes)
+                .await
+                .unwrap();
+            (policy, source)
+        }
+    };
+    let (first, source) = load(fresh_runtime(), "a").await;
+    assert_eq!(source, CompileSource::Compiled);
+    assert_eq!(first.configured(), sidecar::wasm::Configured::Snapshot);
+    // A restart: the configured snapshot comes from disk, hooks and all.
+    let (again, source) = load(fresh_runtime(), "a").await;
+    assert_eq!(source, CompileSource::Disk);
+    assert_eq!(again.hooks(), first.hooks());
+    let mut instance = again.instantiate(&"r".into(), &"id".into()).await.unwrap();
+    let mut ex = request();
+    instance.on_request(&mut ex).await.unwrap();
+    // Another config is configured anew, never served from the first one's
+    // snapshot.
+    let (other, source) = load(fresh_runtime(), "b").await;
+    assert_ne!(source, CompileSource::Memory);
+    let mut instance = other.instantiate(&"r".into(), &"id".into()).await.unwrap();
+    let mut ex_b = request();
+    instance.on_request(&mut ex_b).await.unwrap();
+    let chain = |ex: &Exchange| {
+        ex.request
+            .headers
+            .get("x-chain")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(chain(&ex).as_deref(), Some("a"));
+    assert_eq!(chain(&ex_b).as_deref(), Some("b"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An empty 200, as the upstream's answer for the response hooks.

@@ -23,9 +23,10 @@ use anyhow::Context as _;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use self::cache::{Source as CompileSource, sha256_hex};
+pub use self::cache::{DEFAULT_MAX_DISK_BYTES, Source as CompileSource, sha256_hex};
 pub use self::policy::{
-    Configured, Contract, FailureMode, HookError, Hooks, Instances, MessageError, Policy,
+    Configured, Contract, FailureMode, HookError, Hooks, Instances, MessageError, NotAComponent,
+    Policy,
     PolicyError, PolicyInstance, PolicyLimits, PolicySpec, REUSE_MAX_USES, Verdict,
 };
 pub use self::state::HostState;
@@ -137,6 +138,11 @@ pub struct Runtime {
     linker: Linker<HostState>,
     services: Services,
     cache: cache::CompileCache,
+    /// Where compiles run (wasmtime compiles a component's functions in
+    /// parallel on the pool it is called from): a pool of its own, one
+    /// thread short of the cores and at a lower priority, so a large
+    /// policy compiling during a reload leaves the request threads a core.
+    compile_pool: rayon::ThreadPool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -162,11 +168,12 @@ impl Runtime {
     /// # Errors
     /// Fails if linking WASI or the capabilities fails (a programming error).
     pub fn with_engine(shared: Arc<SharedEngine>, services: Services) -> anyhow::Result<Arc<Self>> {
-        Self::build(shared, services, None)
+        Self::build(shared, services, None, DEFAULT_MAX_DISK_BYTES)
     }
 
-    /// A runtime with its own engine that keeps compiled components in
-    /// `cache_dir` too, so a restart with unchanged policies skips compiling.
+    /// A runtime with its own engine that keeps compiled components (and
+    /// configured snapshots) in `cache_dir` too, at most `max_disk_bytes` of
+    /// them, so a restart with unchanged policies skips compiling.
     ///
     /// # Errors
     /// As [`SharedEngine::new`].
@@ -174,14 +181,21 @@ impl Runtime {
         settings: EngineSettings,
         services: Services,
         cache_dir: Option<PathBuf>,
+        max_disk_bytes: u64,
     ) -> anyhow::Result<Arc<Self>> {
-        Self::build(SharedEngine::new(settings)?, services, cache_dir)
+        Self::build(
+            SharedEngine::new(settings)?,
+            services,
+            cache_dir,
+            max_disk_bytes,
+        )
     }
 
     fn build(
         shared: Arc<SharedEngine>,
         services: Services,
         cache_dir: Option<PathBuf>,
+        max_disk_bytes: u64,
     ) -> anyhow::Result<Arc<Self>> {
         let mut linker = Linker::new(&shared.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -193,11 +207,19 @@ impl Runtime {
         v02::add_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking the message types")?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let compile_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cores.saturating_sub(1).max(1))
+            .thread_name(|i| format!("wasm-compile-{i}"))
+            .start_handler(|_| lower_thread_priority())
+            .build()
+            .context("starting the compile threads")?;
         Ok(Arc::new(Self {
             shared,
             linker,
             services,
-            cache: cache::CompileCache::new(cache_dir),
+            cache: cache::CompileCache::new(cache_dir, max_disk_bytes),
+            compile_pool,
         }))
     }
 
@@ -226,15 +248,48 @@ impl Runtime {
     /// # Errors
     /// Fails if the bytes are not a valid component for this engine.
     pub fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<(Component, CompileSource)> {
-        self.cache.get_or_compile(&self.shared.engine, bytes)
+        self.cache
+            .get_or_compile(self.engine(), bytes, cache::Keep::InMemory, |b| {
+                self.compile(b)
+            })
     }
 
-    /// Compiles a component from bytes (a `.wasm` component binary).
+    /// As [`Runtime::compile_cached`], for a component used once (the
+    /// instrumented copy a snapshot is taken from): kept on disk only.
+    pub(crate) fn compile_cached_once(
+        &self,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, CompileSource)> {
+        self.cache
+            .get_or_compile(self.engine(), bytes, cache::Keep::OnDiskOnly, |b| {
+                self.compile(b)
+            })
+    }
+
+    /// Compiles a component from bytes (a `.wasm` component binary), on the
+    /// compile threads. Blocks the caller until done: call it off the
+    /// request path.
     ///
     /// # Errors
     /// Fails if the bytes are not a valid component for this engine.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        Component::new(&self.shared.engine, bytes).map_err(anyhow::Error::from)
+        self.compile_pool
+            .install(|| Component::new(&self.shared.engine, bytes))
+            .map_err(anyhow::Error::from)
+    }
+
+    /// Starts a period of loads: once what they built is in service,
+    /// [`Runtime::forget_compiled_unused_since`] with this mark lets go of
+    /// every compiled component they did not use.
+    pub fn mark_loads(&self) -> u64 {
+        self.cache.mark()
+    }
+
+    /// Drops the compile cache's in-memory entries not used since `mark`
+    /// (the disk cache keeps them). Code still in use by a policy lives
+    /// until its last user is gone.
+    pub fn forget_compiled_unused_since(&self, mark: u64) {
+        self.cache.forget_unused_since(mark);
     }
 
     /// Compiles, links and pre-instantiates a policy, configures it (once,
@@ -251,7 +306,24 @@ impl Runtime {
         component: &Component,
         wasm: &[u8],
     ) -> anyhow::Result<Arc<Policy>> {
-        Policy::new(self.clone(), spec, component, wasm).await
+        Policy::new(self.clone(), spec, Some(component), wasm)
+            .await
+            .map(|(policy, _)| policy)
+    }
+
+    /// As [`Runtime::load`] from the `.wasm` alone: a 0.2 policy whose
+    /// configured snapshot is in the compile cache (same component, same
+    /// config) is neither compiled nor configured again. Says where the
+    /// code came from. Blocks on compiles: call it off the request path.
+    ///
+    /// # Errors
+    /// As [`Runtime::load`], and if the bytes are not a valid component.
+    pub async fn load_wasm(
+        self: &Arc<Self>,
+        spec: PolicySpec,
+        wasm: &[u8],
+    ) -> anyhow::Result<(Arc<Policy>, CompileSource)> {
+        Policy::new(self.clone(), spec, None, wasm).await
     }
 
     /// What a component imports and exports, by interface name
@@ -283,8 +355,21 @@ impl Runtime {
         &self.shared.engine
     }
 
+    pub(crate) fn cache(&self) -> &cache::CompileCache {
+        &self.cache
+    }
+
     pub(crate) fn linker(&self) -> &Linker<HostState> {
         &self.linker
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10, Linux), for
+/// work that must not take CPU from requests: compiling and loading policies.
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
     }
 }
 

@@ -15,7 +15,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::state::{HostState, LazyWasi, MemoryCap};
 use super::v02::MessageState;
-use super::{EPOCH_TICK, Runtime, snapshot, v01, v02};
+use super::cache::Keep;
+use super::{CompileSource, EPOCH_TICK, Runtime, snapshot, v01, v02};
 use crate::bindings;
 use crate::capabilities::Caller;
 use crate::capabilities::clock::ClockState;
@@ -200,6 +201,12 @@ pub enum MessageError {
     },
 }
 
+/// Bytes that do not compile as a WebAssembly component (for the caller
+/// to name the file).
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid WebAssembly component: {0:#}")]
+pub struct NotAComponent(pub anyhow::Error);
+
 /// The compiled code a policy's instances come from.
 enum Kind {
     V01(bindings::v01::PolicyPre<HostState>),
@@ -267,9 +274,9 @@ impl Policy {
     pub(super) async fn new(
         runtime: Arc<Runtime>,
         spec: PolicySpec,
-        component: &Component,
+        component: Option<&Component>,
         wasm: &[u8],
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> anyhow::Result<(Arc<Self>, CompileSource)> {
         anyhow::ensure!(
             spec.limits.memory_bytes <= runtime.settings().max_memory_bytes,
             "memory cap of {} bytes is above the engine's maximum of {} bytes",
@@ -280,53 +287,41 @@ impl Policy {
         // +1: the current tick may be about to end.
         let deadline_ticks = (spec.limits.deadline.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1;
         let mut snapshot_skipped = None;
-        let (kind, hooks) = match contract_of(runtime.engine(), component)? {
-            Contract::V01 => (
-                Kind::V01(pre_instantiate_v01(runtime.linker(), component)?),
-                Hooks {
-                    on_response: true,
-                    on_complete: false,
+        // The same component with the same config, configured before: its
+        // snapshot, with nothing compiled or configured now.
+        let snapshot_key = snapshot::cache_key(wasm, &spec.config_json);
+        let cached = runtime
+            .cache()
+            .lookup(runtime.engine(), &snapshot_key, Keep::InMemory)
+            .and_then(|(c, meta, source)| Some((c, snapshot::decode_hooks(&meta)?, source)));
+        let (kind, hooks, source) = if let Some((snapshotted, hooks, source)) = cached {
+            (
+                Kind::V02 {
+                    pre: pre_instantiate_v02(runtime.linker(), &snapshotted)?,
+                    configure_each: false,
                 },
-            ),
-            Contract::V02 => {
-                let caller = load_caller(&name);
-                let new_store = || new_store(&runtime, &spec, caller.clone(), deadline_ticks).0;
-                match snapshot::configure_once(&runtime, wasm, &spec.config_json, new_store).await {
-                    Ok(snap) => {
-                        let (snapshotted, _) = runtime
-                            .compile_cached(&snap.wasm)
-                            .context("compiling the configured snapshot")?;
-                        (
-                            Kind::V02 {
-                                pre: pre_instantiate_v02(runtime.linker(), &snapshotted)?,
-                                configure_each: false,
-                            },
-                            snap.hooks,
-                        )
-                    }
-                    Err(snapshot::Error::Refused(message)) => {
-                        return Err(PolicyError::ConfigRefused {
-                            policy: name,
-                            message,
-                        }
-                        .into());
-                    }
-                    Err(snapshot::Error::Failed(error)) => {
-                        return Err(classify(&name, &spec.limits, None, None, error).into());
-                    }
-                    Err(snapshot::Error::Unsupported(why)) => {
-                        // Still correct, only slower: `configure` per instance.
-                        snapshot_skipped = Some(format!("{why:#}"));
-                        (
-                            Kind::V02 {
-                                pre: pre_instantiate_v02(runtime.linker(), component)?,
-                                configure_each: true,
-                            },
-                            Hooks::default(),
-                        )
-                    }
-                }
-            }
+                hooks,
+                source,
+            )
+        } else {
+            let (component, source) = match component {
+                Some(c) => (c.clone(), CompileSource::Memory),
+                None => runtime
+                    .compile_cached(wasm)
+                    .map_err(|e| anyhow::Error::new(NotAComponent(e)))?,
+            };
+            let (kind, hooks) = Self::configure(
+                &runtime,
+                &spec,
+                &name,
+                &component,
+                wasm,
+                snapshot_key,
+                deadline_ticks,
+                &mut snapshot_skipped,
+            )
+            .await?;
+            (kind, hooks, source)
         };
         let spec_reuse = spec.instances;
         let mut policy = Self {
@@ -350,7 +345,77 @@ impl Policy {
             policy.hooks = hooks;
         }
         drop(instance);
-        Ok(Arc::new(policy))
+        Ok((Arc::new(policy), source))
+    }
+
+    /// Pre-instantiates `component` by its contract; a 0.2 one is
+    /// configured once and snapshotted (the snapshot cached under `key`).
+    #[allow(clippy::too_many_arguments)]
+    async fn configure(
+        runtime: &Arc<Runtime>,
+        spec: &PolicySpec,
+        name: &Arc<str>,
+        component: &Component,
+        wasm: &[u8],
+        key: [u8; 32],
+        deadline_ticks: u64,
+        snapshot_skipped: &mut Option<String>,
+    ) -> anyhow::Result<(Kind, Hooks)> {
+        Ok(match contract_of(runtime.engine(), component)? {
+            Contract::V01 => (
+                Kind::V01(pre_instantiate_v01(runtime.linker(), component)?),
+                Hooks {
+                    on_response: true,
+                    on_complete: false,
+                },
+            ),
+            Contract::V02 => {
+                let caller = load_caller(name);
+                let new_store = || new_store(runtime, spec, caller.clone(), deadline_ticks).0;
+                match snapshot::configure_once(runtime, wasm, &spec.config_json, new_store).await {
+                    Ok(snap) => {
+                        let snapshotted = runtime
+                            .compile(&snap.wasm)
+                            .context("compiling the configured snapshot")?;
+                        runtime.cache().insert(
+                            runtime.engine(),
+                            key,
+                            &snapshotted,
+                            snapshot::encode_hooks(snap.hooks),
+                            Keep::InMemory,
+                        );
+                        (
+                            Kind::V02 {
+                                pre: pre_instantiate_v02(runtime.linker(), &snapshotted)?,
+                                configure_each: false,
+                            },
+                            snap.hooks,
+                        )
+                    }
+                    Err(snapshot::Error::Refused(message)) => {
+                        return Err(PolicyError::ConfigRefused {
+                            policy: name.clone(),
+                            message,
+                        }
+                        .into());
+                    }
+                    Err(snapshot::Error::Failed(error)) => {
+                        return Err(classify(name, &spec.limits, None, None, error).into());
+                    }
+                    Err(snapshot::Error::Unsupported(why)) => {
+                        // Still correct, only slower: `configure` per instance.
+                        *snapshot_skipped = Some(format!("{why:#}"));
+                        (
+                            Kind::V02 {
+                                pre: pre_instantiate_v02(runtime.linker(), component)?,
+                                configure_each: true,
+                            },
+                            Hooks::default(),
+                        )
+                    }
+                }
+            }
+        })
     }
 
     pub fn name(&self) -> &Arc<str> {

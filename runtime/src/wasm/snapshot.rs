@@ -33,6 +33,34 @@ pub(super) enum Error {
     Unsupported(anyhow::Error),
 }
 
+/// Where the snapshot of `wasm` configured with `config` is cached. The
+/// snapshot depends on nothing else: `configure` sees only its config (a
+/// `configure` that read the clock or the key-value store would be
+/// snapshotted with what it read on the first load).
+pub(super) fn cache_key(wasm: &[u8], config: &str) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"sidecar configured snapshot 1\0");
+    h.update(Sha256::digest(wasm));
+    h.update(config.as_bytes());
+    h.finalize().into()
+}
+
+/// How a cached snapshot's hooks are stored beside it.
+pub(super) fn encode_hooks(hooks: Hooks) -> Vec<u8> {
+    vec![u8::from(hooks.on_response), u8::from(hooks.on_complete)]
+}
+
+pub(super) fn decode_hooks(meta: &[u8]) -> Option<Hooks> {
+    match meta {
+        [r @ (0 | 1), c @ (0 | 1)] => Some(Hooks {
+            on_response: *r == 1,
+            on_complete: *c == 1,
+        }),
+        _ => None,
+    }
+}
+
 /// Configures the component at `wasm` once and snapshots it.
 pub(super) async fn configure_once(
     runtime: &Arc<Runtime>,
@@ -46,7 +74,7 @@ pub(super) async fn configure_once(
     // Cached like any component: a reload with another config (or the
     // same policy under another name) instruments the same bytes.
     let (component, _) = runtime
-        .compile_cached(&instrumented)
+        .compile_cached_once(&instrumented)
         .map_err(Error::Unsupported)?;
     let pre = pre_instantiate_v02(runtime.linker(), &component).map_err(Error::Unsupported)?;
     let mut store = new_store();
