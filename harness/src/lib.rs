@@ -27,7 +27,7 @@ pub mod ext;
 mod types;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -146,8 +146,11 @@ impl Harness {
             kv: kv.clone(),
             log: logs.clone(),
         };
-        let runtime =
-            Runtime::with_engine(shared_engine()?, services).map_err(HarnessError::Load)?;
+        let runtime = match COMPILE_CACHE.get() {
+            Some(dir) => Runtime::with_engine_and_cache(shared_engine()?, services, dir.clone()),
+            None => Runtime::with_engine(shared_engine()?, services),
+        }
+        .map_err(HarnessError::Load)?;
         let component = compiled(&runtime, bytes)?;
         let contract = runtime.validate(&component).map_err(HarnessError::Load)?;
         Ok(Self {
@@ -445,7 +448,19 @@ fn shared_engine() -> Result<Arc<SharedEngine>, HarnessError> {
     Ok(ENGINE.get_or_init(|| engine).clone())
 }
 
-/// Compiles `bytes` once per process, keyed by the bytes themselves.
+/// The compile cache directory set by [`use_compile_cache`].
+static COMPILE_CACHE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Keeps compiled components and configured snapshots in `dir` (the
+/// sidecar's compile cache), so that loading an unchanged policy again, in
+/// another process, compiles nothing: `sidecar policy check|call|test` use
+/// it. Set it before the first load; a later call changes nothing.
+pub fn use_compile_cache(dir: PathBuf) {
+    let _ = COMPILE_CACHE.set(dir);
+}
+
+/// Compiles `bytes` once per process, keyed by the bytes themselves (and
+/// across processes through [`use_compile_cache`]).
 fn compiled(runtime: &Runtime, bytes: &[u8]) -> Result<Component, HarnessError> {
     static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, Component>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
@@ -455,7 +470,12 @@ fn compiled(runtime: &Runtime, bytes: &[u8]) -> Result<Component, HarnessError> 
     if let Some(c) = cache.get(bytes) {
         return Ok(c.clone());
     }
-    let component = runtime.compile(bytes).map_err(HarnessError::Load)?;
+    let component = if COMPILE_CACHE.get().is_some() {
+        runtime.compile_cached(bytes).map(|(c, _)| c)
+    } else {
+        runtime.compile(bytes)
+    }
+    .map_err(HarnessError::Load)?;
     cache.insert(bytes.to_vec(), component.clone());
     Ok(component)
 }

@@ -110,9 +110,16 @@ pub fn request_to_upstream(
         .map_err(|_| format!("path `{path}`"))?;
     let mut headers = head.headers.clone();
     // The client's view of the host goes in x-forwarded-host; hyper sets
-    // `host` to the upstream's authority.
-    if let Some(host) = headers.remove(header::HOST) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    // `host` to the upstream's authority. Without a `host` there is no view
+    // to pass on: a client's own x-forwarded-host never reaches the upstream.
+    let forwarded_host = HeaderName::from_static("x-forwarded-host");
+    match headers.remove(header::HOST) {
+        Some(host) => {
+            headers.insert(forwarded_host, host);
+        }
+        None => {
+            headers.remove(forwarded_host);
+        }
     }
     let ip = head.client.ip().to_string();
     let xff = match headers
@@ -291,6 +298,22 @@ mod tests {
         assert_eq!(out.headers()["x-forwarded-proto"], "https");
         assert_eq!(out.headers()["x-request-id"], "id-1");
         assert!(out.headers().get("host").is_none());
+    }
+
+    #[test]
+    fn a_client_x_forwarded_host_never_passes_without_a_host() {
+        let head = head_of(
+            http::Request::builder()
+                .uri("/svc/x")
+                .header("x-forwarded-host", "evil.example")
+                .body(())
+                .unwrap(),
+            false,
+        );
+        let up: Uri = "http://127.0.0.1:9".parse().unwrap();
+        let out = request_to_upstream(&head, Body::empty().into_stream(), &up, "/svc", None)
+            .unwrap();
+        assert!(out.headers().get("x-forwarded-host").is_none());
     }
 
     #[test]

@@ -16,6 +16,18 @@ use sidecar::server::Sidecar;
 use sidecar::shipping::Shipping;
 use sidecar::{config, policy_cli};
 
+/// Gives freed memory back to the system: glibc's allocator kept a large
+/// policy's compile scratch in fragmented arenas after every reload (+66 MB
+/// after one reload of the 18.8 MB Python policy; jemalloc: +6 MB).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings: a background thread returns freed pages to the
+/// system a second after they were freed.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// An HTTP sidecar that applies WebAssembly policies to the requests it proxies.
 ///
 /// Policy log lines go to stdout as JSON, or to the sinks of `[[log.sink]]`

@@ -10,8 +10,8 @@
 //! large policy takes seconds of CPU), and gives way to a newer reload: a
 //! reload asked for while another is loading stops that one before its next
 //! policy, and reloads queued behind a newer one are skipped. Once the new
-//! gateway serves, the compile cache forgets what it no longer uses and the
-//! freed memory is given back to the system.
+//! gateway serves, the compile cache forgets what it no longer uses (the
+//! binary's allocator, jemalloc, gives freed memory back to the system).
 //!
 //! Triggers: the file watcher (polling, so an atomic `rename` into place is
 //! seen like any write; a change is applied once it has been stable for one
@@ -152,7 +152,6 @@ impl Sidecar {
         // cache keeps only what this load used.
         drop(old);
         self.runtime.forget_compiled_unused_since(mark);
-        give_back_freed_memory();
         self.start_health_checks(&gateway);
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = print;
@@ -194,26 +193,6 @@ impl Sidecar {
 #[derive(Debug, thiserror::Error)]
 #[error("superseded by a newer reload")]
 pub struct Superseded;
-
-/// Returns memory freed by a load (the compiler's scratch, replaced code)
-/// to the system: glibc's allocator keeps freed memory in its arenas, one
-/// per thread that compiled. Again a little later, once the requests still
-/// on the old gateway are done.
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    tokio::spawn(async {
-        for wait in [Duration::ZERO, Duration::from_secs(10)] {
-            tokio::time::sleep(wait).await;
-            #[allow(unsafe_code)]
-            let _ = tokio::task::spawn_blocking(|| {
-                // SAFETY: malloc_trim only releases free memory at the top
-                // of the heaps and unused pages; it has no preconditions.
-                unsafe { libc::malloc_trim(0) }
-            })
-            .await;
-        }
-    });
-}
 
 fn policy_files(config: &Config) -> Vec<PathBuf> {
     config.policies.values().map(|p| p.wasm.clone()).collect()

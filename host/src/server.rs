@@ -112,6 +112,8 @@ impl Sidecar {
         let gateway = Arc::new(
             Gateway::build_apart(config.clone(), runtime.clone(), None, || false).await?,
         );
+        // Compiles from now on (reloads) leave the request threads a core.
+        runtime.serving();
         let (tx, rx) = watch::channel(gateway.clone());
         let state = Arc::new(AppState {
             gateway: rx,

@@ -115,6 +115,7 @@ pub fn run_cases(wasm: &Path, cases: &Path) -> anyhow::Result<Report> {
     if file.cases.is_empty() {
         bail!("{}: no cases (add [[case]] tables)", cases.display());
     }
+    super::use_compile_cache();
     let harness = Harness::load(wasm)?.named(super::policy_name(wasm));
     if let Some(start) = file.start_unix {
         harness.clock().set_micros(start.saturating_mul(1_000_000));

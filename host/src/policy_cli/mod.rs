@@ -20,6 +20,19 @@ use sidecar_runtime::wasm::{
 pub use self::cases::{Report, run_cases};
 pub use self::new::new_policy;
 
+/// The sidecar's compile cache directory (as `run` uses by default), so
+/// that checking or calling an unchanged policy again compiles nothing.
+fn compile_cache_dir() -> Option<std::path::PathBuf> {
+    crate::config::default_cache_dir(&|name| std::env::var(name).ok())
+}
+
+/// Points the plugin harness at [`compile_cache_dir`].
+pub(crate) fn use_compile_cache() {
+    if let Some(dir) = compile_cache_dir() {
+        policy_harness::use_compile_cache(dir);
+    }
+}
+
 /// Interface names the sidecar provides, by what they are.
 const CAPABILITIES: [&str; 3] = ["log", "kv", "clock"];
 
@@ -54,14 +67,20 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
         clock,
         log: Arc::new(MemorySink::default()),
     };
-    let runtime = Runtime::new(
-        EngineSettings {
-            max_instances: 8,
-            ..EngineSettings::default()
-        },
-        services,
-    )?;
-    let component = runtime.compile(&bytes).map_err(|e| {
+    let settings = EngineSettings {
+        max_instances: 8,
+        ..EngineSettings::default()
+    };
+    let runtime = match compile_cache_dir() {
+        Some(dir) => Runtime::with_compile_cache(
+            settings,
+            services,
+            Some(dir),
+            sidecar_runtime::wasm::DEFAULT_MAX_DISK_BYTES,
+        )?,
+        None => Runtime::new(settings, services)?,
+    };
+    let component = runtime.compile_cached(&bytes).map(|(c, _)| c).map_err(|e| {
         let why = first_line(&e);
         let hint = if why.contains("out of bounds") || why.contains("unexpected end") {
             " (the file looks truncated)"
@@ -235,6 +254,7 @@ pub fn call(
     let config: serde_json::Value = serde_json::from_str(config)
         .context("--config: not JSON (example: '{\"secret\":\"s\"}')")?;
     let request = wire::RequestSpec::parse_json(request).context("--request")?;
+    use_compile_cache();
     let harness = Harness::load(path)?
         .named(policy_name(path))
         .with_limits(PolicyLimits::default());

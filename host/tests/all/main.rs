@@ -5,6 +5,7 @@ mod admin;
 mod balancing;
 mod cache;
 mod chain;
+mod large_policies;
 mod limits;
 mod loading;
 mod logs;

@@ -280,6 +280,19 @@ fn verified_payload(data: &[u8]) -> Option<(&[u8], &[u8])> {
     (body.len() >= len).then(|| body.split_at(len))
 }
 
+/// A component `Engine::precompile_component` just made, on an engine with
+/// the same code settings as `engine`.
+///
+/// # Errors
+/// If wasmtime refuses it (settings that differ: a bug).
+#[allow(unsafe_code)]
+pub(crate) fn deserialize_compiled(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
+    // SAFETY: the bytes come straight from `precompile_component` of an
+    // engine built from the same `code_config`, in this process; wasmtime
+    // checks its header (version, settings) as well.
+    unsafe { Component::deserialize(engine, artifact) }.map_err(anyhow::Error::from)
+}
+
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, artifact: &[u8]) -> Option<Component> {
     // SAFETY: wasmtime requires the bytes to come from `Component::serialize`

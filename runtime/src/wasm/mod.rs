@@ -108,18 +108,8 @@ impl SharedEngine {
                 .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
                 .table_keep_resident(KEEP_RESIDENT_BYTES);
         }
-        let mut config = Config::new();
-        config
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .epoch_interruption(true)
-            // Reserve only what a memory may reach: the pool then fits
-            // thousands of slots in the address space. Bounds checks are
-            // explicit above the reservation, which is a small price.
-            .memory_reservation(settings.max_memory_bytes as u64)
-            .memory_reservation_for_growth(0)
-            .max_wasm_stack(512 * 1024)
-            // The fiber a call runs on: the wasm stack plus room for host calls.
-            .async_stack_size(1024 * 1024);
+        let mut config = code_config(settings);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
@@ -132,17 +122,37 @@ impl SharedEngine {
     }
 }
 
+/// The settings compiled code depends on, shared by the serving engine and
+/// the short-lived compile engines (their code must be interchangeable).
+fn code_config(settings: EngineSettings) -> Config {
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        // Reserve only what a memory may reach: the pool then fits
+        // thousands of slots in the address space. Bounds checks are
+        // explicit above the reservation, which is a small price.
+        .memory_reservation(settings.max_memory_bytes as u64)
+        .memory_reservation_for_growth(0)
+        .max_wasm_stack(512 * 1024)
+        // The fiber a call runs on: the wasm stack plus room for host calls.
+        .async_stack_size(1024 * 1024);
+    config
+}
+
 /// Compiles and links policies. Cheap to share (`Arc`); one per sidecar.
 pub struct Runtime {
     shared: Arc<SharedEngine>,
     linker: Linker<HostState>,
     services: Services,
     cache: cache::CompileCache,
-    /// Where compiles run (wasmtime compiles a component's functions in
-    /// parallel on the pool it is called from): a pool of its own, one
-    /// thread short of the cores and at a lower priority, so a large
-    /// policy compiling during a reload leaves the request threads a core.
+    /// Where compiles run once requests are served (wasmtime compiles a
+    /// component's functions in parallel on the pool it is called from): a
+    /// pool of its own, one thread short of the cores and at a lower
+    /// priority, so a large policy compiling during a reload leaves the
+    /// request threads a core. Before that (start-up, the CLI, tests),
+    /// compiles use every core.
     compile_pool: rayon::ThreadPool,
+    serving: AtomicBool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -169,6 +179,19 @@ impl Runtime {
     /// Fails if linking WASI or the capabilities fails (a programming error).
     pub fn with_engine(shared: Arc<SharedEngine>, services: Services) -> anyhow::Result<Arc<Self>> {
         Self::build(shared, services, None, DEFAULT_MAX_DISK_BYTES)
+    }
+
+    /// As [`Runtime::with_engine`], keeping compiled components and
+    /// configured snapshots in `cache_dir` too (bounded as the sidecar's).
+    ///
+    /// # Errors
+    /// As [`Runtime::with_engine`].
+    pub fn with_engine_and_cache(
+        shared: Arc<SharedEngine>,
+        services: Services,
+        cache_dir: PathBuf,
+    ) -> anyhow::Result<Arc<Self>> {
+        Self::build(shared, services, Some(cache_dir), DEFAULT_MAX_DISK_BYTES)
     }
 
     /// A runtime with its own engine that keeps compiled components (and
@@ -220,6 +243,7 @@ impl Runtime {
             services,
             cache: cache::CompileCache::new(cache_dir, max_disk_bytes),
             compile_pool,
+            serving: AtomicBool::new(false),
         }))
     }
 
@@ -273,9 +297,28 @@ impl Runtime {
     /// # Errors
     /// Fails if the bytes are not a valid component for this engine.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        self.compile_pool
-            .install(|| Component::new(&self.shared.engine, bytes))
-            .map_err(anyhow::Error::from)
+        // On an engine of its own, dropped when done: the compiler keeps
+        // scratch space per thread for as long as its engine lives (tens of
+        // MB after a large policy), which the serving engine never needs.
+        let compile = || -> anyhow::Result<Vec<u8>> {
+            let engine = Engine::new(&code_config(self.shared.settings))
+                .map_err(anyhow::Error::from)?;
+            engine
+                .precompile_component(bytes)
+                .map_err(anyhow::Error::from)
+        };
+        let artifact = if self.serving.load(Ordering::Relaxed) {
+            self.compile_pool.install(compile)
+        } else {
+            compile()
+        }?;
+        cache::deserialize_compiled(self.engine(), &artifact)
+    }
+
+    /// Requests are being served from now on: compiles keep to the
+    /// bounded, low-priority compile pool.
+    pub fn serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
     }
 
     /// Starts a period of loads: once what they built is in service,

@@ -201,6 +201,12 @@ pub enum MessageError {
     },
 }
 
+/// A 0.1 policy's hooks: its contract always calls the response hook.
+const V01_HOOKS: Hooks = Hooks {
+    on_response: true,
+    on_complete: false,
+};
+
 /// Bytes that do not compile as a WebAssembly component (for the caller
 /// to name the file).
 #[derive(Debug, thiserror::Error)]
@@ -304,17 +310,11 @@ impl Policy {
                 source,
             )
         } else {
-            let (component, source) = match component {
-                Some(c) => (c.clone(), CompileSource::Memory),
-                None => runtime
-                    .compile_cached(wasm)
-                    .map_err(|e| anyhow::Error::new(NotAComponent(e)))?,
-            };
-            let (kind, hooks) = Self::configure(
+            let (kind, hooks, source) = Self::configure(
                 &runtime,
                 &spec,
                 &name,
-                &component,
+                component,
                 wasm,
                 snapshot_key,
                 deadline_ticks,
@@ -348,74 +348,94 @@ impl Policy {
         Ok((Arc::new(policy), source))
     }
 
-    /// Pre-instantiates `component` by its contract; a 0.2 one is
+    /// Pre-instantiates the component by its contract; a 0.2 one is
     /// configured once and snapshotted (the snapshot cached under `key`).
+    /// Without `component`, `wasm` is compiled only where needed: a 0.2
+    /// policy that snapshots needs only its instrumented copy compiled.
     #[allow(clippy::too_many_arguments)]
     async fn configure(
         runtime: &Arc<Runtime>,
         spec: &PolicySpec,
         name: &Arc<str>,
-        component: &Component,
+        component: Option<&Component>,
         wasm: &[u8],
         key: [u8; 32],
         deadline_ticks: u64,
         snapshot_skipped: &mut Option<String>,
-    ) -> anyhow::Result<(Kind, Hooks)> {
-        Ok(match contract_of(runtime.engine(), component)? {
-            Contract::V01 => (
-                Kind::V01(pre_instantiate_v01(runtime.linker(), component)?),
-                Hooks {
-                    on_response: true,
-                    on_complete: false,
-                },
-            ),
-            Contract::V02 => {
-                let caller = load_caller(name);
-                let new_store = || new_store(runtime, spec, caller.clone(), deadline_ticks).0;
-                match snapshot::configure_once(runtime, wasm, &spec.config_json, new_store).await {
-                    Ok(snap) => {
-                        let snapshotted = runtime
-                            .compile(&snap.wasm)
-                            .context("compiling the configured snapshot")?;
-                        runtime.cache().insert(
-                            runtime.engine(),
-                            key,
-                            &snapshotted,
-                            snapshot::encode_hooks(snap.hooks),
-                            Keep::InMemory,
-                        );
-                        (
-                            Kind::V02 {
-                                pre: pre_instantiate_v02(runtime.linker(), &snapshotted)?,
-                                configure_each: false,
-                            },
-                            snap.hooks,
-                        )
-                    }
-                    Err(snapshot::Error::Refused(message)) => {
-                        return Err(PolicyError::ConfigRefused {
-                            policy: name.clone(),
-                            message,
-                        }
-                        .into());
-                    }
-                    Err(snapshot::Error::Failed(error)) => {
-                        return Err(classify(name, &spec.limits, None, None, error).into());
-                    }
-                    Err(snapshot::Error::Unsupported(why)) => {
-                        // Still correct, only slower: `configure` per instance.
-                        *snapshot_skipped = Some(format!("{why:#}"));
-                        (
-                            Kind::V02 {
-                                pre: pre_instantiate_v02(runtime.linker(), component)?,
-                                configure_each: true,
-                            },
-                            Hooks::default(),
-                        )
-                    }
-                }
+    ) -> anyhow::Result<(Kind, Hooks, CompileSource)> {
+        let original = || -> anyhow::Result<(Component, CompileSource)> {
+            match component {
+                Some(c) => Ok((c.clone(), CompileSource::Memory)),
+                None => runtime
+                    .compile_cached(wasm)
+                    .map_err(|e| anyhow::Error::new(NotAComponent(e))),
             }
-        })
+        };
+        if let Some(c) = component
+            && contract_of(runtime.engine(), c)? == Contract::V01
+        {
+            return Ok((
+                Kind::V01(pre_instantiate_v01(runtime.linker(), c)?),
+                V01_HOOKS,
+                CompileSource::Memory,
+            ));
+        }
+        let caller = load_caller(name);
+        let new_store = || new_store(runtime, spec, caller.clone(), deadline_ticks).0;
+        match snapshot::configure_once(runtime, wasm, &spec.config_json, new_store).await {
+            Ok(snap) => {
+                let snapshotted = runtime
+                    .compile(&snap.wasm)
+                    .context("compiling the configured snapshot")?;
+                runtime.cache().insert(
+                    runtime.engine(),
+                    key,
+                    &snapshotted,
+                    snapshot::encode_hooks(snap.hooks),
+                    Keep::InMemory,
+                );
+                Ok((
+                    Kind::V02 {
+                        pre: pre_instantiate_v02(runtime.linker(), &snapshotted)?,
+                        configure_each: false,
+                    },
+                    snap.hooks,
+                    CompileSource::Compiled,
+                ))
+            }
+            Err(snapshot::Error::Refused(message)) => Err(PolicyError::ConfigRefused {
+                policy: name.clone(),
+                message,
+            }
+            .into()),
+            Err(snapshot::Error::Failed(error)) => {
+                Err(classify(name, &spec.limits, None, None, error).into())
+            }
+            Err(e @ (snapshot::Error::NotV02 | snapshot::Error::Unsupported(_))) => {
+                let (c, source) = original()?;
+                // A 0.1 policy (or not a policy: the check says what is missing).
+                if contract_of(runtime.engine(), &c)? == Contract::V01 {
+                    return Ok((
+                        Kind::V01(pre_instantiate_v01(runtime.linker(), &c)?),
+                        V01_HOOKS,
+                        source,
+                    ));
+                }
+                // Still correct, only slower: `configure` per instance.
+                *snapshot_skipped = Some(match e {
+                    snapshot::Error::Unsupported(why) => format!("{why:#}"),
+                    _ => "its instrumented copy does not export the 0.2 contract".into(),
+                });
+                Ok((
+                    Kind::V02 {
+                        pre: pre_instantiate_v02(runtime.linker(), &c)?,
+                        configure_each: true,
+                    },
+                    Hooks::default(),
+                    source,
+                ))
+            }
+        }
     }
 
     pub fn name(&self) -> &Arc<str> {

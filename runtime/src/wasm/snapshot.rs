@@ -13,7 +13,7 @@ use wasmtime::Store;
 use wasmtime::component::{ComponentExportIndex, Instance, Lift, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
-use super::policy::pre_instantiate_v02;
+use super::policy::{contract_of, pre_instantiate_v02};
 use super::state::HostState;
 use super::{Hooks, Runtime, v02};
 
@@ -31,6 +31,8 @@ pub(super) enum Error {
     /// The component cannot be snapshotted; it still works configured per
     /// instance.
     Unsupported(anyhow::Error),
+    /// It is not a contract 0.2 policy (nothing was configured).
+    NotV02,
 }
 
 /// Where the snapshot of `wasm` configured with `config` is cached. The
@@ -76,6 +78,14 @@ pub(super) async fn configure_once(
     let (component, _) = runtime
         .compile_cached_once(&instrumented)
         .map_err(Error::Unsupported)?;
+    // The instrumented component exports what the original does: its
+    // contract is known without compiling the original too.
+    if !matches!(
+        contract_of(runtime.engine(), &component),
+        Ok(super::Contract::V02)
+    ) {
+        return Err(Error::NotV02);
+    }
     let pre = pre_instantiate_v02(runtime.linker(), &component).map_err(Error::Unsupported)?;
     let mut store = new_store();
     let instance = pre
