@@ -80,7 +80,7 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
         )?,
         None => Runtime::new(settings, services)?,
     };
-    let component = runtime.compile_cached(&bytes).map(|(c, _)| c).map_err(|e| {
+    let (component, source) = runtime.compile_cached(&bytes).map_err(|e| {
         let why = first_line(&e);
         let hint = if why.contains("out of bounds") || why.contains("unexpected end") {
             " (the file looks truncated)"
@@ -141,6 +141,15 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
         report.push('\n');
         report.push_str(&hooks_line(&runtime, &component, &bytes, path));
     }
+    report.push_str(&match (source, compile_cache_dir()) {
+        (sidecar_runtime::wasm::CompileSource::Compiled, Some(dir)) => {
+            format!("\n  code: compiled now, kept in {}", dir.display())
+        }
+        (sidecar_runtime::wasm::CompileSource::Compiled, None) => {
+            "\n  code: compiled now (no compile cache: set HOME or XDG_CACHE_HOME)".to_owned()
+        }
+        _ => "\n  code: from the compile cache".to_owned(),
+    });
     Ok(report)
 }
 

@@ -292,3 +292,28 @@ async fn reloading_large_policies_stalls_no_route_and_keeps_memory_and_cache_bou
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+#[ignore = "needs the Python policy built: scripts/test.sh builds it and runs this"]
+fn a_second_policy_check_of_a_large_policy_compiles_nothing() {
+    let dir = temp_dir("check-cache");
+    let wasm = dir.join("acl.wasm");
+    std::fs::write(&wasm, variant(&acl_wasm(), &format!("check-{}", std::process::id()))).unwrap();
+    let check = || {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_sidecar"))
+            .args(["policy", "check"])
+            .arg(&wasm)
+            .env("XDG_CACHE_HOME", dir.join("xdg"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (String::from_utf8(out.stdout).unwrap(), started.elapsed())
+    };
+    let (first, cold) = check();
+    assert!(first.contains("code: compiled now, kept in"), "{first}");
+    let (second, warm) = check();
+    assert!(second.contains("code: from the compile cache"), "{second}");
+    eprintln!("policy check: {cold:?} cold, {warm:?} from the cache");
+    let _ = std::fs::remove_dir_all(&dir);
+}
