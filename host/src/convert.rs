@@ -14,6 +14,52 @@ use crate::message::{self, BoxBody, RequestHead, ResponseHead};
 
 pub use crate::message::MAX_HEADERS;
 
+/// Refuses a request head a strict proxy refuses: one larger than
+/// `max_head_bytes` (431; a URI alone that long, 414), and framing that
+/// parsers may read differently (400): `transfer-encoding` other than one
+/// `chunked`, more than one `content-length` (even equal ones), or both. A
+/// proxy in front that picked the other reading could smuggle a request.
+///
+/// # Errors
+/// [`SidecarError::HeadTooLarge`], [`SidecarError::UriTooLong`] or
+/// [`SidecarError::BadRequest`] naming what is wrong.
+pub fn check_head(parts: &http::request::Parts, max_head_bytes: usize) -> Result<(), SidecarError> {
+    let uri = parts.uri.to_string().len();
+    if uri > max_head_bytes {
+        return Err(SidecarError::UriTooLong {
+            limit: max_head_bytes,
+        });
+    }
+    // As sent: `METHOD URI HTTP/1.1\r\n`, `name: value\r\n` each, `\r\n`.
+    let line = parts.method.as_str().len() + uri + 12;
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if line + fields + 2 > max_head_bytes {
+        return Err(SidecarError::HeadTooLarge {
+            limit: max_head_bytes,
+        });
+    }
+    let bad = |why: &str| Err(SidecarError::BadRequest(format!("ambiguous framing: {why}")));
+    let te: Vec<_> = parts.headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter().count();
+    match te.as_slice() {
+        [] => {}
+        [one] if one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => {}
+        [_] => return bad("transfer-encoding must be `chunked` alone"),
+        _ => return bad("transfer-encoding given more than once"),
+    }
+    if lengths > 1 {
+        return bad("content-length given more than once");
+    }
+    if !te.is_empty() && lengths > 0 {
+        return bad("both transfer-encoding and content-length");
+    }
+    Ok(())
+}
+
 /// Refuses paths that could reach a route's upstream while slipping past
 /// its prefix match (`/public/../private`, `%2e%2e`, `//`, backslashes).
 ///

@@ -20,6 +20,10 @@ pub enum SidecarError {
     NoUpstream { route: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error("the request head is larger than {limit} bytes")]
+    HeadTooLarge { limit: usize },
+    #[error("the request URI is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     /// The client's body broke off or stalled while the sidecar read it.
@@ -44,6 +48,8 @@ impl SidecarError {
         match self {
             Self::NoRoute | Self::NoUpstream { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBody(BodyError::Timeout(_) | BodyError::TooSlow(_)) => {
                 StatusCode::REQUEST_TIMEOUT
@@ -61,6 +67,8 @@ impl SidecarError {
             Self::NoRoute => "no_route",
             Self::NoUpstream { .. } => "not_found",
             Self::BadRequest(_) => "bad_request",
+            Self::HeadTooLarge { .. } => "head_too_large",
+            Self::UriTooLong { .. } => "uri_too_long",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::RequestBody(BodyError::Timeout(_)) => "body_timeout",
             Self::RequestBody(BodyError::TooSlow(_)) => "body_too_slow",

@@ -4,6 +4,7 @@
 //! Layout, in the order a request meets it:
 //! - [`server`]: accept, limits, load shedding, the request's span;
 //! - [`connections`]: how many client connections, in all and per address;
+//! - [`framing`]: strict HTTP/1 framing on the client's connection;
 //! - [`proxy`]: the request path top to bottom, bodies streamed;
 //! - [`chain`]: a route's policies, request hooks in order, response hooks in
 //!   reverse;
@@ -30,6 +31,7 @@ pub mod config;
 pub mod connections;
 pub mod convert;
 pub mod error;
+pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

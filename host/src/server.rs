@@ -25,6 +25,7 @@ use crate::capabilities::Services;
 use crate::config::Config;
 use crate::connections::{ConnectionLimits, Refused};
 use crate::error::SidecarError;
+use crate::framing::{StrictFraming, Violation};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::proxy::{Shared, Tls};
@@ -47,6 +48,8 @@ pub struct AppState {
     /// `[server] body_read_timeout_ms` and `body_min_bytes_per_sec`.
     body_read_timeout: Duration,
     body_min_rate: u64,
+    /// `[server] max_header_bytes`, checked exactly on every head.
+    max_head_bytes: usize,
 }
 
 /// A ready-to-serve sidecar: runtime, gateway, and the channel to swap it.
@@ -123,6 +126,7 @@ impl Sidecar {
             max_in_flight: config.server.max_concurrent_requests,
             body_read_timeout: config.server.body_read_timeout,
             body_min_rate: config.server.body_min_bytes_per_sec,
+            max_head_bytes: config.server.max_header_bytes,
         });
         let sidecar = Self {
             runtime,
@@ -196,7 +200,9 @@ impl Sidecar {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
-            .max_buf_size(settings.max_header_bytes);
+            // Room for a head a little over the limit, so that the exact
+            // check (431, or 414 for a URI) answers it, not hyper's buffer.
+            .max_buf_size(settings.max_header_bytes.saturating_mul(2));
         // Graceful shutdown by hand: hyper-util's watcher cannot hold a
         // connection that may upgrade. `stop` tells connections to finish
         // their request and close; each holds a `live` sender, so the
@@ -232,11 +238,14 @@ impl Sidecar {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let violation = Violation::default();
+            let seen = violation.clone();
             let service = app
                 .clone()
                 .map_request(move |mut req: http::Request<Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(client));
                     req.extensions_mut().insert(Tls(is_tls));
+                    req.extensions_mut().insert(seen.clone());
                     req
                 });
             let service = TowerToHyperService::new(service);
@@ -255,7 +264,10 @@ impl Sidecar {
                 let served = match acceptor {
                     None => {
                         let conn = http
-                            .serve_connection(TokioIo::new(stream), service)
+                            .serve_connection(
+                                TokioIo::new(StrictFraming::new(stream, violation)),
+                                service,
+                            )
                             .with_upgrades();
                         until_stopped!(conn, stopping)
                     }
@@ -264,7 +276,10 @@ impl Sidecar {
                         {
                             Ok(Ok(stream)) => {
                                 let conn = http
-                                    .serve_connection(TokioIo::new(stream), service)
+                                    .serve_connection(
+                                        TokioIo::new(StrictFraming::new(stream, violation)),
+                                        service,
+                                    )
                                     .with_upgrades();
                                 until_stopped!(conn, stopping)
                             }
@@ -340,17 +355,32 @@ async fn handle(
     // a timer, holding no slot. HTTP/1 clients send the body right after the
     // head (with `Expect: 100-continue`, once reading it asks for it).
     let (parts, body) = req.into_parts();
+    // hyper's own limit is on its read buffer, not the head: exact here.
+    let head_ok = match parts.extensions.get::<Violation>().and_then(Violation::get) {
+        Some(why) => Err(SidecarError::BadRequest(format!("ambiguous framing: {why}"))),
+        None => crate::convert::check_head(&parts, state.max_head_bytes),
+    };
+    // A head refused for its size or framing: where it ends, or where the
+    // next request starts, is not known for sure.
+    let close = head_ok.is_err();
     let mut body = crate::message::paced(
         crate::message::BoxBody::new(body.map_err(crate::message::BoxError::from)),
         state.body_read_timeout,
         state.body_min_rate,
     );
-    let started_body = body.started().instrument(span.clone()).await;
+    let started_body = match head_ok {
+        Ok(()) => body
+            .started()
+            .instrument(span.clone())
+            .await
+            .map_err(SidecarError::RequestBody),
+        Err(e) => Err(e),
+    };
     let req = http::Request::from_parts(parts, Body::new(body));
     // Beyond the limit, shed at once: a queue would only add latency to
     // requests whose clients have likely given up.
     let result = match started_body.map(|()| state.in_flight.try_acquire()) {
-        Err(e) => Err(SidecarError::RequestBody(e)),
+        Err(e) => Err(e),
         Ok(Ok(_permit)) => {
             let gateway = state.gateway.borrow().clone();
             let tls = req.extensions().get::<Tls>().is_some_and(|t| t.0);
@@ -380,7 +410,7 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
-    if resp.status() == http::StatusCode::REQUEST_TIMEOUT {
+    if close || resp.status() == http::StatusCode::REQUEST_TIMEOUT {
         // The rest of a body that stalled cannot be told from the next
         // request: the connection ends with this answer.
         resp.headers_mut().insert(
