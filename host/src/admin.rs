@@ -84,22 +84,26 @@ pub fn router(admin: Arc<Admin>) -> Router {
 }
 
 /// See the module docs: 403 for DNS-rebound and cross-origin requests.
-async fn same_machine_only(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn same_machine_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let headers = req.headers();
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let host = text(header::HOST.as_str()).or_else(|| req.uri().host());
     let refused = if !host.is_some_and(is_local_host) {
-        Some(("the admin listener answers only to an IP address or localhost as Host", "forbidden_host"))
+        Some((
+            "the admin listener answers only to an IP address or localhost as Host",
+            "forbidden_host",
+        ))
     } else if text(header::ORIGIN.as_str()).is_some_and(|origin| {
         origin
             .split_once("://")
             .is_none_or(|(_, authority)| Some(authority) != host)
-    }) || text("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none")
+    }) || text("sec-fetch-site")
+        .is_some_and(|site| site != "same-origin" && site != "none")
     {
-        Some(("the admin listener does not answer requests from other origins", "forbidden_origin"))
+        Some((
+            "the admin listener does not answer requests from other origins",
+            "forbidden_origin",
+        ))
     } else {
         None
     };

@@ -68,11 +68,7 @@ pub struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut per_ip = self
-            .limits
-            .per_ip
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

@@ -42,8 +42,16 @@ pub fn check_head(parts: &http::request::Parts, max_head_bytes: usize) -> Result
             limit: max_head_bytes,
         });
     }
-    let bad = |why: &str| Err(SidecarError::BadRequest(format!("ambiguous framing: {why}")));
-    let te: Vec<_> = parts.headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let bad = |why: &str| {
+        Err(SidecarError::BadRequest(format!(
+            "ambiguous framing: {why}"
+        )))
+    };
+    let te: Vec<_> = parts
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .collect();
     let lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter().count();
     match te.as_slice() {
         [] => {}
@@ -357,8 +365,8 @@ mod tests {
             false,
         );
         let up: Uri = "http://127.0.0.1:9".parse().unwrap();
-        let out = request_to_upstream(&head, Body::empty().into_stream(), &up, "/svc", None)
-            .unwrap();
+        let out =
+            request_to_upstream(&head, Body::empty().into_stream(), &up, "/svc", None).unwrap();
         assert!(out.headers().get("x-forwarded-host").is_none());
     }
 

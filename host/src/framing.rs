@@ -330,7 +330,8 @@ mod tests {
 
     #[test]
     fn refuses_a_length_beside_chunked() {
-        let both = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let both =
+            b"POST /a HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         assert_eq!(
             each_split(both),
             vec![Some("both transfer-encoding and content-length"); 4]

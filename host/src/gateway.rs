@@ -154,16 +154,15 @@ impl Gateway {
                 limits: p.limits,
                 instances: p.instances,
             };
-            let (policy, source) = runtime
-                .load_wasm(spec, &bytes)
-                .await
-                .map_err(|e| match e.downcast::<NotAComponent>() {
+            let (policy, source) = runtime.load_wasm(spec, &bytes).await.map_err(|e| {
+                match e.downcast::<NotAComponent>() {
                     Ok(NotAComponent(why)) => why.context(format!(
                         "{field}: {} is not a valid WebAssembly component",
                         p.wasm.display()
                     )),
                     Err(e) => e.context(format!("{file}: policy.{name} ({})", p.wasm.display())),
-                })?;
+                }
+            })?;
             if let Some(why) = policy.snapshot_skipped() {
                 tracing::warn!(policy = %name, %why, "configure runs per instance: the component could not be snapshotted");
             }

@@ -12,12 +12,12 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
 use http::{HeaderName, HeaderValue};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
@@ -105,16 +105,14 @@ impl Sidecar {
             .as_ref()
             .map(|t| ListenerTls::load(t, &config.source).map(Arc::new))
             .transpose()?;
-        let runtime =
-            Runtime::with_compile_cache(
-                config.engine,
-                services,
-                config.compile_cache.clone(),
-                config.compile_cache_max_bytes,
-            )?;
-        let gateway = Arc::new(
-            Gateway::build_apart(config.clone(), runtime.clone(), None, || false).await?,
-        );
+        let runtime = Runtime::with_compile_cache(
+            config.engine,
+            services,
+            config.compile_cache.clone(),
+            config.compile_cache_max_bytes,
+        )?;
+        let gateway =
+            Arc::new(Gateway::build_apart(config.clone(), runtime.clone(), None, || false).await?);
         // Compiles from now on (reloads) leave the request threads a core.
         runtime.serving();
         let (tx, rx) = watch::channel(gateway.clone());
@@ -357,7 +355,9 @@ async fn handle(
     let (parts, body) = req.into_parts();
     // hyper's own limit is on its read buffer, not the head: exact here.
     let head_ok = match parts.extensions.get::<Violation>().and_then(Violation::get) {
-        Some(why) => Err(SidecarError::BadRequest(format!("ambiguous framing: {why}"))),
+        Some(why) => Err(SidecarError::BadRequest(format!(
+            "ambiguous framing: {why}"
+        ))),
         None => crate::convert::check_head(&parts, state.max_head_bytes),
     };
     // A head refused for its size or framing: where it ends, or where the
@@ -413,10 +413,8 @@ async fn handle(
     if close || resp.status() == http::StatusCode::REQUEST_TIMEOUT {
         // The rest of a body that stalled cannot be told from the next
         // request: the connection ends with this answer.
-        resp.headers_mut().insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("close"),
-        );
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     let route = route.as_deref().unwrap_or(NO_ROUTE);
     state

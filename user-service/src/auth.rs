@@ -11,10 +11,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 
 /// Claims carried by every token. `username` duplicates `sub` because the
-/// seed's clients (and the sidecar's auth policy) read either.
+/// seed's clients (and the sidecar's auth policy) read either. A token as the
+/// seed's service issued it has `username` alone: it is accepted, with that
+/// name as its subject.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    #[serde(default)]
     pub sub: String,
+    #[serde(default)]
     pub username: String,
     pub iat: u64,
     pub exp: u64,
@@ -35,7 +39,8 @@ impl Tokens {
         // We are both issuer and verifier on one clock, so no skew allowance:
         // a token is dead the second its `exp` passes.
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // `sub` or `username`, checked in `verify`.
+        validation.set_required_spec_claims(&["exp"]);
         Ok(Self {
             encoding: EncodingKey::from_secret(secret.as_bytes())?,
             decoding: DecodingKey::from_secret(secret.as_bytes())?,
@@ -61,12 +66,19 @@ impl Tokens {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let mut claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| {
                 tracing::debug!(error = %e, "rejected token");
                 ApiError::InvalidToken
-            })
+            })?;
+        match (claims.sub.is_empty(), claims.username.is_empty()) {
+            (true, true) => return Err(ApiError::InvalidToken),
+            (true, false) => claims.sub = claims.username.clone(),
+            (false, true) => claims.username = claims.sub.clone(),
+            (false, false) => {}
+        }
+        Ok(claims)
     }
 }
 
@@ -115,6 +127,42 @@ mod tests {
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.username, "alice");
         assert_eq!(claims.exp - claims.iat, 120);
+    }
+
+    #[test]
+    fn seed_shaped_token_with_username_alone_is_accepted() {
+        #[derive(Serialize)]
+        struct Seed<'a> {
+            username: &'a str,
+            iat: u64,
+            exp: u64,
+        }
+        let tokens = Tokens::new("s3cret", 60).unwrap();
+        let key = EncodingKey::from_secret(b"s3cret").unwrap();
+        let now = unix_now();
+        let seed = Seed {
+            username: "admin",
+            iat: now,
+            exp: now + 60,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &seed, &key).unwrap();
+        let claims = tokens.verify(&token).unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.username.as_str()),
+            ("admin", "admin")
+        );
+        // Neither name: refused.
+        #[derive(Serialize)]
+        struct Nameless {
+            iat: u64,
+            exp: u64,
+        }
+        let nameless = Nameless {
+            iat: now,
+            exp: now + 60,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &nameless, &key).unwrap();
+        assert!(matches!(tokens.verify(&token), Err(ApiError::InvalidToken)));
     }
 
     #[test]

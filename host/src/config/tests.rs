@@ -153,7 +153,10 @@ fn admin_reload_and_compile_cache_have_safe_defaults_and_can_be_turned_off() {
     let bounded = parse_str(&format!("[wasm]\ncompile_cache_max_mb = 64\n{MINIMAL}")).unwrap();
     assert_eq!(bounded.compile_cache_max_bytes, 64 * 1024 * 1024);
     let e = err(&format!("[wasm]\ncompile_cache_max_mb = 0\n{MINIMAL}"));
-    assert!(e.contains("wasm.compile_cache_max_mb: must be greater than 0"), "{e}");
+    assert!(
+        e.contains("wasm.compile_cache_max_mb: must be greater than 0"),
+        "{e}"
+    );
 
     let e = err(&format!("[admin]\nlisten = \"everywhere\"\n{MINIMAL}"));
     assert!(e.contains("admin.listen"), "{e}");

@@ -100,7 +100,10 @@ rules = [{{ path_prefix = "/guarded/admin", require_header = "x-role", allow = [
         // A cold start compiles the policy: minutes on a busy 2-core box.
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            if let Ok(resp) = client().get(format!("{}/readyz", running.admin)).send().await
+            if let Ok(resp) = client()
+                .get(format!("{}/readyz", running.admin))
+                .send()
+                .await
                 && resp.status() == 200
             {
                 break;
@@ -211,10 +214,7 @@ async fn reloading_large_policies_stalls_no_route_and_keeps_memory_and_cache_bou
     // Two large components that the cache has never seen.
     let b = variant(&a, &format!("b-{}", std::process::id()));
     let a = variant(&a, &format!("a-{}", std::process::id()));
-    let (sha_a, sha_b) = (
-        sidecar::wasm::sha256_hex(&a),
-        sidecar::wasm::sha256_hex(&b),
-    );
+    let (sha_a, sha_b) = (sidecar::wasm::sha256_hex(&a), sidecar::wasm::sha256_hex(&b));
     drop_in(&dir, &a);
     let running = Running::start(&dir, &upstream).await;
     running.exercise().await;
@@ -298,7 +298,11 @@ async fn reloading_large_policies_stalls_no_route_and_keeps_memory_and_cache_bou
 fn a_second_policy_check_of_a_large_policy_compiles_nothing() {
     let dir = temp_dir("check-cache");
     let wasm = dir.join("acl.wasm");
-    std::fs::write(&wasm, variant(&acl_wasm(), &format!("check-{}", std::process::id()))).unwrap();
+    std::fs::write(
+        &wasm,
+        variant(&acl_wasm(), &format!("check-{}", std::process::id())),
+    )
+    .unwrap();
     let check = || {
         let started = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_sidecar"))

@@ -249,12 +249,18 @@ async fn a_normal_client_is_served_beside_a_thousand_slow_body_connections() {
     .await;
     let closed_after = opened.elapsed();
     for answer in &answers {
-        let answer = answer.as_deref().expect("a slow-body connection was left open");
+        let answer = answer
+            .as_deref()
+            .expect("a slow-body connection was left open");
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert!(answer.contains("body_timeout"), "{answer}");
     }
     assert!(closed_after < Duration::from_secs(8), "{closed_after:?}");
-    assert_eq!(upstream.hits(), 3, "no stalled request reached the upstream");
+    assert_eq!(
+        upstream.hits(),
+        3,
+        "no stalled request reached the upstream"
+    );
 }
 
 async fn futures_join<F: std::future::Future + Send + 'static>(
@@ -374,7 +380,10 @@ async fn ambiguous_framing_is_refused_with_400_and_the_connection_closed() {
             "chunked twice",
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
         ),
-        ("identity, chunked", "Transfer-Encoding: identity, chunked\r\n"),
+        (
+            "identity, chunked",
+            "Transfer-Encoding: identity, chunked\r\n",
+        ),
         (
             "two equal lengths",
             "Content-Length: 5\r\nContent-Length: 5\r\n",
@@ -413,7 +422,11 @@ async fn the_head_limit_is_exact_whatever_the_writes() {
         format!("GET /api/x HTTP/1.1\r\nHost: x\r\n{fields}\r\n").as_bytes(),
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(200)]);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
     // Just over the limit, in headers that hyper's buffer would take.
     let s = serve(&config(&upstream, "max_header_bytes = 16384")).await;
     let over = format!("x-a: {}\r\nx-b: {}\r\n", "a".repeat(9000), "b".repeat(8000));
@@ -424,7 +437,10 @@ async fn the_head_limit_is_exact_whatever_the_writes() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     // A URI longer than the limit: 414.
-    let long = format!("GET /api/{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(20_000));
+    let long = format!(
+        "GET /api/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "u".repeat(20_000)
+    );
     let answer = raw_answer(&s.base, long.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
     assert_eq!(upstream.hits(), 0);
@@ -444,5 +460,8 @@ async fn a_head_with_bare_lf_line_ends_is_refused_with_400() {
     )
     .await;
     assert!(answer.contains("HTTP/1.1 400"), "{answer}");
-    assert!(!answer.contains("/api/y"), "the smuggled request was not forwarded: {answer}");
+    assert!(
+        !answer.contains("/api/y"),
+        "the smuggled request was not forwarded: {answer}"
+    );
 }
