@@ -203,21 +203,29 @@ async fn a_sha256_pin_that_does_not_match_stops_the_load() {
     assert!(msg.contains(&good), "{msg}");
 }
 
+fn empty_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A runtime as a sidecar (re)started with its compile cache in `dir`.
+fn runtime_caching_in(dir: &Path) -> Arc<Runtime> {
+    Runtime::with_compile_cache(
+        EngineSettings::default(),
+        Services::production(KvLimits::default()),
+        Some(dir.to_owned()),
+        sidecar::wasm::DEFAULT_MAX_DISK_BYTES,
+    )
+    .unwrap()
+}
+
 #[test]
 fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored() {
     use sidecar::wasm::CompileSource;
-    let dir = std::env::temp_dir().join(format!("sidecar-cache-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = empty_dir("sidecar-cache-test");
     let bytes = std::fs::read(test_policies::TAG).unwrap();
-    let fresh_runtime = || {
-        Runtime::with_compile_cache(
-            EngineSettings::default(),
-            Services::production(KvLimits::default()),
-            Some(dir.clone()),
-            sidecar::wasm::DEFAULT_MAX_DISK_BYTES,
-        )
-        .unwrap()
-    };
+    let fresh_runtime = || runtime_caching_in(&dir);
     // First start: compiled, and written to the cache.
     let (_, source) = fresh_runtime().compile_cached(&bytes).unwrap();
     assert_eq!(source, CompileSource::Compiled);
@@ -261,18 +269,9 @@ fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored(
 #[tokio::test]
 async fn a_configured_snapshot_is_reused_across_restarts_for_the_same_config_only() {
     use sidecar::wasm::CompileSource;
-    let dir = std::env::temp_dir().join(format!("sidecar-snapshot-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = empty_dir("sidecar-snapshot-test");
     let bytes = std::fs::read(test_policies::TAG).unwrap();
-    let fresh_runtime = || {
-        Runtime::with_compile_cache(
-            EngineSettings::default(),
-            Services::production(KvLimits::default()),
-            Some(dir.clone()),
-            sidecar::wasm::DEFAULT_MAX_DISK_BYTES,
-        )
-        .unwrap()
-    };
+    let fresh_runtime = || runtime_caching_in(&dir);
     let load = |rt: Arc<Runtime>, name: &'static str| {
         let bytes = bytes.clone();
         async move {

@@ -355,10 +355,7 @@ impl Paced {
         }
     }
 
-    fn poll_inner(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.failed {
             return Poll::Ready(None);
         }
@@ -382,8 +379,7 @@ impl Paced {
                     self.received += data.len() as u64;
                 }
                 let least = self.min_rate as f64 * self.waited.as_secs_f64();
-                if self.min_rate > 0 && self.waited > self.idle && (self.received as f64) < least
-                {
+                if self.min_rate > 0 && self.waited > self.idle && (self.received as f64) < least {
                     return self.fail(BodyError::TooSlow(self.min_rate));
                 }
                 Poll::Ready(Some(Ok(frame)))

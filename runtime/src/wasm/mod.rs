@@ -26,8 +26,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 pub use self::cache::{DEFAULT_MAX_DISK_BYTES, Source as CompileSource, sha256_hex};
 pub use self::policy::{
     Configured, Contract, FailureMode, HookError, Hooks, Instances, MessageError, NotAComponent,
-    Policy,
-    PolicyError, PolicyInstance, PolicyLimits, PolicySpec, REUSE_MAX_USES, Verdict,
+    Policy, PolicyError, PolicyInstance, PolicyLimits, PolicySpec, REUSE_MAX_USES, Verdict,
 };
 pub use self::state::HostState;
 use crate::capabilities::{self, Services};
@@ -301,8 +300,8 @@ impl Runtime {
         // scratch space per thread for as long as its engine lives (tens of
         // MB after a large policy), which the serving engine never needs.
         let compile = || -> anyhow::Result<Vec<u8>> {
-            let engine = Engine::new(&code_config(self.shared.settings))
-                .map_err(anyhow::Error::from)?;
+            let engine =
+                Engine::new(&code_config(self.shared.settings)).map_err(anyhow::Error::from)?;
             engine
                 .precompile_component(bytes)
                 .map_err(anyhow::Error::from)

@@ -13,9 +13,9 @@ use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+use super::cache::Keep;
 use super::state::{HostState, LazyWasi, MemoryCap};
 use super::v02::MessageState;
-use super::cache::Keep;
 use super::{CompileSource, EPOCH_TICK, Runtime, snapshot, v01, v02};
 use crate::bindings;
 use crate::capabilities::Caller;
