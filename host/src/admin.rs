@@ -88,7 +88,8 @@ async fn same_machine_only(req: axum::extract::Request, next: axum::middleware::
     let headers = req.headers();
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let host = text(header::HOST.as_str()).or_else(|| req.uri().host());
-    let refused = if !host.is_some_and(is_local_host) {
+    // No `Host` at all: not a browser (HTTP/1.0 tools, in-process calls).
+    let refused = if !host.is_none_or(is_local_host) {
         Some((
             "the admin listener answers only to an IP address or localhost as Host",
             "forbidden_host",

@@ -642,8 +642,14 @@ fn check_to_upstream(head: &RequestHead, body: &[u8], prefix: &str, rewrite: Opt
 
     check_hop_by_hop(out.headers(), head.upgrade.as_ref(), "upstream");
     let mut expected = group_map(&head.headers);
-    if let Some(host) = expected.remove("host") {
-        expected.insert("x-forwarded-host".into(), vec![host[0].clone()]);
+    // x-forwarded-host says the client's Host, or is not sent at all.
+    match expected.remove("host") {
+        Some(host) => {
+            expected.insert("x-forwarded-host".into(), vec![host[0].clone()]);
+        }
+        None => {
+            expected.remove("x-forwarded-host");
+        }
     }
     let mut xff = expected
         .remove("x-forwarded-for")
