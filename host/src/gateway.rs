@@ -91,9 +91,8 @@ impl Gateway {
         Self::build_unless(config, runtime, previous, &|| false).await
     }
 
-    /// [`Gateway::build`] on a thread of its own, at a lower priority:
-    /// compiling and configuring large policies never holds up the threads
-    /// that serve requests. Stops early (an error) once `superseded` says a
+    /// [`Gateway::build`] on a thread of its own: compiling and configuring
+    /// large policies never holds up the threads that serve requests. Stops early (an error) once `superseded` says a
     /// newer build has been asked for: checked before each policy.
     ///
     /// # Errors
@@ -109,7 +108,6 @@ impl Gateway {
         std::thread::Builder::new()
             .name("policy-load".into())
             .spawn(move || {
-                crate::wasm::lower_thread_priority();
                 let built = handle.block_on(Self::build_unless(
                     &config,
                     &runtime,

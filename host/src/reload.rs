@@ -6,10 +6,11 @@
 //! finishes on the chain it started with; a failed reload changes nothing
 //! but the status the admin view shows.
 //!
-//! The build runs on a thread of its own at a lower priority (compiling a
-//! large policy takes seconds of CPU), and gives way to a newer reload: a
-//! reload asked for while another is loading stops that one before its next
-//! policy, and reloads queued behind a newer one are skipped. Once the new
+//! The build runs on a thread of its own (compiling a large policy takes
+//! seconds of CPU; compiles keep to a pool one thread short of the cores),
+//! and gives way to a newer reload: a reload asked for while another is
+//! loading stops that one before its next policy, and reloads queued behind
+//! a newer one are skipped. Once the new
 //! gateway serves, the compile cache forgets what it no longer uses (the
 //! binary's allocator, jemalloc, gives freed memory back to the system).
 //!

@@ -146,10 +146,11 @@ pub struct Runtime {
     cache: cache::CompileCache,
     /// Where compiles run once requests are served (wasmtime compiles a
     /// component's functions in parallel on the pool it is called from): a
-    /// pool of its own, one thread short of the cores and at a lower
-    /// priority, so a large policy compiling during a reload leaves the
-    /// request threads a core. Before that (start-up, the CLI, tests),
-    /// compiles use every core.
+    /// pool of its own, one thread short of the cores, so a large policy
+    /// compiling during a reload leaves the request threads a core. Before
+    /// that (start-up, the CLI, tests), compiles use every core. (A lower
+    /// priority as well was tried: under saturating load it starved a
+    /// small policy's reload past two seconds, for no gain in latency.)
     compile_pool: rayon::ThreadPool,
     serving: AtomicBool,
 }
@@ -233,7 +234,6 @@ impl Runtime {
         let compile_pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cores.saturating_sub(1).max(1))
             .thread_name(|i| format!("wasm-compile-{i}"))
-            .start_handler(|_| lower_thread_priority())
             .build()
             .context("starting the compile threads")?;
         Ok(Arc::new(Self {
@@ -315,7 +315,7 @@ impl Runtime {
     }
 
     /// Requests are being served from now on: compiles keep to the
-    /// bounded, low-priority compile pool.
+    /// bounded compile pool.
     pub fn serving(&self) {
         self.serving.store(true, Ordering::Relaxed);
     }
@@ -403,15 +403,6 @@ impl Runtime {
 
     pub(crate) fn linker(&self) -> &Linker<HostState> {
         &self.linker
-    }
-}
-
-/// Lowers the calling thread's scheduling priority (nice 10, Linux), for
-/// work that must not take CPU from requests: compiling and loading policies.
-pub fn lower_thread_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
     }
 }
 
