@@ -24,7 +24,11 @@ pub use crate::message::MAX_HEADERS;
 /// [`SidecarError::HeadTooLarge`], [`SidecarError::UriTooLong`] or
 /// [`SidecarError::BadRequest`] naming what is wrong.
 pub fn check_head(parts: &http::request::Parts, max_head_bytes: usize) -> Result<(), SidecarError> {
-    let uri = parts.uri.to_string().len();
+    // Origin-form (`/path?query`), as nearly every request: no allocation.
+    let uri = match (parts.uri.scheme(), parts.uri.path_and_query()) {
+        (None, Some(pq)) => pq.as_str().len(),
+        _ => parts.uri.to_string().len(),
+    };
     if uri > max_head_bytes {
         return Err(SidecarError::UriTooLong {
             limit: max_head_bytes,
