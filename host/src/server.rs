@@ -363,20 +363,25 @@ async fn handle(
     // A head refused for its size or framing: where it ends, or where the
     // next request starts, is not known for sure.
     let close = head_ok.is_err();
-    let mut body = crate::message::paced(
-        crate::message::BoxBody::new(body.map_err(crate::message::BoxError::from)),
-        state.body_read_timeout,
-        state.body_min_rate,
-    );
-    let started_body = match head_ok {
-        Ok(()) => body
-            .started()
-            .instrument(span.clone())
-            .await
-            .map_err(SidecarError::RequestBody),
-        Err(e) => Err(e),
+    let (body, started_body) = match head_ok {
+        Err(e) => (body, Err(e)),
+        // No body (most GETs): nothing to pace.
+        Ok(()) if http_body::Body::is_end_stream(&body) => (body, Ok(())),
+        Ok(()) => {
+            let mut paced = crate::message::paced(
+                crate::message::BoxBody::new(body.map_err(crate::message::BoxError::from)),
+                state.body_read_timeout,
+                state.body_min_rate,
+            );
+            let started = paced
+                .started()
+                .instrument(span.clone())
+                .await
+                .map_err(SidecarError::RequestBody);
+            (Body::new(paced), started)
+        }
     };
-    let req = http::Request::from_parts(parts, Body::new(body));
+    let req = http::Request::from_parts(parts, body);
     // Beyond the limit, shed at once: a queue would only add latency to
     // requests whose clients have likely given up.
     let result = match started_body.map(|()| state.in_flight.try_acquire()) {
