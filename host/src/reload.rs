@@ -136,18 +136,16 @@ impl Sidecar {
         print.extend(fingerprint(&policy_files(&new)));
         let mark = self.runtime.mark_loads();
         let asked = self.reloads_asked.clone();
-        let gateway = Gateway::build_apart(
-            new.clone(),
-            self.runtime.clone(),
-            Some(self.gateway()),
-            move || asked.load(Ordering::SeqCst) > ticket,
-        )
-        .await;
-        let gateway = match gateway {
-            Ok(g) => Arc::new(g),
-            Err(e) if e.is::<Superseded>() => return Err(Superseded.into()),
-            Err(e) => return Err(e),
-        };
+        // A superseded build's error carries `Superseded`: `reload` tells it apart.
+        let gateway = Arc::new(
+            Gateway::build_apart(
+                new.clone(),
+                self.runtime.clone(),
+                Some(self.gateway()),
+                move || asked.load(Ordering::SeqCst) > ticket,
+            )
+            .await?,
+        );
         let old = self.gateway.send_replace(gateway.clone());
         // The old gateway's code goes with its last request; the compile
         // cache keeps only what this load used.

@@ -252,52 +252,12 @@ impl Body {
     }
 }
 
-/// `body`, failing with [`BodyError::Timeout`] when no frame comes for
-/// `idle`: a stalled upstream's body ends instead of holding the client
-/// (and the connection) forever. The timer restarts with every frame.
+/// `body`, failing with [`BodyError::Timeout`] when the reader has waited
+/// `idle` for the next frame: a stalled upstream's body ends instead of
+/// holding the client (and the connection) forever. A [`paced`] body with
+/// no least rate: time the reader spends not reading does not count.
 pub fn idle_timeout(body: BoxBody, idle: std::time::Duration) -> BoxBody {
-    BoxBody::new(IdleTimeout {
-        inner: body,
-        idle,
-        timer: Box::pin(tokio::time::sleep(idle)),
-    })
-}
-
-struct IdleTimeout {
-    inner: BoxBody,
-    idle: std::time::Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl http_body::Body for IdleTimeout {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyError::Timeout(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
-            ready => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(next);
-                ready
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    BoxBody::new(paced(body, idle, 0))
 }
 
 /// A client's request body held to a pace: it fails with
