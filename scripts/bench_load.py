@@ -1,38 +1,80 @@
 #!/usr/bin/env python3
-"""End-to-end load benchmark, side by side in one run (see BENCHMARKS.md).
+"""End-to-end load benchmark: the sidecar side by side with its real peers,
+in one run (see BENCHMARKS.md).
 
-Started by scripts/bench-load.sh, which installs wrk and nginx and builds
-everything first. Measures, with the same wrk settings for each:
+Started by scripts/bench-load.sh, which installs wrk, nginx, Envoy and
+Traefik, builds the sidecar, its policies and the two peer JWT plugins
+(bench/peers/) first, and passes their paths in the environment. Measures,
+with the same wrk settings and the same request for each (GET
+/user-service/profile with the admin user's bearer token, the path rewritten
+to /profile for the upstream, user-service):
 
-  direct                  wrk -> user-service
-  nginx                   wrk -> nginx (1 worker, upstream keep-alive) -> user-service
-  sidecar, no policies    wrk -> sidecar -> user-service
-  sidecar, 3 policies     logging + auth + cache, cache hit (one URL) and
-                          cache miss (a new URL per request)
-  the same, reused        the miss path with `instances = "reuse"`
+  direct            wrk -> user-service (GET /profile)
+  nginx             nginx, 1 worker, upstream keep-alive
+  envoy             Envoy, --concurrency 1, HTTP/1.1 keep-alive upstream
+                    cluster, route prefix /user-service/ rewritten to /
+  envoy-wasm        the same + bench/peers/proxy-wasm-jwt as an
+                    envoy.filters.http.wasm filter on the v8 runtime
+  traefik           Traefik 3, file provider, one router
+                    PathPrefix(`/user-service`) + stripPrefix, one service;
+                    GOMAXPROCS=1 in its environment (it runs on one CPU)
+  traefik-wasm      the same + bench/peers/http-wasm-jwt as a local wasm
+                    plugin (http-wasm) middleware
+  sidecar           the sidecar, no policies
+  sidecar-auth      the sidecar, the auth policy alone
+  sidecar-miss      logging + auth + cache, every request a cache miss
+                    (a new URL per request)
+  sidecar-hit       the same, every request a cache hit (one URL)
+  sidecar-reuse     the miss path with `instances = "reuse"`
 
-wrk runs pinned to CPU 0; the proxies and user-service share CPU 1. Every
-request is a GET /profile with the admin user's bearer token. It reports
-requests/s, p50, p99, errors (non-2xx and socket errors), the ratios to
-nginx and to direct, the sidecar's idle and peak RSS, and its start-up time
-with a warm compile cache. Everything it starts, it stops; every loop is
-bounded in time; it talks to loopback only.
+wrk runs pinned to CPU 0; each proxy and user-service run on CPU 1. Every
+row is checked before it is measured: 200 with the token and "admin" in the
+body; the three JWT rows (envoy-wasm, traefik-wasm, sidecar-auth) must also
+answer 401 without a token, with a tampered token and with an expired one,
+refuse a token that is not UTF-8 and still answer 200 after it, and Envoy's
+stats must show the filter's VM on the v8 runtime. A failed
+check stops the run.
 
-Environment: BENCH_SECONDS (default 10) per measured run, BENCH_CONNS
-(default "32 64"), BENCH_PROFILE (default "release": the cargo profile whose
-binaries are measured; "dist" adds thin LTO).
+For each row it reports requests/s, p50, p99, errors (non-2xx and socket
+errors), the proxy's CPU time per request (utime + stime of the whole
+process, all threads, from /proc/PID/stat, over the measured wrk run,
+divided by the requests wrk completed; nginx: master + worker), the proxy's
+peak RSS so far (VmHWM; nginx: the worker), and the ratios to nginx and to
+direct; then whether the targets are met (sidecar >= nginx, auth alone >= 3x
+each JWT peer, p99 within 0.5 ms of nginx's, peak RSS <= 64 MB, no errors),
+the sidecar's idle RSS, and its start-up time with a warm compile cache.
+Everything it starts, it stops (also on error); every wait is bounded; it
+talks to loopback only; its temporary directory is removed.
+
+Environment:
+  BENCH_SECONDS   seconds per measured run (default 10; 2 s of warm-up first)
+  BENCH_CONNS     connection counts (default "32 64")
+  BENCH_PROFILE   cargo profile whose binaries are measured (default
+                  "release"; "dist" adds thin LTO)
+  BENCH_ONLY      comma-separated subset of the rows above (default: all),
+                  e.g. BENCH_ONLY=nginx,envoy-wasm,sidecar-auth
+  BENCH_ENVOY, BENCH_TRAEFIK                  the real binaries (set by
+                                              bench-load.sh)
+  BENCH_PROXY_WASM_JWT, BENCH_HTTP_WASM_JWT   the peer plugins' .wasm files
 """
 
+import base64
+import hashlib
+import hmac
+import http.client
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,8 +86,39 @@ CONNS = [int(c) for c in os.environ.get("BENCH_CONNS", "32 64").split()]
 WARMUP_SECONDS = 2
 LOADGEN_CPU = "0"
 SERVER_CPU = "1"
+SECRET = "Secreto"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# key -> label, in the order measured and shown.
+ROWS = {
+    "direct": "direct",
+    "nginx": "nginx (1 worker, keep-alive)",
+    "envoy": "Envoy 1.40 (1 worker)",
+    "envoy-wasm": "Envoy + proxy-wasm JWT (v8)",
+    "traefik": "Traefik 3 (GOMAXPROCS=1)",
+    "traefik-wasm": "Traefik + http-wasm JWT",
+    "sidecar": "sidecar, no policies",
+    "sidecar-auth": "sidecar, auth alone",
+    "sidecar-miss": "sidecar, logging+auth+cache, cache miss",
+    "sidecar-hit": "sidecar, logging+auth+cache, cache hit",
+    "sidecar-reuse": "sidecar, same, miss, instances = reuse",
+}
+JWT_ROWS = ("envoy-wasm", "traefik-wasm", "sidecar-auth")
+# Rows whose requests each go to a new URL (a cache miss every time).
+UNIQUE_URL_ROWS = ("sidecar-miss", "sidecar-reuse")
 
 procs = []
+
+
+def selected_rows():
+    only = os.environ.get("BENCH_ONLY", "").strip()
+    if not only:
+        return list(ROWS)
+    wanted = [k.strip() for k in only.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in ROWS]
+    if unknown:
+        raise SystemExit(f"error: BENCH_ONLY: unknown rows {unknown}; known: {', '.join(ROWS)}")
+    return [k for k in ROWS if k in wanted]
 
 
 def free_port():
@@ -54,15 +127,23 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(cmd, env=None, stdout=subprocess.DEVNULL):
-    """Starts a server on the server CPU."""
+def start(cmd, env=None, log=None, cwd=None):
+    """Starts a server on the server CPU; its output goes to `log` (a path) if given."""
     full_env = dict(os.environ, **(env or {}))
-    p = subprocess.Popen(
-        ["taskset", "-c", SERVER_CPU] + cmd,
-        env=full_env,
-        stdout=stdout,
-        stderr=subprocess.DEVNULL,
-    )
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    try:
+        p = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU] + cmd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            cwd=cwd,
+        )
+    finally:
+        if log:
+            out.close()
+    p.log = log
     procs.append(p)
     return p
 
@@ -77,33 +158,90 @@ def stop(p):
             p.wait()
 
 
-def get(url, token=None, timeout=2):
+def log_tail(p, lines=30):
+    if not getattr(p, "log", None) or not os.path.exists(p.log):
+        return ""
+    with open(p.log, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def get(url, headers=None, timeout=2):
+    """GET; returns (status, headers, body) for any HTTP status."""
     req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.status, dict(resp.headers), resp.read()
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
-def wait_ready(url, token=None, limit=30.0):
+def get_raw(url, authorization):
+    """GET with an `authorization` value of raw bytes; returns the status."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
+    try:
+        conn.putrequest("GET", parts.path)
+        conn.putheader("Authorization", authorization)
+        conn.endheaders()
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def bearer(token):
+    return {"Authorization": "Bearer " + token}
+
+
+def wait_ready(url, token=None, limit=30.0, proc=None):
     """Polls until `url` answers 200; returns the seconds it took."""
     start_t = time.monotonic()
     while time.monotonic() - start_t < limit:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"error: {proc.args[3:]} exited ({proc.returncode}) before "
+                             f"{url} answered:\n{log_tail(proc)}")
         try:
-            if get(url, token, timeout=1)[0] == 200:
+            if get(url, bearer(token) if token else None, timeout=1)[0] == 200:
                 return time.monotonic() - start_t
         except OSError:
             pass
         time.sleep(0.002)
-    raise SystemExit(f"error: {url} did not answer 200 within {limit} s")
+    tail = log_tail(proc) if proc is not None else ""
+    raise SystemExit(f"error: {url} did not answer 200 within {limit} s\n{tail}")
 
 
-def rss_kb(pid, field):
+def proc_status_kb(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_ticks(pid):
+    """utime + stime of the whole process (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces: the fields after it are fixed.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def children(pid):
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return kids
+
+
+# --- configurations --------------------------------------------------------
 
 
 def sidecar_config(path, port, upstream, policies, instances="fresh"):
@@ -129,7 +267,7 @@ instances = "{instances}"
 wasm = "{WASM}/auth.wasm"
 instances = "{instances}"
 [policy.auth.config]
-secret = "Secreto"
+secret = "{SECRET}"
 subject_header = "x-authenticated-user"
 
 [policy.cache]
@@ -173,6 +311,159 @@ http {{
     return path
 
 
+def envoy_config(path, port, admin_port, upstream, wasm=None):
+    """Envoy's bootstrap (JSON): one listener, one route, one cluster."""
+    http_filters = []
+    if wasm:
+        http_filters.append({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "jwt",
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": json.dumps({"secret": SECRET}),
+                    },
+                    "fail_open": False,
+                    "vm_config": {
+                        "vm_id": "jwt",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": wasm}},
+                    },
+                },
+            },
+        })
+    http_filters.append({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    })
+    address = lambda p: {"socket_address": {"address": "127.0.0.1", "port_value": p}}
+    config = {
+        "admin": {"address": address(admin_port)},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": address(port),
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                 "http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "codec_type": "HTTP1",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all",
+                            "domains": ["*"],
+                            "routes": [{
+                                "match": {"prefix": "/user-service/"},
+                                "route": {"cluster": "users", "prefix_rewrite": "/"},
+                            }],
+                        }]},
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "users",
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                "load_assignment": {
+                    "cluster_name": "users",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(upstream)}}]}],
+                },
+                # HTTP/1.1 to the upstream; Envoy pools and keeps its
+                # connections alive.
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http_protocol_options": {}},
+                    },
+                },
+                "circuit_breakers": {"thresholds": [{
+                    "max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096,
+                }]},
+            }],
+        },
+    }
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)
+
+
+TRAEFIK_MODULE = "bench.local/http-wasm-jwt"
+
+
+def traefik_config(workdir, port, upstream, wasm=None):
+    """Traefik's static and dynamic config (YAML) in `workdir`, and for the
+    plugin the local-plugin layout Traefik reads from its working directory:
+    plugins-local/src/<moduleName>/{.traefik.yml, plugin.wasm}."""
+    os.makedirs(workdir)
+    dynamic = os.path.join(workdir, "dynamic.yml")
+    static = os.path.join(workdir, "traefik.yml")
+    plugins = ""
+    middlewares = "[strip]"
+    plugin_middleware = ""
+    if wasm:
+        plugin_dir = os.path.join(workdir, "plugins-local", "src", TRAEFIK_MODULE)
+        os.makedirs(plugin_dir)
+        shutil.copyfile(wasm, os.path.join(plugin_dir, "plugin.wasm"))
+        with open(os.path.join(plugin_dir, ".traefik.yml"), "w") as f:
+            f.write(f"""displayName: HS256 JWT (benchmark peer)
+type: middleware
+runtime: wasm
+summary: Verifies HS256 bearer tokens like the sidecar's auth policy.
+testData:
+  secret: {SECRET}
+""")
+        plugins = f"""experimental:
+  localPlugins:
+    jwt:
+      moduleName: {TRAEFIK_MODULE}
+"""
+        middlewares = "[jwt, strip]"
+        plugin_middleware = f"""    jwt:
+      plugin:
+        jwt:
+          secret: {SECRET}
+"""
+    with open(static, "w") as f:
+        f.write(f"""global:
+  checkNewVersion: false
+  sendAnonymousUsage: false
+log:
+  level: ERROR
+entryPoints:
+  web:
+    address: "127.0.0.1:{port}"
+providers:
+  file:
+    filename: {dynamic}
+    watch: false
+{plugins}""")
+    with open(dynamic, "w") as f:
+        f.write(f"""http:
+  routers:
+    users:
+      rule: "PathPrefix(`/user-service`)"
+      entryPoints: [web]
+      service: users
+      middlewares: {middlewares}
+  middlewares:
+    strip:
+      stripPrefix:
+        prefixes: ["/user-service"]
+{plugin_middleware}  services:
+    users:
+      loadBalancer:
+        servers:
+          - url: "http://127.0.0.1:{upstream}"
+""")
+    return static
+
+
+# --- wrk ----------------------------------------------------------------
+
+
 UNIQUE_PATHS_LUA = """
 counter = 0
 request = function()
@@ -200,6 +491,7 @@ def to_ms(text):
 
 def parse_wrk(text):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    requests = int(re.search(r"(\d+) requests in ", text).group(1))
     p50 = to_ms(re.search(r"\n\s+50%\s+(\S+)", text).group(1))
     p99 = to_ms(re.search(r"\n\s+99%\s+(\S+)", text).group(1))
     errors = 0
@@ -209,30 +501,74 @@ def parse_wrk(text):
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
         errors += sum(int(x) for x in m.groups())
-    return {"rps": rps, "p50": p50, "p99": p99, "errors": errors}
+    return {"rps": rps, "requests": requests, "p50": p50, "p99": p99, "errors": errors}
+
+
+# --- tokens ----------------------------------------------------------------
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign_hs256(claims, secret=SECRET):
+    signed = b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + b64url(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
+    return signed + "." + b64url(sig)
+
+
+def tampered(token):
+    """The same token with one signature character changed (not the last,
+    whose low bits may not count)."""
+    i = len(token) - 10
+    return token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+
+
+# --- the run ---------------------------------------------------------------
 
 
 def main():
-    for tool in ("wrk", "nginx", "taskset"):
+    rows = selected_rows()
+    needs = {"wrk", "taskset"}
+    if "nginx" in rows:
+        needs.add("nginx")
+    for tool in sorted(needs):
         if not shutil.which(tool):
             raise SystemExit(f"error: {tool} not found (scripts/bench-load.sh installs it)")
+    peers = {
+        "envoy": ("BENCH_ENVOY", None),
+        "envoy-wasm": ("BENCH_ENVOY", "BENCH_PROXY_WASM_JWT"),
+        "traefik": ("BENCH_TRAEFIK", None),
+        "traefik-wasm": ("BENCH_TRAEFIK", "BENCH_HTTP_WASM_JWT"),
+    }
+    for row, variables in peers.items():
+        for var in variables:
+            if row in rows and var and not os.path.isfile(os.environ.get(var, "")):
+                raise SystemExit(f"error: {var} is not set to a file (scripts/bench-load.sh sets it)")
+
+    # A SIGTERM stops the run like Ctrl-C does: through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = tempfile.mkdtemp(prefix="bench-load-")
-    cache_env = {"XDG_CACHE_HOME": os.path.join(tmp, "cache")}
-    lua = os.path.join(tmp, "unique.lua")
-    with open(lua, "w") as f:
-        f.write(UNIQUE_PATHS_LUA)
     try:
-        run(tmp, cache_env, lua)
+        run(rows, tmp)
     finally:
-        for p in procs:
+        for p in reversed(procs):
             stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(tmp, cache_env, lua):
+def run(rows, tmp):
+    cache_env = {"XDG_CACHE_HOME": os.path.join(tmp, "cache")}
+    lua = os.path.join(tmp, "unique.lua")
+    with open(lua, "w") as f:
+        f.write(UNIQUE_PATHS_LUA)
+
     us_port = free_port()
-    start([f"{BIN}/user-service"], {"USER_SERVICE_ADDR": f"127.0.0.1:{us_port}"})
-    wait_ready(f"http://127.0.0.1:{us_port}/healthz")
+    us = start([f"{BIN}/user-service"],
+               {"USER_SERVICE_ADDR": f"127.0.0.1:{us_port}", "JWT_SECRET": SECRET,
+                "RUST_LOG": "warn"},
+               log=os.path.join(tmp, "user-service.log"))
+    wait_ready(f"http://127.0.0.1:{us_port}/healthz", proc=us)
     req = urllib.request.Request(
         f"http://127.0.0.1:{us_port}/login",
         data=json.dumps({"username": "admin", "password": "password"}).encode(),
@@ -240,109 +576,274 @@ def run(tmp, cache_env, lua):
     )
     token = json.load(urllib.request.urlopen(req, timeout=5))["token"]
 
-    ng_port = free_port()
-    start(["nginx", "-p", tmp, "-c", nginx_config(tmp, ng_port, us_port)])
+    # key -> {"url", "lua", "pids": () -> [pid, …] whose CPU counts,
+    #         "rss_pid": () -> pid whose VmHWM counts}
+    targets = {}
+    url = lambda port: f"http://127.0.0.1:{port}/user-service/profile"
 
-    sidecars = {}
-    for key, policies, instances in [
-        ("none", [], "fresh"),
-        ("full", ["logging", "auth", "cache"], "fresh"),
-        ("reuse", ["logging", "auth", "cache"], "reuse"),
-    ]:
+    if "direct" in rows:
+        targets["direct"] = {"url": f"http://127.0.0.1:{us_port}/profile", "proc": None}
+
+    if "nginx" in rows:
         port = free_port()
-        cfg = os.path.join(tmp, f"sidecar-{key}.toml")
-        sidecar_config(cfg, port, us_port, policies, instances)
-        sidecars[key] = (port, cfg)
+        p = start(["nginx", "-p", tmp, "-c", nginx_config(tmp, port, us_port)],
+                  log=os.path.join(tmp, "nginx.log"))
+        wait_ready(url(port), token, proc=p)
+        kids = children(p.pid)
+        if len(kids) != 1:
+            raise SystemExit(f"error: nginx has {len(kids)} worker processes, expected 1")
+        targets["nginx"] = {"url": url(port), "proc": p,
+                            "pids": [p.pid, kids[0]], "rss_pid": kids[0]}
+
+    envoy_admin = {}
+    for base_id, key in enumerate(("envoy", "envoy-wasm"), start=11):
+        if key not in rows:
+            continue
+        port, admin = free_port(), free_port()
+        cfg = os.path.join(tmp, f"{key}.json")
+        wasm = os.environ["BENCH_PROXY_WASM_JWT"] if key == "envoy-wasm" else None
+        envoy_config(cfg, port, admin, us_port, wasm)
+        p = start([os.environ["BENCH_ENVOY"], "-c", cfg, "--concurrency", "1",
+                   "--base-id", str(base_id), "--disable-hot-restart", "--log-level", "warn"],
+                  log=os.path.join(tmp, f"{key}.log"))
+        wait_ready(url(port), token, proc=p)
+        targets[key] = {"url": url(port), "proc": p}
+        envoy_admin[key] = admin
+
+    for key in ("traefik", "traefik-wasm"):
+        if key not in rows:
+            continue
+        port = free_port()
+        workdir = os.path.join(tmp, key)
+        wasm = os.environ["BENCH_HTTP_WASM_JWT"] if key == "traefik-wasm" else None
+        static = traefik_config(workdir, port, us_port, wasm)
+        p = start([os.environ["BENCH_TRAEFIK"], f"--configFile={static}"],
+                  {"GOMAXPROCS": "1"}, log=os.path.join(tmp, f"{key}.log"), cwd=workdir)
+        wait_ready(url(port), token, proc=p)
+        targets[key] = {"url": url(port), "proc": p}
+
+    sidecar_rows = [r for r in rows if r.startswith("sidecar")]
+    sidecar_kinds = {
+        "sidecar": ("none", [], "fresh"),
+        "sidecar-auth": ("auth", ["auth"], "fresh"),
+        "sidecar-miss": ("full", ["logging", "auth", "cache"], "fresh"),
+        "sidecar-hit": ("full", ["logging", "auth", "cache"], "fresh"),
+        "sidecar-reuse": ("reuse", ["logging", "auth", "cache"], "reuse"),
+    }
+    sidecars = {}  # kind -> (port, config path, label)
+    for row in sidecar_rows:
+        kind, policies, instances = sidecar_kinds[row]
+        if kind not in sidecars:
+            port = free_port()
+            cfg = os.path.join(tmp, f"sidecar-{kind}.toml")
+            sidecar_config(cfg, port, us_port, policies, instances)
+            sidecars[kind] = (port, cfg)
 
     # Start-up to ready with compiled policies cached on disk: one start to
     # fill the cache, then three timed ones.
-    port, cfg = sidecars["full"]
     startup = []
-    for i in range(4):
-        p = start([f"{BIN}/sidecar", "run", "--config", cfg], cache_env)
-        took = wait_ready(f"http://127.0.0.1:{port}/user-service/profile", token)
-        if i > 0:
-            startup.append(took)
-        stop(p)
-        procs.remove(p)
+    if sidecar_rows:
+        port = free_port()
+        cfg = os.path.join(tmp, "sidecar-startup.toml")
+        sidecar_config(cfg, port, us_port, ["logging", "auth", "cache"])
+        for i in range(4):
+            p = start([f"{BIN}/sidecar", "run", "--config", cfg], cache_env,
+                      log=os.path.join(tmp, "sidecar-startup.log"))
+            took = wait_ready(url(port), token, proc=p)
+            if i > 0:
+                startup.append(took)
+            stop(p)
+            procs.remove(p)
 
-    pids = {}
-    for key, (port, cfg) in sidecars.items():
-        p = start([f"{BIN}/sidecar", "run", "--config", cfg], cache_env)
-        wait_ready(f"http://127.0.0.1:{port}/user-service/profile", token)
-        pids[key] = p.pid
+    sidecar_procs = {}
+    for kind, (port, cfg) in sidecars.items():
+        p = start([f"{BIN}/sidecar", "run", "--config", cfg], cache_env,
+                  log=os.path.join(tmp, f"sidecar-{kind}.log"))
+        wait_ready(url(port), token, proc=p)
+        sidecar_procs[kind] = p
+    for row in sidecar_rows:
+        kind = sidecar_kinds[row][0]
+        targets[row] = {"url": url(sidecars[kind][0]), "proc": sidecar_procs[kind]}
     time.sleep(0.5)
-    idle = {key: rss_kb(pid, "VmRSS") for key, pid in pids.items()}
+    idle = {kind: proc_status_kb(p.pid, "VmRSS") for kind, p in sidecar_procs.items()}
 
-    url = lambda port: f"http://127.0.0.1:{port}/user-service/profile"
-    scenarios = [
-        ("direct", f"http://127.0.0.1:{us_port}/profile", None),
-        ("nginx (1 worker, keep-alive)", url(ng_port), None),
-        ("sidecar, no policies", url(sidecars["none"][0]), None),
-        ("sidecar, logging+auth+cache, cache hit", url(sidecars["full"][0]), None),
-        ("sidecar, logging+auth+cache, cache miss", url(sidecars["full"][0]), lua),
-        ("sidecar, same, miss, instances = reuse", url(sidecars["reuse"][0]), lua),
-    ]
+    for key, t in targets.items():
+        t["lua"] = lua if key in UNIQUE_URL_ROWS else None
+        if t["proc"] is not None and "pids" not in t:
+            t["pids"] = [t["proc"].pid]
+            t["rss_pid"] = t["proc"].pid
 
-    # Each path must do what its name says before it is measured.
-    for name, u, _ in scenarios:
-        status, headers, body = get(u, token)
-        assert status == 200 and b"admin" in body, f"{name}: {status} {body[:200]!r}"
-    _, headers, _ = get(url(sidecars["full"][0]), token)
-    assert headers.get("x-cache") == "hit", f"cache hit path: x-cache = {headers.get('x-cache')}"
-    _, headers, _ = get(url(sidecars["full"][0]) + "?n=check", token)
-    assert headers.get("x-cache") == "miss", f"cache miss path: x-cache = {headers.get('x-cache')}"
+    check_rows(rows, targets, token, envoy_admin)
 
     results = {}
     for conns in CONNS:
-        for name, u, script in scenarios:
-            wrk(u, conns, WARMUP_SECONDS, token, script)
-            results[(conns, name)] = wrk(u, conns, SECONDS, token, script)
-            r = results[(conns, name)]
-            print(f"  {conns:>3} conns  {name:<42} {r['rps']:>9.0f} req/s", file=sys.stderr)
-    peak = {key: rss_kb(pid, "VmHWM") for key, pid in pids.items()}
+        for key in rows:
+            t = targets[key]
+            wrk(t["url"], conns, WARMUP_SECONDS, token, t["lua"])
+            if t["proc"] is not None and t["proc"].poll() is not None:
+                raise SystemExit(f"error: {key} exited during warm-up:\n{log_tail(t['proc'])}")
+            before = sum(cpu_ticks(pid) for pid in t["pids"]) if t["proc"] else 0
+            r = wrk(t["url"], conns, SECONDS, token, t["lua"])
+            if t["proc"] is not None:
+                if t["proc"].poll() is not None:
+                    raise SystemExit(f"error: {key} exited under load:\n{log_tail(t['proc'])}")
+                ticks = sum(cpu_ticks(pid) for pid in t["pids"]) - before
+                r["cpu_us"] = ticks / CLK_TCK * 1e6 / max(r["requests"], 1)
+                r["peak_kb"] = proc_status_kb(t["rss_pid"], "VmHWM")
+            results[(conns, key)] = r
+            cpu = f"{r['cpu_us']:6.1f} µs CPU/req" if "cpu_us" in r else ""
+            print(f"  {conns:>3} conns  {ROWS[key]:<42} {r['rps']:>9.0f} req/s  {cpu}",
+                  file=sys.stderr)
 
-    lines = [
-        f"binaries: target/{PROFILE}; "
-        f"wrk -t1, {SECONDS} s per run after {WARMUP_SECONDS} s of warm-up; wrk on CPU {LOADGEN_CPU}, "
-        f"servers on CPU {SERVER_CPU}; GET /profile with a bearer token.",
-        "",
-    ]
-    for conns in CONNS:
-        nginx = results[(conns, scenarios[1][0])]["rps"]
-        direct = results[(conns, scenarios[0][0])]["rps"]
-        lines += [
-            f"**{conns} connections**",
-            "",
-            "| path | req/s | p50 | p99 | errors | × nginx | × direct |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, _, _ in scenarios:
-            r = results[(conns, name)]
-            lines.append(
-                f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['errors']} "
-                f"| {r['rps'] / nginx:.2f} | {r['rps'] / direct:.2f} |"
-            )
-        lines.append("")
-    lines += [
-        "| sidecar | idle RSS | peak RSS under load |",
-        "|---|---|---|",
-    ]
-    for key, label in [("none", "no policies"), ("full", "logging+auth+cache"),
-                       ("reuse", "logging+auth+cache, reuse")]:
-        lines.append(f"| {label} | {idle[key] / 1024:.1f} MB | {peak[key] / 1024:.1f} MB |")
-    lines += [
-        "",
-        "start-up to first proxied 200 (3 policies, compile cache warm): "
-        + ", ".join(f"{s * 1000:.0f} ms" for s in startup)
-        + f" (median {statistics.median(startup) * 1000:.0f} ms)",
-    ]
-    report = "\n".join(lines)
+    report = render(rows, results, idle, startup)
     print(report)
     out = os.path.join(ROOT, "target", "bench-load.md")
     with open(out, "w") as f:
         f.write(report + "\n")
     print(f"\n(also written to {out})", file=sys.stderr)
+
+
+def check_rows(rows, targets, token, envoy_admin):
+    """Each row must do what its name says before it is measured."""
+    expired = sign_hs256({"sub": "admin", "username": "admin", "exp": int(time.time()) - 3600})
+    for key in rows:
+        u = targets[key]["url"]
+        status, headers, body = get(u, bearer(token))
+        if status != 200 or b"admin" not in body:
+            raise SystemExit(f"error: check failed: {key}: with the token: {status} {body[:200]!r}")
+        if key in JWT_ROWS:
+            for what, hdrs in [("no token", None), ("a tampered token", bearer(tampered(token))),
+                               ("an expired token", bearer(expired))]:
+                status, _, body = get(u, hdrs)
+                if status != 401 or b"code" not in body:
+                    raise SystemExit(f"error: check failed: {key}: with {what}: expected 401 "
+                                     f"with a JSON body, got {status} {body[:200]!r}")
+            # A value that is not UTF-8 is refused, and the plugin keeps
+            # working after it (proxy-wasm's text getter would trap on it).
+            status = get_raw(u, b"Bearer \xff\xfe")
+            if status != 401:
+                raise SystemExit(f"error: check failed: {key}: a non-UTF-8 token: {status}")
+            status, _, body = get(u, bearer(token))
+            if status != 200 or b"admin" not in body:
+                raise SystemExit(f"error: check failed: {key}: after a non-UTF-8 token: "
+                                 f"{status} {body[:200]!r}")
+    for key, admin in envoy_admin.items():
+        _, _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=wasm")
+        v8 = re.search(rb"wasm\.envoy\.wasm\.runtime\.v8\.active: (\d+)", stats)
+        active = int(v8.group(1)) if v8 else 0
+        if key == "envoy-wasm" and active < 1:
+            raise SystemExit(f"error: check failed: envoy-wasm: no active v8 VM in Envoy's stats:\n"
+                             f"{stats.decode(errors='replace')}")
+        if key == "envoy" and active:
+            raise SystemExit("error: check failed: plain Envoy runs a wasm VM")
+    if "sidecar-hit" in rows:
+        u = targets["sidecar-hit"]["url"]
+        _, headers, _ = get(u, bearer(token))
+        if headers.get("x-cache") != "hit":
+            raise SystemExit(f"error: check failed: cache hit path: x-cache = {headers.get('x-cache')}")
+    if "sidecar-miss" in rows:
+        u = targets["sidecar-miss"]["url"]
+        _, headers, _ = get(u + "?n=check", bearer(token))
+        if headers.get("x-cache") != "miss":
+            raise SystemExit(f"error: check failed: cache miss path: x-cache = {headers.get('x-cache')}")
+    print(f"checked: {', '.join(rows)}", file=sys.stderr)
+
+
+def render(rows, results, idle, startup):
+    lines = [
+        f"binaries: target/{PROFILE}; "
+        f"wrk -t1, {SECONDS} s per run after {WARMUP_SECONDS} s of warm-up; wrk on CPU {LOADGEN_CPU}, "
+        f"proxy and upstream on CPU {SERVER_CPU}; GET /user-service/profile with a bearer token "
+        "(direct: GET /profile).",
+        "CPU/req: the proxy process's utime+stime (all threads; nginx: master + worker) over the "
+        "measured run ÷ requests completed. Peak RSS: VmHWM so far (nginx: the worker).",
+        "",
+    ]
+    ratio = lambda a, b: f"{a / b:.2f}" if b else "—"
+    for conns in CONNS:
+        nginx = results.get((conns, "nginx"), {}).get("rps")
+        direct = results.get((conns, "direct"), {}).get("rps")
+        lines += [
+            f"**{conns} connections**",
+            "",
+            "| path | req/s | p50 | p99 | errors | CPU/req | peak RSS | × nginx | × direct |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key in rows:
+            r = results[(conns, key)]
+            cpu = f"{r['cpu_us']:.1f} µs" if "cpu_us" in r else "—"
+            rss = f"{r['peak_kb'] / 1024:.1f} MB" if "peak_kb" in r else "—"
+            lines.append(
+                f"| {ROWS[key]} | {r['rps']:.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['errors']} "
+                f"| {cpu} | {rss} | {ratio(r['rps'], nginx)} | {ratio(r['rps'], direct)} |"
+            )
+        lines.append("")
+
+    lines += targets_section(rows, results)
+
+    if idle:
+        lines += [
+            "| sidecar | idle RSS | peak RSS under load |",
+            "|---|---|---|",
+        ]
+        peak = {}
+        for (conns, key), r in results.items():
+            if key.startswith("sidecar"):
+                kind = {"sidecar": "none", "sidecar-auth": "auth", "sidecar-reuse": "reuse"}.get(key, "full")
+                peak[kind] = max(peak.get(kind, 0), r["peak_kb"])
+        for kind, label in [("none", "no policies"), ("auth", "auth alone"),
+                            ("full", "logging+auth+cache"), ("reuse", "logging+auth+cache, reuse")]:
+            if kind in idle:
+                top = f"{peak[kind] / 1024:.1f} MB" if kind in peak else "—"
+                lines.append(f"| {label} | {idle[kind] / 1024:.1f} MB | {top} |")
+        lines.append("")
+    if startup:
+        lines.append(
+            "start-up to first proxied 200 (3 policies, compile cache warm): "
+            + ", ".join(f"{s * 1000:.0f} ms" for s in startup)
+            + f" (median {statistics.median(startup) * 1000:.0f} ms)"
+        )
+    return "\n".join(lines)
+
+
+def targets_section(rows, results):
+    """The targets, each with the measured figure and met / not met."""
+    lines = ["**targets**", "", "| conns | target | measured | |", "|---|---|---|---|"]
+    verdict = lambda ok: "met" if ok else "**not met**"
+
+    def throughput(conns, row, ref, factor):
+        a, b = results.get((conns, row)), results.get((conns, ref))
+        if not a or not b:
+            return
+        got = a["rps"] / b["rps"]
+        lines.append(f"| {conns} | {ROWS[row]} ≥ {factor:g}× {ROWS[ref]} req/s "
+                     f"| {got:.2f}× | {verdict(got >= factor)} |")
+
+    sidecar_latency_rows = ("sidecar", "sidecar-auth", "sidecar-miss", "sidecar-hit")
+    for conns in CONNS:
+        throughput(conns, "sidecar", "nginx", 1.0)
+        throughput(conns, "sidecar-auth", "traefik-wasm", 3.0)
+        throughput(conns, "sidecar-auth", "envoy-wasm", 3.0)
+        throughput(conns, "sidecar-miss", "nginx", 1.0)
+        nginx = results.get((conns, "nginx"))
+        for row in sidecar_latency_rows:
+            r = results.get((conns, row))
+            if r and nginx:
+                lines.append(f"| {conns} | {ROWS[row]}: p99 ≤ nginx p99 + 0.5 ms "
+                             f"| {r['p99']:.2f} ms vs {nginx['p99']:.2f} + 0.5 ms "
+                             f"| {verdict(r['p99'] <= nginx['p99'] + 0.5)} |")
+        for row in rows:
+            r = results[(conns, row)]
+            if row.startswith("sidecar") and "peak_kb" in r:
+                mb = r["peak_kb"] / 1024
+                lines.append(f"| {conns} | {ROWS[row]}: peak RSS ≤ 64 MB | {mb:.1f} MB "
+                             f"| {verdict(mb <= 64)} |")
+        errors = {row: results[(conns, row)]["errors"] for row in rows}
+        failed = [f"{ROWS[row]}: {n}" for row, n in errors.items() if n]
+        lines.append(f"| {conns} | 0 errors, every row | "
+                     f"{'; '.join(failed) if failed else '0'} | {verdict(not failed)} |")
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":
