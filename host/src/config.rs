@@ -153,6 +153,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Client connections open at once from one IP address.
     pub max_connections_per_ip: usize,
+    /// Threads serving connections, each with its own event loop (as
+    /// Envoy's `--concurrency`); `None`: one per CPU the process may use.
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerSettings {
@@ -169,6 +172,7 @@ impl Default for ServerSettings {
             // A sidecar's callers are often all on one host: a quarter of
             // the total still leaves room for everyone else.
             max_connections_per_ip: 2_500,
+            workers: None,
         }
     }
 }
@@ -303,6 +307,7 @@ struct RawServer {
     body_min_bytes_per_sec: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    workers: Option<usize>,
     tls: Option<RawListenerTls>,
 }
 
@@ -469,7 +474,11 @@ fn validate(
             raw.server.max_connections_per_ip,
         )?
         .unwrap_or(server_defaults.max_connections_per_ip),
+        workers: positive("server.workers", raw.server.workers)?,
     };
+    if let Some(n) = server.workers.filter(|&n| n > MAX_WORKERS) {
+        bail!("server.workers: {n} is more than {MAX_WORKERS}");
+    }
     if server.max_connections_per_ip > server.max_connections {
         bail!(
             "server.max_connections_per_ip: {} is more than server.max_connections ({})",
@@ -912,6 +921,9 @@ pub(crate) fn default_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<
         })?;
     Some(base.join("wasm-policy-sidecar"))
 }
+
+/// More worker threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
 
 fn positive<T: PartialEq + Default + Copy>(field: &str, v: Option<T>) -> anyhow::Result<Option<T>> {
     match v {

@@ -44,6 +44,47 @@ pub struct Shared<'a> {
     pub client: SocketAddr,
     pub tls: bool,
     pub request_id: &'a Arc<str>,
+    pub completions: &'a Arc<Completions>,
+}
+
+/// Completion hooks not yet done: they run after their response went out,
+/// on the worker that served it, and a shutdown waits for them before it
+/// ends the workers (an access log's lines come from them).
+#[derive(Debug, Default)]
+pub struct Completions {
+    running: AtomicU64,
+    done: tokio::sync::Notify,
+}
+
+impl Completions {
+    fn hold(self: &Arc<Self>) -> Running {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Running(self.clone())
+    }
+
+    /// Resolves once no completion hook is running or waiting to.
+    pub async fn idle(&self) {
+        loop {
+            // Taken before the check: a `notify_waiters` in between still
+            // wakes it.
+            let done = self.done.notified();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+/// One response whose completion hooks have not finished.
+struct Running(Arc<Completions>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
 }
 
 /// Runs one request through its route. `matched` is set to the route's
@@ -138,6 +179,7 @@ pub async fn proxy(
                 started,
                 metrics: cx.metrics.clone(),
                 span: tracing::Span::current(),
+                running: cx.completions.hold(),
             }),
         }),
         None => axum::body::Body::new(body),
@@ -265,6 +307,7 @@ struct Done {
     started: Instant,
     metrics: Arc<Metrics>,
     span: tracing::Span,
+    running: Running,
 }
 
 /// The response body, counted; when it ends (sent whole, failed, or
@@ -294,10 +337,15 @@ impl Tracked {
             exchange,
             metrics,
             span,
+            running,
             ..
         } = done;
         tokio::spawn(
-            async move { completing.run(exchange, info, &metrics).await }.instrument(span),
+            async move {
+                completing.run(exchange, info, &metrics).await;
+                drop(running);
+            }
+            .instrument(span),
         );
     }
 }

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -28,7 +30,7 @@ use crate::error::SidecarError;
 use crate::framing::{StrictFraming, Violation};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::proxy::{Shared, Tls};
+use crate::proxy::{Completions, Shared, Tls};
 use crate::tls::ListenerTls;
 use crate::upstream::UpstreamClient;
 use crate::wasm::Runtime;
@@ -42,14 +44,35 @@ pub struct AppState {
     gateway: watch::Receiver<Arc<Gateway>>,
     upstream: UpstreamClient,
     metrics: Arc<Metrics>,
-    /// One permit per request in progress (`[server] max_concurrent_requests`).
-    in_flight: Semaphore,
+    /// One permit per request in progress (`[server] max_concurrent_requests`),
+    /// shared by the workers.
+    in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     /// `[server] body_read_timeout_ms` and `body_min_bytes_per_sec`.
     body_read_timeout: Duration,
     body_min_rate: u64,
     /// `[server] max_header_bytes`, checked exactly on every head.
     max_head_bytes: usize,
+    /// Shared by the workers: what a shutdown waits for last.
+    completions: Arc<Completions>,
+}
+
+impl AppState {
+    /// The state one worker serves with: everything shared but the
+    /// upstream connection pool, which is the worker's own.
+    fn for_worker(&self) -> Self {
+        Self {
+            gateway: self.gateway.clone(),
+            upstream: self.upstream.with_own_pool(),
+            metrics: self.metrics.clone(),
+            in_flight: self.in_flight.clone(),
+            max_in_flight: self.max_in_flight,
+            body_read_timeout: self.body_read_timeout,
+            body_min_rate: self.body_min_rate,
+            max_head_bytes: self.max_head_bytes,
+            completions: self.completions.clone(),
+        }
+    }
 }
 
 /// A ready-to-serve sidecar: runtime, gateway, and the channel to swap it.
@@ -120,11 +143,12 @@ impl Sidecar {
             gateway: rx,
             upstream: UpstreamClient::new(),
             metrics: metrics.clone(),
-            in_flight: Semaphore::new(config.server.max_concurrent_requests),
+            in_flight: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
             max_in_flight: config.server.max_concurrent_requests,
             body_read_timeout: config.server.body_read_timeout,
             body_min_rate: config.server.body_min_bytes_per_sec,
             max_head_bytes: config.server.max_header_bytes,
+            completions: Arc::default(),
         });
         let sidecar = Self {
             runtime,
@@ -162,11 +186,6 @@ impl Sidecar {
         self.tls.is_some()
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then lets in-flight
-    /// requests finish.
-    ///
-    /// # Errors
-    /// I/O errors of the listener.
     /// Serves on `listener` until `shutdown` resolves; then stops accepting,
     /// lets in-flight requests finish for up to `[server] shutdown_grace`,
     /// and returns. Every connection gets the `[server]` limits: a request
@@ -176,8 +195,17 @@ impl Sidecar {
     /// `header_read_timeout`, and the certificate files are watched while
     /// `[reload] watch` is on.
     ///
+    /// Connections are served by `[server] workers` threads, each running
+    /// its own single-threaded event loop and accepting on the same socket
+    /// (Envoy's and nginx's layout): a request stays on the thread that
+    /// accepted its connection, with no work stealing and no cross-thread
+    /// wake-up on its path. Everything else (admin, reloads, health checks,
+    /// log shipping) stays on the caller's runtime. Dropping the returned
+    /// future stops the workers at once.
+    ///
     /// # Errors
-    /// None today: accept errors (e.g. out of file descriptors) are logged
+    /// The listener cannot be shared with the workers, or a worker thread
+    /// cannot start. Accept errors (e.g. out of file descriptors) are logged
     /// and retried, not fatal.
     pub async fn serve(
         &self,
@@ -186,7 +214,6 @@ impl Sidecar {
     ) -> anyhow::Result<()> {
         let config = self.current_config();
         let settings = config.server;
-        let app = self.router();
         // Ends with this function: the watcher serves this listener only.
         let _cert_watch = match &self.tls {
             Some(tls) if config.reload.watch => Some(AbortOnDrop(tokio::spawn(crate::tls::watch(
@@ -201,16 +228,155 @@ impl Sidecar {
             // Room for a head a little over the limit, so that the exact
             // check (431, or 414 for a URI) answers it, not hyper's buffer.
             .max_buf_size(settings.max_header_bytes.saturating_mul(2));
+        let acceptor = Acceptor {
+            app: self.router(),
+            http,
+            connections: ConnectionLimits::new(
+                settings.max_connections,
+                settings.max_connections_per_ip,
+            ),
+            metrics: self.metrics.clone(),
+            tls: self.tls.clone(),
+            handshake_timeout: settings.header_read_timeout,
+        };
         // Graceful shutdown by hand: hyper-util's watcher cannot hold a
-        // connection that may upgrade. `stop` tells connections to finish
-        // their request and close; each holds a `live` sender, so the
-        // receiver ends once the last one is gone.
-        let (stop, stopping) = watch::channel(false);
+        // connection that may upgrade. `stop` tells the workers to stop
+        // accepting and their connections to finish their request and
+        // close; each connection holds a `live` sender, so the receiver
+        // ends once the last one is gone.
         let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
-        let is_tls = self.tls.is_some();
-        let connections =
-            ConnectionLimits::new(settings.max_connections, settings.max_connections_per_ip);
-        let mut shutdown = std::pin::pin!(shutdown);
+        let workers = settings.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let listener = listener
+            .into_std()
+            .context("handing the listener to the workers")?;
+        let mut running = Workers::new();
+        for index in 0..workers {
+            let listener = listener
+                .try_clone()
+                .context("sharing the listener with a worker")?;
+            let acceptor = Acceptor {
+                app: app(Arc::new(self.state.for_worker())),
+                ..acceptor.clone()
+            };
+            running.start(index, acceptor, listener, live.clone())?;
+        }
+        drop((listener, live));
+        shutdown.await;
+        // No new connections from here; idle keep-alive ones are closed,
+        // busy ones finish their request first.
+        running.stop_accepting();
+        let finished = async {
+            let _ = all_closed.recv().await;
+            self.state.completions.idle().await;
+        };
+        tokio::select! {
+            () = finished => tracing::info!("every in-flight request finished"),
+            () = tokio::time::sleep(settings.shutdown_grace) => tracing::warn!(
+                grace = ?settings.shutdown_grace,
+                "shutdown grace period over; closing the connections still open"
+            ),
+        }
+        running.finish().await;
+        Ok(())
+    }
+}
+
+/// The worker threads of one [`Sidecar::serve`]. Dropped (the serve future
+/// cancelled, or returning), it tells them to stop at once.
+struct Workers {
+    /// `true`: stop accepting; connections finish their request and close.
+    stop: watch::Sender<bool>,
+    /// `true`: end the event loop now, dropping what is still open.
+    end: watch::Sender<bool>,
+    ended: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Workers {
+    fn new() -> Self {
+        Self {
+            stop: watch::channel(false).0,
+            end: watch::channel(false).0,
+            ended: Vec::new(),
+        }
+    }
+
+    fn start(
+        &mut self,
+        index: usize,
+        acceptor: Acceptor,
+        listener: std::net::TcpListener,
+        live: tokio::sync::mpsc::Sender<()>,
+    ) -> anyhow::Result<()> {
+        let (stopping, mut ending) = (self.stop.subscribe(), self.end.subscribe());
+        let (ended, ended_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("sidecar-worker-{index}"))
+            .spawn(move || {
+                let event_loop = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match event_loop {
+                    Ok(event_loop) => event_loop.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => acceptor.accept(listener, stopping, live).await,
+                            Err(error) => tracing::error!(%error, "worker cannot listen"),
+                        }
+                        // Its connections run on this loop: it lasts until
+                        // they are done or the grace period is over.
+                        let _ = ending.wait_for(|end| *end).await;
+                    }),
+                    Err(error) => tracing::error!(%error, "worker cannot start its event loop"),
+                }
+                let _ = ended.send(());
+            })
+            .context("starting a worker thread")?;
+        self.ended.push(ended_rx);
+        Ok(())
+    }
+
+    fn stop_accepting(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Ends the event loops and waits for the threads to be done.
+    async fn finish(mut self) {
+        self.end.send_replace(true);
+        for ended in std::mem::take(&mut self.ended) {
+            let _ = ended.await;
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+        self.end.send_replace(true);
+    }
+}
+
+/// What a worker needs to accept and serve connections.
+#[derive(Clone)]
+struct Acceptor {
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    /// Shared by all workers: the limits are the process's.
+    connections: Arc<ConnectionLimits>,
+    metrics: Arc<Metrics>,
+    tls: Option<Arc<ListenerTls>>,
+    handshake_timeout: Duration,
+}
+
+impl Acceptor {
+    /// Accepts until `stopping` turns true; each connection is served on a
+    /// task of the calling (the worker's) event loop.
+    async fn accept(
+        &self,
+        listener: TcpListener,
+        mut stopping: watch::Receiver<bool>,
+        live: tokio::sync::mpsc::Sender<()>,
+    ) {
         loop {
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -221,10 +387,10 @@ impl Sidecar {
                         continue;
                     }
                 },
-                () = &mut shutdown => break,
+                _ = stopping.wait_for(|stop| *stop) => return,
             };
             // Over a limit: closed at once, before anything is read.
-            let admitted = match connections.admit(client.ip()) {
+            let admitted = match self.connections.admit(client.ip()) {
                 Ok(admitted) => admitted,
                 Err(limit) => {
                     self.metrics.connection_refused(match limit {
@@ -238,7 +404,9 @@ impl Sidecar {
             let _ = stream.set_nodelay(true);
             let violation = Violation::default();
             let seen = violation.clone();
-            let service = app
+            let is_tls = self.tls.is_some();
+            let service = self
+                .app
                 .clone()
                 .map_request(move |mut req: http::Request<Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(client));
@@ -247,7 +415,7 @@ impl Sidecar {
                     req
                 });
             let service = TowerToHyperService::new(service);
-            let http = http.clone();
+            let http = self.http.clone();
             // Taken now, so a shutdown that starts during the handshake
             // still reaches this connection.
             let mut stopping = stopping.clone();
@@ -255,7 +423,7 @@ impl Sidecar {
             // The handshake runs in the connection's task, never here: a
             // slow or hostile client cannot hold up accepting.
             let acceptor = self.tls.as_ref().map(|tls| tls.acceptor());
-            let handshake_timeout = settings.header_read_timeout;
+            let handshake_timeout = self.handshake_timeout;
             tokio::spawn(async move {
                 let _live = live;
                 let _admitted = admitted;
@@ -297,19 +465,6 @@ impl Sidecar {
                 }
             });
         }
-        // No new connections from here; idle keep-alive ones are closed,
-        // busy ones finish their request first.
-        drop(listener);
-        let _ = stop.send(true);
-        drop(live);
-        tokio::select! {
-            _ = all_closed.recv() => tracing::info!("every in-flight request finished"),
-            () = tokio::time::sleep(settings.shutdown_grace) => tracing::warn!(
-                grace = ?settings.shutdown_grace,
-                "shutdown grace period over; closing the connections still open"
-            ),
-        }
-        Ok(())
     }
 }
 
@@ -396,6 +551,7 @@ async fn handle(
                 client,
                 tls,
                 request_id: &request_id,
+                completions: &state.completions,
             };
             crate::proxy::proxy(shared, req, &mut route)
                 .instrument(span.clone())

@@ -40,6 +40,7 @@ pub enum UpstreamError {
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, BoxBody>,
+    connector: HttpsConnector<HttpConnector>,
 }
 
 impl Default for UpstreamClient {
@@ -69,11 +70,22 @@ impl UpstreamClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        Self::pooled(connector)
+    }
+
+    /// The same settings with a connection pool of its own: a worker
+    /// thread keeps its upstream connections on its own event loop, so a
+    /// request never waits on another thread's connection task.
+    pub fn with_own_pool(&self) -> Self {
+        Self::pooled(self.connector.clone())
+    }
+
+    fn pooled(connector: HttpsConnector<HttpConnector>) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
-            .build(connector);
-        Self { client }
+            .build(connector.clone());
+        Self { client, connector }
     }
 
     /// Sends `req` and waits for the response head, within `timeout`. The

@@ -245,7 +245,8 @@ fn server_limits_have_defaults_and_errors_name_the_field() {
     let c = parse_str(&format!(
         "[server]\nmax_header_bytes = 16384\nheader_read_timeout_ms = 500\n\
          max_concurrent_requests = 8\nshutdown_grace_ms = 2000\nbody_read_timeout_ms = 700\n\
-         body_min_bytes_per_sec = 0\nmax_connections = 100\nmax_connections_per_ip = 10\n{MINIMAL}"
+         body_min_bytes_per_sec = 0\nmax_connections = 100\nmax_connections_per_ip = 10\n\
+         workers = 3\n{MINIMAL}"
     ))
     .unwrap();
     assert_eq!(
@@ -259,7 +260,15 @@ fn server_limits_have_defaults_and_errors_name_the_field() {
             body_min_bytes_per_sec: 0,
             max_connections: 100,
             max_connections_per_ip: 10,
+            workers: Some(3),
         }
+    );
+    let e = err(&format!("[server]\nworkers = 0\n{MINIMAL}"));
+    assert!(e.contains("server.workers: must be greater than 0"), "{e}");
+    let e = err(&format!("[server]\nworkers = 100000\n{MINIMAL}"));
+    assert!(
+        e.contains("server.workers: 100000 is more than 1024"),
+        "{e}"
     );
     let e = err(&format!(
         "[server]\nmax_connections = 10\nmax_connections_per_ip = 20\n{MINIMAL}"

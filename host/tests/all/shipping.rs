@@ -415,6 +415,15 @@ async fn file_sink_rotates_without_losing_lines() {
     let s = serve_with_sinks(&config).await;
     let sent = ids("file", 100);
     send_all(&s.base, &sent).await;
+    // Access lines come from completion hooks, which run after each
+    // response went out, on the worker that served it.
+    let shipped = r#"sidecar_log_lines_shipped_total{sink="file"}"#;
+    let waiting = Instant::now();
+    while metric(&s.sidecar, shipped) < sent.len() as u64
+        && waiting.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     s.shipping.shutdown(Duration::from_secs(2)).await;
 
     let mut written = Vec::new();
