@@ -32,10 +32,6 @@ use crate::message::{self, Body, BoxBody, BoxError, Completion, Exchange, Respon
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 
-/// Whether the connection a request came on is TLS (set by the listener).
-#[derive(Debug, Clone, Copy)]
-pub struct Tls(pub bool);
-
 /// What one request needs from the sidecar.
 pub struct Shared<'a> {
     pub gateway: &'a Gateway,

@@ -9,18 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
 use http::{HeaderName, HeaderValue};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::capabilities::Services;
@@ -30,7 +26,7 @@ use crate::error::SidecarError;
 use crate::framing::{StrictFraming, Violation};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::proxy::{Completions, Shared, Tls};
+use crate::proxy::{Completions, Shared};
 use crate::tls::ListenerTls;
 use crate::upstream::UpstreamClient;
 use crate::wasm::Runtime;
@@ -177,10 +173,6 @@ impl Sidecar {
         self.gateway.borrow().clone()
     }
 
-    pub fn router(&self) -> Router {
-        app(self.state.clone())
-    }
-
     /// Whether the listener speaks HTTPS (`[server.tls]`).
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
@@ -229,7 +221,7 @@ impl Sidecar {
             // check (431, or 414 for a URI) answers it, not hyper's buffer.
             .max_buf_size(settings.max_header_bytes.saturating_mul(2));
         let acceptor = Acceptor {
-            app: self.router(),
+            state: self.state.clone(),
             http,
             connections: ConnectionLimits::new(
                 settings.max_connections,
@@ -257,7 +249,7 @@ impl Sidecar {
                 .try_clone()
                 .context("sharing the listener with a worker")?;
             let acceptor = Acceptor {
-                app: app(Arc::new(self.state.for_worker())),
+                state: Arc::new(self.state.for_worker()),
                 ..acceptor.clone()
             };
             running.start(index, acceptor, listener, live.clone())?;
@@ -359,7 +351,8 @@ impl Drop for Workers {
 /// What a worker needs to accept and serve connections.
 #[derive(Clone)]
 struct Acceptor {
-    app: Router,
+    /// The worker's own (see [`AppState::for_worker`]).
+    state: Arc<AppState>,
     http: hyper::server::conn::http1::Builder,
     /// Shared by all workers: the limits are the process's.
     connections: Arc<ConnectionLimits>,
@@ -403,18 +396,24 @@ impl Acceptor {
             };
             let _ = stream.set_nodelay(true);
             let violation = Violation::default();
-            let seen = violation.clone();
-            let is_tls = self.tls.is_some();
-            let service = self
-                .app
-                .clone()
-                .map_request(move |mut req: http::Request<Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(client));
-                    req.extensions_mut().insert(Tls(is_tls));
-                    req.extensions_mut().insert(seen.clone());
-                    req
-                });
-            let service = TowerToHyperService::new(service);
+            // Called for each request of the connection, with what the
+            // connection knows (no per-request extensions to allocate).
+            let service = {
+                let connection = Connection {
+                    state: self.state.clone(),
+                    client,
+                    tls: self.tls.is_some(),
+                    violation: violation.clone(),
+                };
+                hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let connection = connection.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            handle(&connection, req.map(Body::new)).await,
+                        )
+                    }
+                })
+            };
             let http = self.http.clone();
             // Taken now, so a shutdown that starts during the handshake
             // still reaches this connection.
@@ -484,19 +483,27 @@ macro_rules! until_stopped {
 }
 use until_stopped;
 
-/// The sidecar's router: every path goes through [`handle`].
-pub fn app(state: Arc<AppState>) -> Router {
-    Router::new().fallback(handle).with_state(state)
+/// What each request of one client connection is served with.
+#[derive(Clone)]
+struct Connection {
+    state: Arc<AppState>,
+    client: SocketAddr,
+    tls: bool,
+    /// Set by the connection's framing check when a head was ambiguous.
+    violation: Violation,
 }
 
 /// Route label of requests that matched no route (or were refused first).
 const NO_ROUTE: &str = "(none)";
 
-async fn handle(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    req: http::Request<Body>,
-) -> axum::response::Response {
+async fn handle(connection: &Connection, req: http::Request<Body>) -> axum::response::Response {
+    let Connection {
+        state,
+        client,
+        tls,
+        violation,
+    } = connection;
+    let (client, tls) = (*client, *tls);
     let started = Instant::now();
     let request_id = request_id(&req);
     // Every log line of this request, the sidecar's and its policies'
@@ -509,7 +516,7 @@ async fn handle(
     // head (with `Expect: 100-continue`, once reading it asks for it).
     let (parts, body) = req.into_parts();
     // hyper's own limit is on its read buffer, not the head: exact here.
-    let head_ok = match parts.extensions.get::<Violation>().and_then(Violation::get) {
+    let head_ok = match violation.get() {
         Some(why) => Err(SidecarError::BadRequest(format!(
             "ambiguous framing: {why}"
         ))),
@@ -543,7 +550,6 @@ async fn handle(
         Err(e) => Err(e),
         Ok(Ok(_permit)) => {
             let gateway = state.gateway.borrow().clone();
-            let tls = req.extensions().get::<Tls>().is_some_and(|t| t.0);
             let shared = Shared {
                 gateway: &gateway,
                 upstream: &state.upstream,

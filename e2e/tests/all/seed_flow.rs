@@ -144,13 +144,6 @@ pub async fn profile(trio: &Trio, token: Option<&str>) -> (u16, Option<String>, 
     (resp.status().as_u16(), cache, resp.json().await.unwrap())
 }
 
-fn access_lines(logs: &MemorySink) -> Vec<sidecar::capabilities::LogRecord> {
-    logs.records()
-        .into_iter()
-        .filter(|r| r.message == "access")
-        .collect()
-}
-
 #[tokio::test]
 async fn seed_flow_login_profile_denial_cache_and_logs() {
     seed_flow(&start_trio("demo.toml").await).await;
@@ -241,7 +234,10 @@ async fn seed_flow(trio: &Trio) {
     // One access log line per request that went through the sidecar's
     // user-service route (3 logins, 5 profile reads), in order, each with
     // its request id and the status the sidecar answered.
-    let lines = access_lines(&trio.logs);
+    let lines = trio
+        .logs
+        .wait_for("access", 8, Duration::from_secs(5))
+        .await;
     let statuses: Vec<FieldValue> = lines
         .iter()
         .filter_map(|l| l.field("status").cloned())

@@ -140,12 +140,10 @@ async fn policies_before_a_failed_one_still_see_the_503_in_their_response_hook()
     let sidecar = start(&toml, &upstream).await;
     let (status, _) = get_json(&format!("{}/hostile/x", sidecar.base)).await;
     assert_eq!(status, 503);
-    let access: Vec<_> = sidecar
+    let access = sidecar
         .logs
-        .records()
-        .into_iter()
-        .filter(|r| r.message == "access")
-        .collect();
+        .wait_for("access", 1, Duration::from_secs(5))
+        .await;
     assert_eq!(access.len(), 1);
     assert_eq!(access[0].field("status"), Some(&FieldValue::Int(503)));
     assert_eq!(&*access[0].policy, "logging");

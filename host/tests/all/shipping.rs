@@ -381,7 +381,12 @@ retries = 0
         "median {median:?} against {base_median:?} without the sink"
     );
     // One batch (5 lines) hangs in flight, the queue holds 20: the rest is
-    // dropped, and counted.
+    // dropped, and counted, once every completion hook has logged.
+    let completed = r#"sidecar_policy_calls_total{policy="logging",hook="complete"}"#;
+    eventually("every completion hook ran", Duration::from_secs(10), || {
+        metric(&s.sidecar, completed) >= n as u64
+    })
+    .await;
     let dropped = metric(&s.sidecar, QUEUE_FULL);
     assert!(dropped >= (n - 5 - 20) as u64, "dropped {dropped}");
     assert_eq!(metric(&s.sidecar, SHIPPED), 0);
@@ -416,14 +421,13 @@ async fn file_sink_rotates_without_losing_lines() {
     let sent = ids("file", 100);
     send_all(&s.base, &sent).await;
     // Access lines come from completion hooks, which run after each
-    // response went out, on the worker that served it.
-    let shipped = r#"sidecar_log_lines_shipped_total{sink="file"}"#;
-    let waiting = Instant::now();
-    while metric(&s.sidecar, shipped) < sent.len() as u64
-        && waiting.elapsed() < Duration::from_secs(10)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // response went out, on the worker that served it: once they all ran,
+    // what shutdown flushes must be every line.
+    let completed = r#"sidecar_policy_calls_total{policy="logging",hook="complete"}"#;
+    eventually("every completion hook ran", Duration::from_secs(10), || {
+        metric(&s.sidecar, completed) >= sent.len() as u64
+    })
+    .await;
     s.shipping.shutdown(Duration::from_secs(2)).await;
 
     let mut written = Vec::new();

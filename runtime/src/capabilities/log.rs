@@ -155,6 +155,29 @@ impl MemorySink {
     pub fn take(&self) -> Vec<LogRecord> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
+
+    /// The records with `message`, once there are at least `n` of them (or
+    /// `within` has passed): lines logged by completion hooks arrive after
+    /// the response went out, from the thread that served it.
+    pub async fn wait_for(
+        &self,
+        message: &str,
+        n: usize,
+        within: std::time::Duration,
+    ) -> Vec<LogRecord> {
+        let waiting = std::time::Instant::now();
+        loop {
+            let found: Vec<_> = self
+                .records()
+                .into_iter()
+                .filter(|r| r.message == message)
+                .collect();
+            if found.len() >= n || waiting.elapsed() >= within {
+                return found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl LogSink for MemorySink {
