@@ -1,4 +1,5 @@
-//! The sidecar's HTTP server: accept (TLS handshake if `[server.tls]`),
+//! The sidecar's HTTP server: the worker threads (one event loop each, all
+//! accepting on the listener), accept (TLS handshake if `[server.tls]`),
 //! the `[server]` limits, load shedding, the request id and the request's
 //! span and metrics; the request path itself is [`crate::proxy`].
 
@@ -8,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-
 use axum::body::Body;
 use axum::response::IntoResponse;
 use http::{HeaderName, HeaderValue};
