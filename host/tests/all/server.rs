@@ -465,3 +465,58 @@ async fn a_head_with_bare_lf_line_ends_is_refused_with_400() {
         "the smuggled request was not forwarded: {answer}"
     );
 }
+
+#[tokio::test]
+async fn a_policy_busy_on_one_worker_does_not_hold_up_another_workers_connections() {
+    let upstream = Upstream::start().await;
+    // Two workers; the hostile policy spins in wasm until its deadline,
+    // holding its worker's thread the whole time.
+    let toml = r#"
+[server]
+workers = 2
+
+[[route]]
+name = "busy"
+prefix = "/busy"
+upstream = "{UPSTREAM}"
+policies = ["hostile"]
+
+[[route]]
+name = "free"
+prefix = "/free"
+upstream = "{UPSTREAM}"
+
+[policy.hostile]
+wasm = "{HOSTILE}"
+deadline_ms = 2000
+config = { mode = "loop" }
+"#;
+    let sidecar = crate::support::start(toml, &upstream).await;
+    let busy = {
+        let url = format!("{}/busy/x", sidecar.base);
+        tokio::spawn(async move {
+            let status = client().get(url).send().await.unwrap().status();
+            (status, Instant::now())
+        })
+    };
+    // Let the busy request reach its policy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A new connection: the spinning worker cannot accept it, the other one
+    // does and answers while the policy still spins.
+    let free = client()
+        .get(format!("{}/free/x", sidecar.base))
+        .send()
+        .await
+        .unwrap();
+    let free_answered = Instant::now();
+    assert_eq!(free.status(), 200);
+    let (busy_status, busy_answered) = busy.await.unwrap();
+    assert_eq!(
+        busy_status, 503,
+        "the spinning policy fails closed at its deadline"
+    );
+    assert!(
+        free_answered < busy_answered,
+        "the free route waited for the spinning policy's worker"
+    );
+}
