@@ -53,6 +53,9 @@ Environment:
                   "release"; "dist" adds thin LTO)
   BENCH_ONLY      comma-separated subset of the rows above (default: all),
                   e.g. BENCH_ONLY=nginx,envoy-wasm,sidecar-auth
+  BENCH_BASELINE  another build of the sidecar binary (an earlier commit's):
+                  adds the rows baseline, baseline-auth and baseline-miss,
+                  the same configs served by it, to compare in one run
   BENCH_ENVOY, BENCH_TRAEFIK                  the real binaries (set by
                                               bench-load.sh)
   BENCH_PROXY_WASM_JWT, BENCH_HTTP_WASM_JWT   the peer plugins' .wasm files
@@ -102,16 +105,26 @@ ROWS = {
     "sidecar-miss": "sidecar, logging+auth+cache, cache miss",
     "sidecar-hit": "sidecar, logging+auth+cache, cache hit",
     "sidecar-reuse": "sidecar, same, miss, instances = reuse",
+    # Only with BENCH_BASELINE: another build of the sidecar, side by side.
+    "baseline": "baseline sidecar, no policies",
+    "baseline-auth": "baseline sidecar, auth alone",
+    "baseline-miss": "baseline sidecar, logging+auth+cache, miss",
 }
-JWT_ROWS = ("envoy-wasm", "traefik-wasm", "sidecar-auth")
+BASELINE_ROWS = ("baseline", "baseline-auth", "baseline-miss")
+JWT_ROWS = ("envoy-wasm", "traefik-wasm", "sidecar-auth", "baseline-auth")
 # Rows whose requests each go to a new URL (a cache miss every time).
-UNIQUE_URL_ROWS = ("sidecar-miss", "sidecar-reuse")
+UNIQUE_URL_ROWS = ("sidecar-miss", "sidecar-reuse", "baseline-miss")
 
 procs = []
 
 
 def selected_rows():
     only = os.environ.get("BENCH_ONLY", "").strip()
+    if not os.environ.get("BENCH_BASELINE"):
+        if any(k.strip() in BASELINE_ROWS for k in only.split(",")):
+            raise SystemExit("error: BENCH_ONLY: the baseline rows need BENCH_BASELINE")
+        if not only:
+            return [k for k in ROWS if k not in BASELINE_ROWS]
     if not only:
         return list(ROWS)
     wanted = [k.strip() for k in only.split(",") if k.strip()]
@@ -664,6 +677,20 @@ def run(rows, tmp):
     for row in sidecar_rows:
         kind = sidecar_kinds[row][0]
         targets[row] = {"url": url(sidecars[kind][0]), "proc": sidecar_procs[kind]}
+    # The same configs served by the baseline binary (BENCH_BASELINE).
+    baseline_procs = {}
+    for row in [r for r in rows if r in BASELINE_ROWS]:
+        kind, policies, instances = sidecar_kinds["sidecar" + row[len("baseline"):]]
+        if kind not in baseline_procs:
+            port = free_port()
+            cfg = os.path.join(tmp, f"baseline-{kind}.toml")
+            sidecar_config(cfg, port, us_port, policies, instances)
+            p = start([os.environ["BENCH_BASELINE"], "run", "--config", cfg], cache_env,
+                      log=os.path.join(tmp, f"baseline-{kind}.log"))
+            wait_ready(url(port), token, proc=p)
+            baseline_procs[kind] = (port, p)
+        port, p = baseline_procs[kind]
+        targets[row] = {"url": url(port), "proc": p}
     time.sleep(0.5)
     idle = {kind: proc_status_kb(p.pid, "VmRSS") for kind, p in sidecar_procs.items()}
 
