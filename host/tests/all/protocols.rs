@@ -201,6 +201,11 @@ async fn grpc_unary_and_streaming_calls_pass_with_trailers_through_logging_and_a
     assert_eq!(access.len(), 4);
     for line in &access {
         assert_eq!(line.field("status"), Some(&FieldValue::Int(200)));
+        // What the logging policy read from the request: `protocol()`.
+        assert_eq!(
+            line.field("protocol"),
+            Some(&FieldValue::Str("HTTP/2".into()))
+        );
     }
 }
 
@@ -614,4 +619,52 @@ async fn an_http2_stream_whose_body_never_comes_gets_408_and_the_connection_serv
         .unwrap();
     let resp = h2.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 431);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_is_told_the_stream_limit_and_held_to_it() {
+    let upstream = Upstream::start().await;
+    let toml = "[server]\nmax_concurrent_streams = 3\nbody_read_timeout_ms = 5000\n\
+                [[route]]\nprefix = \"/api\"\nupstream = \"{UPSTREAM}\"\nrewrite = \"/\"\n";
+    let sidecar = start(toml, &upstream).await;
+    let tcp = tokio::net::TcpStream::connect(addr(&sidecar.base))
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.current_max_send_streams() != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no SETTINGS_MAX_CONCURRENT_STREAMS = 3"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Three uploads held open: a fourth stream waits for one to end.
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let req = http::Request::post(format!("{}/api/u{i}", sidecar.base))
+            .body(())
+            .unwrap();
+        let (answer, body) = client.send_request(req, false).unwrap();
+        open.push((answer, body));
+        client = client.ready().await.unwrap();
+    }
+    let fourth = http::Request::get(format!("{}/api/fourth", sidecar.base))
+        .body(())
+        .unwrap();
+    let (fourth, _) = client.send_request(fourth, true).unwrap();
+    let mut fourth = Box::pin(fourth);
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut fourth).await;
+    assert!(early.is_err(), "a fourth stream was served beside three");
+    // One upload ends: its answer comes, and the fourth stream opens.
+    let (answer, mut body) = open.pop().unwrap();
+    body.send_data(Bytes::from_static(b"done"), true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+    let fourth = tokio::time::timeout(Duration::from_secs(5), fourth)
+        .await
+        .expect("the fourth stream opens once one ends")
+        .unwrap();
+    assert_eq!(fourth.status(), 200);
 }

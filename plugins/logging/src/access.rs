@@ -17,6 +17,8 @@ pub struct Exchange<'a> {
     pub method: &'a str,
     /// Path and query (`path?query`), before redaction.
     pub path: &'a str,
+    /// `HTTP/1.1`, `HTTP/2`, … as the client spoke.
+    pub protocol: &'a str,
     /// The user a later policy vouched for ([`vouched_user`]), if any.
     pub user: Option<&'a str>,
     pub request_id: &'a str,
@@ -58,6 +60,7 @@ pub fn access_fields(cfg: &Config, x: &Exchange<'_>) -> Vec<(&'static str, Field
     let mut fields = vec![
         ("method", s(x.method)),
         ("path", FieldValue::Str(redact_path(x.path, cfg))),
+        ("protocol", s(x.protocol)),
         ("status", FieldValue::Int(i64::from(x.status))),
         (
             "duration_ms",
@@ -92,6 +95,7 @@ mod tests {
         Exchange {
             method: "GET",
             path: "/user-service/profile?token=abc&x=1",
+            protocol: "HTTP/2",
             user: Some("admin"),
             request_id: "rid-1",
             route: "users",
@@ -119,6 +123,7 @@ mod tests {
             [
                 "method",
                 "path",
+                "protocol",
                 "status",
                 "duration_ms",
                 "user",
@@ -137,6 +142,7 @@ mod tests {
                 "/user-service/profile?token=[redacted]&x=1".into()
             ))
         );
+        assert_eq!(get(&f, "protocol"), Some(&FieldValue::Str("HTTP/2".into())));
         assert_eq!(get(&f, "status"), Some(&FieldValue::Int(200)));
         assert_eq!(get(&f, "duration_ms"), Some(&FieldValue::Float(12.5)));
         assert_eq!(get(&f, "user"), Some(&FieldValue::Str("admin".into())));

@@ -98,6 +98,7 @@ impl Guest for Component {
             &Exchange {
                 method: &req.method(),
                 path: &path,
+                protocol: &req.protocol(),
                 user: user.as_deref(),
                 request_id: &req.request_id(),
                 route: &req.route(),

@@ -17,7 +17,7 @@
 //! logged by Sidecar!`) after logging its body (up to 1 MiB) with secrets
 //! redacted. `on-complete` writes the access line, from the request as sent
 //! upstream and the completion record: method, path (query redacted),
-//! status, duration_ms, user, request_id, route, client, cache, bytes,
+//! protocol, status, duration_ms, user, request_id, route, client, cache, bytes,
 //! request_bytes, response_bytes, and error when the response broke off.
 //! No header value other than those, and no other body, is ever logged.
 //!

@@ -78,6 +78,7 @@ fn logs_one_access_line_per_round_trip_with_every_field() {
         [
             "method",
             "path",
+            "protocol",
             "status",
             "duration_ms",
             "request_id",
@@ -91,6 +92,7 @@ fn logs_one_access_line_per_round_trip_with_every_field() {
     );
     assert_eq!(field(&f, "method"), Some(&s("GET")));
     assert_eq!(field(&f, "path"), Some(&s("/user-service/profile?x=1")));
+    assert_eq!(field(&f, "protocol"), Some(&s("HTTP/1.1")));
     assert_eq!(field(&f, "status"), Some(&FieldValue::Int(200)));
     // `user` comes only from a policy later in a real chain (`auth`);
     // alone on the harness, no policy sets it.
