@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use sidecar::capabilities::FieldValue;
 
-use crate::support::{Upstream, client, start};
+use crate::support::{Upstream, client, start, token};
 use crate::tls::{dir, provider, root_ca, server_leaf};
 
 // --- the Python peers --------------------------------------------------
@@ -96,16 +96,6 @@ async fn grpc(target: &str, scenario: &str, extra: &[&str]) -> serde_json::Value
     let mut args = vec![target.to_owned(), scenario.to_owned()];
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     py_client("grpc_client.py", args).await
-}
-
-fn token() -> String {
-    let claims = serde_json::json!({ "sub": "alice", "exp": 4_000_000_000u64 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(b"s3cret").unwrap(),
-    )
-    .unwrap()
 }
 
 /// gRPC paths are `/package.Service/Method`: a route per service.
@@ -497,23 +487,9 @@ tls = {{ ca = "{ca}" }}
         assert_eq!(seen["version"], "HTTP/2.0");
         assert_eq!(seen["path"], format!("/n{i}"));
     }
-    let seen: serde_json::Value = h1
-        .get(format!("{}/h1/x", sidecar.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = seen_by(&h1, &format!("{}/h1/x", sidecar.base), None).await;
     assert_eq!(seen["version"], "HTTP/1.1");
-    let seen: serde_json::Value = h1
-        .get(format!("{}/tls/x", sidecar.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = seen_by(&h1, &format!("{}/tls/x", sidecar.base), None).await;
     assert_eq!(seen["version"], "HTTP/2.0");
 
     // A client on HTTP/2 reaches an HTTP/1.1 upstream, its `:authority`
@@ -523,37 +499,28 @@ tls = {{ ca = "{ca}" }}
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    let resp = h2
-        .get(format!("{}/h1/y", sidecar.base))
-        .header("te", "trailers")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.version(), http::Version::HTTP_2);
-    let seen: serde_json::Value = resp.json().await.unwrap();
+    let url = format!("{}/h1/y", sidecar.base);
+    let seen = seen_by(&h2, &url, Some("trailers")).await;
     assert_eq!(seen["version"], "HTTP/1.1");
     assert_eq!(seen["forwarded_host"], addr(&sidecar.base));
     assert_eq!(seen["te"], "trailers");
-    let seen: serde_json::Value = h1
-        .get(format!("{}/h2c/z", sidecar.base))
-        .header("te", "gzip, trailers;q=0.5")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/h2c/z", sidecar.base);
+    let seen = seen_by(&h1, &url, Some("gzip, trailers;q=0.5")).await;
     assert_eq!(seen["te"], "trailers");
-    let seen: serde_json::Value = h1
-        .get(format!("{}/h1/z", sidecar.base))
-        .header("te", "gzip")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = seen_by(&h1, &format!("{}/h1/z", sidecar.base), Some("gzip")).await;
     assert_eq!(seen["te"], serde_json::Value::Null);
+}
+
+/// What the versioned upstream saw of a GET of `url` sent by `client`
+/// (with `te` if given).
+async fn seen_by(client: &reqwest::Client, url: &str, te: Option<&str>) -> serde_json::Value {
+    let mut req = client.get(url);
+    if let Some(te) = te {
+        req = req.header("te", te);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
 }
 
 type H2Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -667,4 +634,28 @@ async fn an_http2_client_is_told_the_stream_limit_and_held_to_it() {
         .expect("the fourth stream opens once one ends")
         .unwrap();
     assert_eq!(fourth.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_in_the_http2_preface_is_disconnected_after_the_head_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = Upstream::start().await;
+    let toml = "[server]\nheader_read_timeout_ms = 300\n\
+                [[route]]\nprefix = \"/api\"\nupstream = \"{UPSTREAM}\"\n";
+    let sidecar = start(toml, &upstream).await;
+    let mut stream = tokio::net::TcpStream::connect(addr(&sidecar.base))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Could still become HTTP/2's preface, or an HTTP/1 `PRI` request.
+    stream.write_all(b"PRI * HT").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the sidecar kept a stalled connection open");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert_eq!(upstream.hits(), 0);
 }

@@ -16,7 +16,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Upstream, client, start};
+use crate::support::{Upstream, client, start, token};
 
 /// An upstream that streams: `GET /bytes/N` sends N bytes in 64 KiB
 /// chunks, `POST /count` answers how many body bytes came, `GET /events`
@@ -205,16 +205,6 @@ upstream = "{UPSTREAM}"
 rewrite = "/"
 policies = ["tag_big"]
 "#;
-
-fn token() -> String {
-    let claims = serde_json::json!({ "sub": "alice", "exp": 4_000_000_000u64 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(b"s3cret").unwrap(),
-    )
-    .unwrap()
-}
 
 async fn sidecar() -> crate::support::Running {
     let toml = CHAIN.replace("{UPSTREAM}", &streaming_upstream().await);

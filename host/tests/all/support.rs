@@ -164,6 +164,18 @@ pub async fn serve_with_sinks(config: &sidecar::config::Config) -> Shipped {
     }
 }
 
+/// A valid HS256 token for `alice`, signed with the secret the tests give
+/// the auth policy (`s3cret`).
+pub fn token() -> String {
+    let claims = serde_json::json!({ "sub": "alice", "exp": 4_000_000_000u64 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"s3cret").unwrap(),
+    )
+    .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
