@@ -30,6 +30,11 @@
 # else target/. The table is printed and kept in target/bench-load.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Paths given relative to where the script was started from.
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  BENCH_BASELINE="$(realpath -e -- "$BENCH_BASELINE")" || { echo "error: BENCH_BASELINE: no such file" >&2; exit 1; }
+  export BENCH_BASELINE
+fi
 cd "$ROOT"
 source scripts/setup.sh
 

@@ -675,6 +675,11 @@ def main():
             if row in rows and var and not os.path.isfile(os.environ.get(var, "")):
                 raise SystemExit(f"error: {var} is not set to a file (scripts/bench-load.sh sets it)")
 
+    baseline = os.environ.get("BENCH_BASELINE")
+    if any(r in BASELINE_ROWS for r in rows) and not (
+            os.path.isfile(baseline) and os.access(baseline, os.X_OK)):
+        raise SystemExit(f"error: BENCH_BASELINE={baseline} is not an executable file")
+
     # A SIGTERM stops the run like Ctrl-C does: through the cleanup below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = tempfile.mkdtemp(prefix="bench-load-")
