@@ -40,3 +40,62 @@ install_redis_server() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
   # The package may start a system instance on 6379: the tests do not use it.
 }
+
+# The host's HTTP/2, gRPC and WebSocket tests spawn real clients and servers
+# written in Python (host/tests/clients/, grpcio and websockets pinned in its
+# requirements.txt), installed here into target/clients-venv. The tests find
+# the interpreter in one variable, exported for them:
+#   "$SIDECAR_TEST_PYTHON" host/tests/clients/grpc_server.py ...
+# It is the venv's python; without the venv module (Debian's python3-venv)
+# pip installs into target/clients-venv/site instead (pip --target), and
+# SIDECAR_TEST_PYTHON is target/clients-venv/python, a small wrapper that runs
+# python3 with that folder on PYTHONPATH. PYTHONPATH itself is not exported:
+# the other Python steps (the policies' build) must not see these packages.
+# Reinstalled only when requirements.txt or python3's version changed (a hash
+# stamp in the venv).
+install_protocol_clients() {
+  local req="$ROOT/host/tests/clients/requirements.txt"
+  local venv="$ROOT/target/clients-venv"
+  local site="$venv/site"
+  local wrapper="$venv/python"
+  local stamp="$venv/requirements.stamp"
+  if ! command -v python3 >/dev/null 2>&1; then
+    echo "error: python3 not found; the protocol tests' clients need python3 (3.11+) with venv and pip" >&2
+    echo "       (Debian/Ubuntu: apt-get install python3 python3-venv python3-pip)" >&2
+    exit 1
+  fi
+  local hash
+  hash="$({ python3 --version 2>&1; cat "$req"; } | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ] && { [ -x "$venv/bin/python" ] || [ -x "$wrapper" ]; }; then
+    echo "==> protocol test clients already installed (${venv#"$ROOT"/})"
+  else
+    echo "==> installing the protocol test clients (${req#"$ROOT"/}) into ${venv#"$ROOT"/}"
+    # From scratch: a venv made by another python3 would not run.
+    rm -rf "$venv"
+    local pip
+    if python3 -m venv "$venv" >/dev/null 2>&1; then
+      pip=("$venv/bin/python" -m pip install)
+    else
+      rm -rf "$venv"
+      echo "    (python3 -m venv is unavailable: using pip --target ${site#"$ROOT"/} instead)"
+      mkdir -p "$site"
+      pip=(python3 -m pip install --target "$site")
+    fi
+    if ! "${pip[@]}" --quiet --disable-pip-version-check -r "$req"; then
+      echo "error: could not install ${req#"$ROOT"/} with pip (grpcio and websockets need python3 3.11+)" >&2
+      echo "       (is pip installed? Debian/Ubuntu: apt-get install python3-pip python3-venv)" >&2
+      exit 1
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+      printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec python3 "$@"\n' "$site" >"$wrapper"
+      chmod +x "$wrapper"
+    fi
+    echo "$hash" >"$stamp"
+  fi
+  if [ -x "$venv/bin/python" ]; then
+    SIDECAR_TEST_PYTHON="$venv/bin/python"
+  else
+    SIDECAR_TEST_PYTHON="$wrapper"
+  fi
+  export SIDECAR_TEST_PYTHON
+}
