@@ -46,17 +46,17 @@ and with an expired one, refuse a token that is not UTF-8 and still answer
 The HTTP/2 rows are checked with curl --http2-prior-knowledge, and every
 answer must have come over HTTP/2. A failed check stops the run.
 
-For each row it reports requests/s, p50, p99, errors (non-2xx and socket
-errors; h2load: failed, i.e. non-2xx/3xx or reset, and timed-out requests;
-its p50 and p99 are computed from its per-request log, --log-file, as the
-Debian build, 1.52, has no percentile option), the proxy's CPU time per
-request (utime + stime of the whole
-process, all threads, from /proc/PID/stat, over the measured wrk run,
-divided by the requests completed; nginx: master + worker), the proxy's
-peak RSS so far (VmHWM; nginx: the worker), and the ratios to nginx (for
-the HTTP/2 rows: to nginx-h2) and to direct; then whether the targets are met (sidecar >= nginx, auth alone >= 3x
-each JWT peer, p99 within 0.5 ms of nginx's, peak RSS <= 64 MB, no errors),
-the sidecar's idle RSS, and its start-up time with a warm compile cache.
+For each row it reports requests/s, p50, p99, errors (wrk: non-2xx and
+socket errors; h2load: failed, i.e. non-2xx/3xx or reset, and timed-out
+requests), the proxy's CPU time per request (utime + stime of the whole
+process, all threads, from /proc/PID/stat, over the measured run, divided by
+the requests completed; nginx: master + worker), the proxy's peak RSS so far
+(VmHWM; nginx: the worker), and the ratios to nginx (for the HTTP/2 rows: to
+nginx-h2) and to direct; then whether the targets are met (sidecar >= nginx,
+auth alone >= 3x each JWT peer, p99 within 0.5 ms of nginx's, peak RSS <=
+64 MB, no errors), the sidecar's idle RSS, and its start-up time with a warm
+compile cache. h2load's p50 and p99 are computed from its per-request log
+(--log-file): Debian's build (1.52) has no percentile option.
 Everything it starts, it stops (also on error); every wait is bounded; it
 talks to loopback only; its temporary directory is removed.
 
