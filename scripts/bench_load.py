@@ -33,7 +33,8 @@ streams on each connection), each proxy still speaking HTTP/1.1 with
 keep-alive to user-service:
 
   nginx-h2          nginx, 1 worker, `listen ... http2` (nginx < 1.25.1) or
-                    `http2 on` (later), upstream keep-alive
+                    `http2 on` (later), upstream keep-alive, no limit on
+                    requests per connection (h2load does not reconnect)
   sidecar-h2        the sidecar, no policies (its own process)
   sidecar-auth-h2   the sidecar, the auth policy alone (its own process)
 
