@@ -156,6 +156,12 @@ pub struct ServerSettings {
     /// Threads serving connections, each with its own event loop (as
     /// Envoy's `--concurrency`); `None`: one per CPU the process may use.
     pub workers: Option<usize>,
+    /// Whether clients may speak HTTP/2: with prior knowledge on a
+    /// cleartext listener (h2c), or by ALPN `h2` with `[server.tls]`.
+    pub http2: bool,
+    /// HTTP/2 streams one connection may have open at once (the
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` the sidecar announces).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerSettings {
@@ -173,6 +179,9 @@ impl Default for ServerSettings {
             // the total still leaves room for everyone else.
             max_connections_per_ip: 2_500,
             workers: None,
+            http2: true,
+            // nginx's and the HTTP/2 RFC's recommended floor.
+            max_concurrent_streams: 128,
         }
     }
 }
@@ -308,6 +317,8 @@ struct RawServer {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     workers: Option<usize>,
+    http2: Option<bool>,
+    max_concurrent_streams: Option<u32>,
     tls: Option<RawListenerTls>,
 }
 
@@ -475,6 +486,12 @@ fn validate(
         )?
         .unwrap_or(server_defaults.max_connections_per_ip),
         workers: positive("server.workers", raw.server.workers)?,
+        http2: raw.server.http2.unwrap_or(server_defaults.http2),
+        max_concurrent_streams: positive(
+            "server.max_concurrent_streams",
+            raw.server.max_concurrent_streams,
+        )?
+        .unwrap_or(server_defaults.max_concurrent_streams),
     };
     if let Some(n) = server.workers.filter(|&n| n > MAX_WORKERS) {
         bail!("server.workers: {n} is more than {MAX_WORKERS}");
@@ -953,7 +970,14 @@ fn parse_upstream_like(s: &str, with_path: bool) -> anyhow::Result<Uri> {
     let uri: Uri = s.parse().map_err(|e| anyhow!("`{s}` is not a URL ({e})"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        Some(other) => bail!("`{s}`: scheme `{other}` is not supported (use http or https)"),
+        // Cleartext HTTP/2 (prior knowledge), Traefik's spelling.
+        Some("h2c") if !with_path => {}
+        Some(other) if with_path => {
+            bail!("`{s}`: scheme `{other}` is not supported (use http or https)")
+        }
+        Some(other) => {
+            bail!("`{s}`: scheme `{other}` is not supported (use http, https or h2c)")
+        }
         None => bail!("`{s}` needs a scheme, like http://127.0.0.1:3002"),
     }
     if uri.authority().is_none() {

@@ -101,6 +101,16 @@ pub fn check_path(path: &str) -> Result<(), SidecarError> {
     Ok(())
 }
 
+/// Whether a `te` header lists `trailers`.
+fn takes_trailers(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|t| {
+            let coding = t.split(|&b| b == b';').next().unwrap_or_default();
+            coding.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        })
+    })
+}
+
 /// The upgrade a client asks for (`connection: upgrade` and `upgrade: X`).
 fn upgrade_of(headers: &http::HeaderMap) -> Option<HeaderValue> {
     let asked = headers.get_all(header::CONNECTION).iter().any(|v| {
@@ -115,6 +125,9 @@ fn upgrade_of(headers: &http::HeaderMap) -> Option<HeaderValue> {
 
 /// The request head as policies see it: path as routed and checked, query
 /// apart, end-to-end headers (with the request id the sidecar settled on).
+/// Two hop-specific things carry on: `te: trailers` (the sidecar passes
+/// trailers on, and gRPC servers want to know the caller takes them), and
+/// an HTTP/2 request's `:authority` as `host`, as HTTP/1.1 would send it.
 pub fn request_head(
     parts: http::request::Parts,
     route: &Arc<str>,
@@ -123,9 +136,20 @@ pub fn request_head(
     tls: bool,
 ) -> RequestHead {
     let upgrade = upgrade_of(&parts.headers);
+    let trailers = takes_trailers(&parts.headers);
     let mut headers = message::end_to_end(parts.headers);
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if parts.version >= http::Version::HTTP_2
+        && !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
     }
     RequestHead {
         method: parts.method,

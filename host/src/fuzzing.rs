@@ -343,8 +343,13 @@ fn end_to_end(pairs: &[(HeaderName, HeaderValue)]) -> Grouped {
 }
 
 /// No hop-by-hop header, except `connection: upgrade` and `upgrade: X`
-/// when `upgrade` is `Some(X)`.
-fn check_hop_by_hop(headers: &HeaderMap, upgrade: Option<&HeaderValue>, what: &str) {
+/// when `upgrade` is `Some(X)`, and `te: trailers` when `trailers`.
+fn check_hop_by_hop(
+    headers: &HeaderMap,
+    upgrade: Option<&HeaderValue>,
+    trailers: bool,
+    what: &str,
+) {
     for name in HOP_BY_HOP {
         let got: Vec<&[u8]> = headers
             .get_all(name)
@@ -354,6 +359,7 @@ fn check_hop_by_hop(headers: &HeaderMap, upgrade: Option<&HeaderValue>, what: &s
         let allowed: Vec<&[u8]> = match (name, upgrade) {
             ("connection", Some(_)) => vec![b"upgrade"],
             ("upgrade", Some(u)) => vec![u.as_bytes()],
+            ("te", _) if trailers => vec![b"trailers"],
             _ => vec![],
         };
         assert_eq!(got, allowed, "{name} on the way to the {what}");
@@ -510,6 +516,18 @@ pub fn request_roundtrip(data: &[u8]) {
     assert_eq!(head.tls, tls);
     let mut expected = end_to_end(&pairs);
     expected.insert("x-request-id".into(), vec![REQUEST_ID.as_bytes().to_vec()]);
+    // `te: trailers` carries on (gRPC needs it), whatever else `te` said.
+    let trailers = pairs.iter().any(|(n, v)| {
+        n == header::TE
+            && v.as_bytes().split(|&b| b == b',').any(|t| {
+                t.split(|&b| b == b';')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+            })
+    });
+    if trailers {
+        expected.insert("te".into(), vec![b"trailers".to_vec()]);
+    }
     assert_eq!(
         group_map(&head.headers),
         expected,
@@ -640,7 +658,11 @@ fn check_to_upstream(head: &RequestHead, body: &[u8], prefix: &str, rewrite: Opt
     );
     check_rewrite(&path, prefix, rewrite, sent);
 
-    check_hop_by_hop(out.headers(), head.upgrade.as_ref(), "upstream");
+    let trailers = head
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| v == "trailers");
+    check_hop_by_hop(out.headers(), head.upgrade.as_ref(), trailers, "upstream");
     let mut expected = group_map(&head.headers);
     // x-forwarded-host says the client's Host, or is not sent at all.
     match expected.remove("host") {
@@ -783,7 +805,7 @@ fn check_to_client(head: &ResponseHead, upgrade: Option<HeaderValue>, body: &[u8
         axum::body::Body::from(body.to_vec()),
     );
     assert_eq!(out.status(), head.status);
-    check_hop_by_hop(out.headers(), upgrade.as_ref(), "client");
+    check_hop_by_hop(out.headers(), upgrade.as_ref(), false, "client");
     let mut expected = group_map(&head.headers);
     if let Some(upgrade) = &upgrade {
         expected.insert("connection".into(), vec![b"upgrade".to_vec()]);

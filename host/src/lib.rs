@@ -4,6 +4,7 @@
 //! Layout, in the order a request meets it:
 //! - [`server`]: accept, limits, load shedding, the request's span;
 //! - [`connections`]: how many client connections, in all and per address;
+//! - `detect`: HTTP/1.1 or HTTP/2, by ALPN or the client's first bytes;
 //! - [`framing`]: strict HTTP/1 framing on the client's connection;
 //! - [`proxy`]: the request path top to bottom, bodies streamed;
 //! - [`chain`]: a route's policies, request hooks in order, response hooks in
@@ -15,6 +16,7 @@
 //! - [`tls`]: rustls on the listener (certificate reloaded on change) and to
 //!   `https://` upstreams;
 //! - [`error`]: the one place errors become HTTP responses;
+//! - [`grpc`]: the sidecar's own answers to gRPC calls, in gRPC's terms;
 //! - [`config`]: the TOML config, validated with errors that name file and field;
 //! - [`gateway`]: config + runtime → the routes and chains that serve requests;
 //! - [`reload`], [`admin`]: drop-in policies (file watcher, SIGHUP, `POST /reload`)
@@ -30,11 +32,13 @@ pub mod chain;
 pub mod config;
 pub mod connections;
 pub mod convert;
+mod detect;
 pub mod error;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod grpc;
 pub mod metrics;
 pub mod policy_cli;
 pub mod proxy;

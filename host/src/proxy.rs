@@ -113,7 +113,12 @@ pub async fn proxy(
     let (parts, body) = req.into_parts();
     let completes = route.chain.policies().iter().any(|p| p.hooks().on_complete);
     let received = Arc::new(AtomicU64::new(0));
-    let body = BoxBody::new(body.map_err(BoxError::from));
+    let mut body = BoxBody::new(body.map_err(BoxError::from));
+    if parts.version >= http::Version::HTTP_2 && crate::grpc::is_grpc(&parts.headers) {
+        // Not paced by the server (a gRPC client may be silent a while):
+        // a silence as long as the route's timeout still ends it.
+        body = message::idle_timeout(body, route.timeout);
+    }
     let body = if completes {
         BoxBody::new(Counted {
             inner: body,
@@ -131,7 +136,8 @@ pub async fn proxy(
     // Upstream, unless a policy already answered. Its failures become
     // responses that the response hooks still see.
     let mut upstream_upgrade = None;
-    if exchange.response.is_none() {
+    let mut answered_here = exchange.response.is_some();
+    if !answered_here {
         let answer = match forward(&cx, route, &mut exchange).await {
             Ok((answer, upgrade)) => {
                 upstream_upgrade = upgrade;
@@ -142,6 +148,7 @@ pub async fn proxy(
                 if let SidecarError::Upstream(e) = &error {
                     cx.metrics.upstream_error(&route.name, e);
                 }
+                answered_here = true;
                 error.to_policy_response()
             }
         };
@@ -183,8 +190,16 @@ pub async fn proxy(
     if let Some((client, upstream)) = tunnel {
         tokio::spawn(tunnel_bytes(client, upstream).instrument(tracing::Span::current()));
     }
-    Ok(convert::response_to_http(head, upgrade, body))
+    let mut out = convert::response_to_http(head, upgrade, body);
+    if answered_here {
+        out.extensions_mut().insert(AnsweredHere);
+    }
+    Ok(out)
 }
+
+/// Marks a response that a policy or the sidecar made, not the upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct AnsweredHere;
 
 /// Sends the exchange's request upstream (balancing, retries) and returns
 /// the response head with its body still streaming, and for a 101 what the

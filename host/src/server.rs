@@ -1,5 +1,6 @@
 //! The sidecar's HTTP server: the worker threads (one event loop each, all
 //! accepting on the listener), accept (TLS handshake if `[server.tls]`),
+//! HTTP/1.1 or HTTP/2 per connection (ALPN, or the client's first bytes),
 //! the `[server]` limits, load shedding, the request id and the request's
 //! span and metrics; the request path itself is [`crate::proxy`].
 
@@ -11,10 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::body::Body;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
@@ -22,11 +24,12 @@ use tracing::Instrument as _;
 use crate::capabilities::Services;
 use crate::config::Config;
 use crate::connections::{ConnectionLimits, Refused};
+use crate::detect::{Prefixed, Protocol};
 use crate::error::SidecarError;
 use crate::framing::{StrictFraming, Violation};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::proxy::{Completions, Shared};
+use crate::proxy::{AnsweredHere, Completions, Shared};
 use crate::tls::ListenerTls;
 use crate::upstream::UpstreamClient;
 use crate::wasm::Runtime;
@@ -122,7 +125,7 @@ impl Sidecar {
         let tls = config
             .tls
             .as_ref()
-            .map(|t| ListenerTls::load(t, &config.source).map(Arc::new))
+            .map(|t| ListenerTls::load(t, config.server.http2, &config.source).map(Arc::new))
             .transpose()?;
         let runtime = Runtime::with_compile_cache(
             config.engine,
@@ -214,15 +217,34 @@ impl Sidecar {
             )))),
             _ => None,
         };
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
             // Room for a head a little over the limit, so that the exact
             // check (431, or 414 for a URI) answers it, not hyper's buffer.
             .max_buf_size(settings.max_header_bytes.saturating_mul(2));
+        let http2 = settings.http2.then(|| {
+            let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            http2
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(settings.max_concurrent_streams)
+                // As for HTTP/1: room over the limit for the exact check.
+                .max_header_list_size(
+                    u32::try_from(settings.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+                )
+                // A peer gone without a word is found by a ping.
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(20));
+            http2
+        });
         let acceptor = Acceptor {
             state: self.state.clone(),
-            http,
+            http: Http {
+                http1,
+                http2,
+                detect_timeout: settings.header_read_timeout,
+            },
             connections: ConnectionLimits::new(
                 settings.max_connections,
                 settings.max_connections_per_ip,
@@ -353,7 +375,7 @@ impl Drop for Workers {
 struct Acceptor {
     /// The worker's own (see [`AppState::for_worker`]).
     state: Arc<AppState>,
-    http: hyper::server::conn::http1::Builder,
+    http: Http,
     /// Shared by all workers: the limits are the process's.
     connections: Arc<ConnectionLimits>,
     metrics: Arc<Metrics>,
@@ -395,24 +417,11 @@ impl Acceptor {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let violation = Violation::default();
-            // Called for each request of the connection, with what the
-            // connection knows (no per-request extensions to allocate).
-            let service = {
-                let connection = Connection {
-                    state: self.state.clone(),
-                    client,
-                    tls: self.tls.is_some(),
-                    violation: violation.clone(),
-                };
-                hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let connection = connection.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            handle(&connection, req.map(Body::new)).await,
-                        )
-                    }
-                })
+            let connection = Connection {
+                state: self.state.clone(),
+                client,
+                tls: self.tls.is_some(),
+                violation: Violation::default(),
             };
             let http = self.http.clone();
             // Taken now, so a shutdown that starts during the handshake
@@ -426,43 +435,90 @@ impl Acceptor {
             tokio::spawn(async move {
                 let _live = live;
                 let _admitted = admitted;
-                let served = match acceptor {
-                    None => {
-                        let conn = http
-                            .serve_connection(
-                                TokioIo::new(StrictFraming::new(stream, violation)),
-                                service,
-                            )
-                            .with_upgrades();
-                        until_stopped!(conn, stopping)
-                    }
+                match acceptor {
+                    None => http.serve(stream, false, connection, &mut stopping).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                         {
                             Ok(Ok(stream)) => {
-                                let conn = http
-                                    .serve_connection(
-                                        TokioIo::new(StrictFraming::new(stream, violation)),
-                                        service,
-                                    )
-                                    .with_upgrades();
-                                until_stopped!(conn, stopping)
+                                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                http.serve(stream, h2, connection, &mut stopping).await;
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%client, %error, "TLS handshake failed");
-                                return;
                             }
                             Err(_) => {
                                 tracing::debug!(%client, "TLS handshake not done in time");
-                                return;
                             }
                         }
                     }
-                };
-                if let Err(error) = served {
-                    tracing::debug!(%client, %error, "connection closed with an error");
                 }
             });
+        }
+    }
+}
+
+/// The HTTP/1.1 and HTTP/2 servers a connection may be served by.
+#[derive(Clone)]
+struct Http {
+    http1: hyper::server::conn::http1::Builder,
+    /// `None`: `[server] http2 = false`.
+    http2: Option<hyper::server::conn::http2::Builder<TokioExecutor>>,
+    /// How long a cleartext client may take to show which it speaks.
+    detect_timeout: Duration,
+}
+
+impl Http {
+    /// Serves one client connection with the protocol it speaks (`h2`:
+    /// ALPN chose HTTP/2) until it closes, or until `stopping` says to shut
+    /// down: then the request in progress (HTTP/2: the streams open) may
+    /// finish first.
+    async fn serve<S>(
+        &self,
+        mut stream: S,
+        h2: bool,
+        connection: Connection,
+        stopping: &mut watch::Receiver<bool>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let client = connection.client;
+        let (protocol, prefix) = match &self.http2 {
+            Some(_) if h2 => (Protocol::Http2, Bytes::new()),
+            Some(_) => match crate::detect::sniff(&mut stream, self.detect_timeout).await {
+                Ok(sniffed) => sniffed,
+                Err(error) => {
+                    tracing::debug!(%client, %error, "connection closed before a request");
+                    return;
+                }
+            },
+            None => (Protocol::Http1, Bytes::new()),
+        };
+        let stream = Prefixed::new(prefix, stream);
+        let violation = connection.violation.clone();
+        // Called for each request (HTTP/2: each stream) of the connection,
+        // with what the connection knows: no per-request extensions.
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let connection = connection.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(handle(&connection, req.map(Body::new)).await)
+            }
+        });
+        let served = match (protocol, &self.http2) {
+            (Protocol::Http2, Some(http2)) => {
+                let conn = http2.serve_connection(TokioIo::new(stream), service);
+                until_stopped!(conn, stopping)
+            }
+            _ => {
+                let conn = self
+                    .http1
+                    .serve_connection(TokioIo::new(StrictFraming::new(stream, violation)), service)
+                    .with_upgrades();
+                until_stopped!(conn, stopping)
+            }
+        };
+        if let Err(error) = served {
+            tracing::debug!(%client, %error, "connection closed with an error");
         }
     }
 }
@@ -515,6 +571,8 @@ async fn handle(connection: &Connection, req: http::Request<Body>) -> axum::resp
     // a timer, holding no slot. HTTP/1 clients send the body right after the
     // head (with `Expect: 100-continue`, once reading it asks for it).
     let (parts, body) = req.into_parts();
+    let grpc = crate::grpc::is_grpc(&parts.headers);
+    let http1 = parts.version < http::Version::HTTP_2;
     // hyper's own limit is on its read buffer, not the head: exact here.
     let head_ok = match violation.get() {
         Some(why) => Err(SidecarError::BadRequest(format!(
@@ -529,6 +587,11 @@ async fn handle(connection: &Connection, req: http::Request<Body>) -> axum::resp
         Err(e) => (body, Err(e)),
         // No body (most GETs): nothing to pace.
         Ok(()) if http_body::Body::is_end_stream(&body) => (body, Ok(())),
+        // A gRPC stream's client may rightly stay silent (a bidirectional
+        // call where the service speaks first, a subscription): no wait for
+        // its first message, no pace; the route's timeout bounds its
+        // silences instead, as it bounds the answer's (see `proxy`).
+        Ok(()) if grpc && !http1 => (body, Ok(())),
         Ok(()) => {
             let mut paced = crate::message::paced(
                 crate::message::BoxBody::new(body.map_err(crate::message::BoxError::from)),
@@ -567,19 +630,26 @@ async fn handle(connection: &Connection, req: http::Request<Body>) -> axum::resp
             limit: state.max_in_flight,
         }),
     };
-    let mut resp = match result {
-        Ok(resp) => resp,
+    let (mut resp, answered_here) = match result {
+        Ok(resp) => {
+            let here = resp.extensions().get::<AnsweredHere>().is_some();
+            (resp, here)
+        }
         Err(error) => {
             span.in_scope(|| tracing::warn!(%error, "request refused"));
-            error.into_response()
+            (error.into_response(), true)
         }
     };
+    if grpc && answered_here {
+        resp = crate::grpc::answer(resp).await;
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
-    if close || resp.status() == http::StatusCode::REQUEST_TIMEOUT {
+    if http1 && (close || resp.status() == http::StatusCode::REQUEST_TIMEOUT) {
         // The rest of a body that stalled cannot be told from the next
-        // request: the connection ends with this answer.
+        // request: the connection ends with this answer. (An HTTP/2 stream
+        // ends alone: its frames say where it stops.)
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -39,6 +39,8 @@ pub struct ListenerTls {
     /// `sidecar.toml: server.tls`, the start of every message.
     field: String,
     current: RwLock<Arc<ServerConfig>>,
+    /// `[server] http2`: whether ALPN offers `h2`.
+    http2: bool,
     /// The files as they were when `current` was read.
     loaded: Mutex<Fingerprint>,
 }
@@ -58,10 +60,10 @@ impl ListenerTls {
     /// A message naming `source` (the config file), the field and the PEM
     /// file: unreadable, not PEM, no certificate or key in it, or a key that
     /// does not belong to the certificate.
-    pub fn load(settings: &ServerTls, source: &Path) -> anyhow::Result<Self> {
+    pub fn load(settings: &ServerTls, http2: bool, source: &Path) -> anyhow::Result<Self> {
         let field = format!("{}: server.tls", source.display());
         let print = fingerprint(&files(settings));
-        let config = server_config(settings, &field)?;
+        let config = server_config(settings, http2, &field)?;
         tracing::info!(
             cert = %settings.cert.display(),
             client_certificates = if settings.client_ca.is_some() { "required" } else { "not asked for" },
@@ -71,6 +73,7 @@ impl ListenerTls {
             settings: settings.clone(),
             field,
             current: RwLock::new(Arc::new(config)),
+            http2,
             loaded: Mutex::new(print),
         })
     }
@@ -100,7 +103,7 @@ impl ListenerTls {
     /// `print` is taken before the files are read, so a change made while
     /// reading is seen as a change on the next look.
     fn reload(&self, print: Fingerprint) -> anyhow::Result<()> {
-        let config = server_config(&self.settings, &self.field)?;
+        let config = server_config(&self.settings, self.http2, &self.field)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = print;
         tracing::info!(
@@ -153,12 +156,17 @@ fn files(settings: &ServerTls) -> Vec<PathBuf> {
     .collect()
 }
 
-/// The listener's rustls config: HTTP/1.1 over ALPN, and client
-/// certificates required if `client_ca` is set. `field` starts messages.
+/// The listener's rustls config: ALPN `h2` (if `http2`) and `http/1.1`,
+/// and client certificates required if `client_ca` is set. `field` starts
+/// messages.
 ///
 /// # Errors
 /// As [`ListenerTls::load`].
-pub fn server_config(settings: &ServerTls, field: &str) -> anyhow::Result<ServerConfig> {
+pub fn server_config(
+    settings: &ServerTls,
+    http2: bool,
+    field: &str,
+) -> anyhow::Result<ServerConfig> {
     let chain = read_certs(&settings.cert, &format!("{field}.cert"))?;
     let key = read_key(&settings.key, &format!("{field}.key"))?;
     let provider = provider();
@@ -183,7 +191,11 @@ pub fn server_config(settings: &ServerTls, field: &str) -> anyhow::Result<Server
             settings.cert.display()
         )
     })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 

@@ -1,6 +1,9 @@
 //! The HTTP client to the services behind the sidecar: one pooled,
 //! keep-alive client for all routes (plus one per route with `[route.tls]`),
-//! speaking `http://` and `https://`.
+//! speaking `http://` (HTTP/1.1), `https://` (HTTP/2 when the upstream's
+//! ALPN agrees, else HTTP/1.1) and `h2c://` (cleartext HTTP/2 with prior
+//! knowledge). HTTP/2 connections are multiplexed: one per upstream and
+//! worker carries every request in flight to it.
 
 use std::time::Duration;
 
@@ -8,7 +11,7 @@ use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::message::BoxBody;
 
@@ -39,8 +42,21 @@ pub enum UpstreamError {
 /// A pooled client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
+    /// `http://` and `https://` (ALPN offers `h2` and `http/1.1`).
     client: Client<HttpsConnector<HttpConnector>, BoxBody>,
-    connector: HttpsConnector<HttpConnector>,
+    /// Requests that ask for an upgrade (a WebSocket): a 101 exists only
+    /// in HTTP/1.1, so TLS offers `http/1.1` alone.
+    http1: Client<HttpsConnector<HttpConnector>, BoxBody>,
+    /// `h2c://`: HTTP/2 from the first byte.
+    h2c: Client<HttpConnector, BoxBody>,
+    connectors: Connectors,
+}
+
+#[derive(Clone, Debug)]
+struct Connectors {
+    any: HttpsConnector<HttpConnector>,
+    http1: HttpsConnector<HttpConnector>,
+    plain: HttpConnector,
 }
 
 impl Default for UpstreamClient {
@@ -60,32 +76,47 @@ impl UpstreamClient {
     /// 1.3, a client certificate the upstream refuses shows only at the first
     /// read: [`UpstreamError::Unavailable`]).
     pub fn with_tls(tls: rustls::ClientConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let mut plain = HttpConnector::new();
+        plain.set_nodelay(true);
+        plain.set_connect_timeout(Some(Duration::from_secs(5)));
         // The https connector decides by scheme; plain http must pass too.
-        http.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
+        plain.enforce_http(false);
+        let any = HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(plain.clone());
+        let http1 = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
-        Self::pooled(connector)
+            .wrap_connector(plain.clone());
+        Self::pooled(Connectors { any, http1, plain })
     }
 
-    /// The same settings with a connection pool of its own: a worker
-    /// thread keeps its upstream connections on its own event loop, so a
-    /// request never waits on another thread's connection task.
+    /// The same settings with connection pools of its own: a worker thread
+    /// keeps its upstream connections on its own event loop, so a request
+    /// never waits on another thread's connection task.
     pub fn with_own_pool(&self) -> Self {
-        Self::pooled(self.connector.clone())
+        Self::pooled(self.connectors.clone())
     }
 
-    fn pooled(connector: HttpsConnector<HttpConnector>) -> Self {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector.clone());
-        Self { client, connector }
+    fn pooled(connectors: Connectors) -> Self {
+        let builder = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new());
+            builder
+        };
+        Self {
+            client: builder().build(connectors.any.clone()),
+            http1: builder().build(connectors.http1.clone()),
+            h2c: builder().http2_only(true).build(connectors.plain.clone()),
+            connectors,
+        }
     }
 
     /// Sends `req` and waits for the response head, within `timeout`. The
@@ -99,7 +130,16 @@ impl UpstreamClient {
         timeout: Duration,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let exchange = async {
-            self.client.request(req).await.map_err(|e| {
+            let sent = if req.uri().scheme_str() == Some("h2c") {
+                let mut req = req;
+                *req.uri_mut() = with_scheme(req.uri(), http::uri::Scheme::HTTP);
+                self.h2c.request(req).await
+            } else if req.headers().contains_key(http::header::UPGRADE) {
+                self.http1.request(req).await
+            } else {
+                self.client.request(req).await
+            };
+            sent.map_err(|e| {
                 // The whole chain: the client's own message is only
                 // "client error (Connect)"; the cause (refused, a TLS
                 // alert, an unknown issuer) is in its sources.
@@ -118,6 +158,13 @@ impl UpstreamClient {
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))?
     }
+}
+
+/// `uri` with another scheme.
+fn with_scheme(uri: &http::Uri, scheme: http::uri::Scheme) -> http::Uri {
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(scheme);
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// `e` and its sources, `: `-separated, each said once.

@@ -64,6 +64,14 @@ fn errors_name_the_file_and_the_field() {
 
     let e = err("[[route]]\nprefix = \"/\"\nupstream = \"ftp://h\"\n");
     assert!(e.contains("route[0].upstream"), "{e}");
+    assert!(e.contains("(use http, https or h2c)"), "{e}");
+    let c = parse_str("[[route]]\nprefix = \"/\"\nupstream = \"h2c://grpc:50051\"\n").unwrap();
+    assert_eq!(c.routes[0].upstreams[0].to_string(), "h2c://grpc:50051/");
+    // A log collector is HTTP/1.1 or HTTPS only.
+    let e = err(&format!(
+        "{MINIMAL}[[log.sink]]\ntype = \"http\"\nurl = \"h2c://x/logs\"\n"
+    ));
+    assert!(e.contains("(use http or https)"), "{e}");
 
     let e = err("[[route]]\nprefix = \"/a\"\npolicies = [\"ghost\"]\n");
     assert!(
@@ -246,7 +254,7 @@ fn server_limits_have_defaults_and_errors_name_the_field() {
         "[server]\nmax_header_bytes = 16384\nheader_read_timeout_ms = 500\n\
          max_concurrent_requests = 8\nshutdown_grace_ms = 2000\nbody_read_timeout_ms = 700\n\
          body_min_bytes_per_sec = 0\nmax_connections = 100\nmax_connections_per_ip = 10\n\
-         workers = 3\n{MINIMAL}"
+         workers = 3\nhttp2 = false\nmax_concurrent_streams = 16\n{MINIMAL}"
     ))
     .unwrap();
     assert_eq!(
@@ -261,8 +269,17 @@ fn server_limits_have_defaults_and_errors_name_the_field() {
             max_connections: 100,
             max_connections_per_ip: 10,
             workers: Some(3),
+            http2: false,
+            max_concurrent_streams: 16,
         }
     );
+    let e = err(&format!("[server]\nmax_concurrent_streams = 0\n{MINIMAL}"));
+    assert!(
+        e.contains("server.max_concurrent_streams: must be greater than 0"),
+        "{e}"
+    );
+    let e = err(&format!("[server]\nhttp2 = \"yes\"\n{MINIMAL}"));
+    assert!(e.contains("http2"), "{e}");
     let e = err(&format!("[server]\nworkers = 0\n{MINIMAL}"));
     assert!(e.contains("server.workers: must be greater than 0"), "{e}");
     let e = err(&format!("[server]\nworkers = 100000\n{MINIMAL}"));

@@ -56,17 +56,23 @@ fn listener(dir: &Path) -> ServerTls {
 fn server_err(settings: &ServerTls) -> String {
     format!(
         "{:#}",
-        server_config(settings, "sidecar.toml: server.tls").unwrap_err()
+        server_config(settings, true, "sidecar.toml: server.tls").unwrap_err()
     )
 }
 
 #[test]
-fn a_valid_pair_loads_and_offers_http1_over_alpn() {
+fn a_valid_pair_loads_and_offers_h2_then_http1_over_alpn() {
     let dir = dir("valid");
     let ca = ca();
     let (cert, key) = leaf(&ca);
     write(&dir, &[("cert.pem", &cert), ("key.pem", &key)]);
-    let config = server_config(&listener(&dir), "sidecar.toml: server.tls").unwrap();
+    let config = server_config(&listener(&dir), true, "sidecar.toml: server.tls").unwrap();
+    assert_eq!(
+        config.alpn_protocols,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+    // `[server] http2 = false`: HTTP/1.1 alone.
+    let config = server_config(&listener(&dir), false, "sidecar.toml: server.tls").unwrap();
     assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
 
     write(&dir, &[("ca.pem", &ca.pem())]);
@@ -74,7 +80,7 @@ fn a_valid_pair_loads_and_offers_http1_over_alpn() {
         client_ca: Some(dir.join("ca.pem")),
         ..listener(&dir)
     };
-    assert!(server_config(&mutual, "sidecar.toml: server.tls").is_ok());
+    assert!(server_config(&mutual, true, "sidecar.toml: server.tls").is_ok());
 }
 
 #[test]
@@ -230,7 +236,7 @@ fn a_broken_replacement_keeps_the_old_certificate_and_a_good_one_replaces_it() {
     let ca = ca();
     let (cert, key) = leaf(&ca);
     write(&dir, &[("cert.pem", &cert), ("key.pem", &key)]);
-    let tls = ListenerTls::load(&listener(&dir), Path::new("sidecar.toml")).unwrap();
+    let tls = ListenerTls::load(&listener(&dir), true, Path::new("sidecar.toml")).unwrap();
     let serving = || tls.current.read().unwrap().clone();
     let first = serving();
     assert!(!tls.reload_if_changed().unwrap(), "nothing changed");

@@ -9,6 +9,7 @@ mod large_policies;
 mod limits;
 mod loading;
 mod logs;
+mod protocols;
 mod proxy;
 mod redis;
 mod reload;

@@ -23,10 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{self, Upstream};
 
-type Ca = CertifiedIssuer<'static, KeyPair>;
+pub(crate) type Ca = CertifiedIssuer<'static, KeyPair>;
 
 /// A folder of its own per test, emptied first.
-fn dir(name: &str) -> PathBuf {
+pub(crate) fn dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sidecar-tls-it-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -41,7 +41,7 @@ fn ca_params(name: &str) -> CertificateParams {
     params
 }
 
-fn root_ca(name: &str) -> Ca {
+pub(crate) fn root_ca(name: &str) -> Ca {
     CertifiedIssuer::self_signed(ca_params(name), KeyPair::generate().unwrap()).unwrap()
 }
 
@@ -62,7 +62,7 @@ fn leaf(names: &[&str], usage: ExtendedKeyUsagePurpose, issuer: &Ca) -> (Certifi
     (cert, key)
 }
 
-fn server_leaf(issuer: &Ca) -> (Certificate, KeyPair) {
+pub(crate) fn server_leaf(issuer: &Ca) -> (Certificate, KeyPair) {
     leaf(
         &["localhost", "127.0.0.1"],
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -76,7 +76,7 @@ fn roots(ca: &Ca) -> RootCertStore {
     roots
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
