@@ -1,11 +1,17 @@
 //! The policy's config, parsed and validated once per `configure` call.
 
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::keys::{self, PublicKey};
 
 /// Validated auth config. Fields are documented in the crate overview.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub secret: Vec<u8>,
+    /// The HS256 key; HS256 tokens are verified with it and nothing else.
+    pub secret: Option<Vec<u8>>,
+    /// Public keys from `jwks`, each with its one algorithm.
+    pub keys: Vec<PublicKey>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway_secs: u64,
@@ -16,12 +22,15 @@ pub struct Config {
     pub max_token_bytes: usize,
 }
 
-// `secret` is optional here only so that its absence gets our own message
-// ("secret: required...") instead of serde's generic one.
+// `secret` is optional here so that its absence gets our own message
+// ("secret: required...") instead of serde's generic one; `jwks` is read
+// as JSON so that its errors can name the key and member.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     secret: Option<String>,
+    #[serde(default)]
+    jwks: Option<Value>,
     #[serde(default)]
     issuer: Option<String>,
     #[serde(default)]
@@ -74,11 +83,21 @@ impl Config {
     /// Parses the JSON config; errors name the offending field.
     pub fn parse(json: &str) -> Result<Config, String> {
         let raw: RawConfig = policy_common::parse_config(json)?;
+        let keys = match &raw.jwks {
+            None => Vec::new(),
+            Some(jwks) => keys::parse_jwks(jwks)?,
+        };
         let secret = match raw.secret {
-            Some(s) if !s.is_empty() => s.into_bytes(),
+            Some(s) if !s.is_empty() => Some(s.into_bytes()),
+            Some(_) if !keys.is_empty() => {
+                return Err("secret: must not be empty (omit it to accept no HS256)".to_string());
+            }
+            None if !keys.is_empty() => None,
             _ => {
                 return Err(
-                    "secret: required, a non-empty string (the HS256 signing key)".to_string(),
+                    "secret: required, a non-empty string (the HS256 signing key), \
+                     unless jwks gives public keys"
+                        .to_string(),
                 );
             }
         };
@@ -103,6 +122,7 @@ impl Config {
         }
         Ok(Config {
             secret,
+            keys,
             issuer: raw.issuer,
             audience: raw.audience,
             leeway_secs: raw.leeway_secs,
@@ -153,7 +173,8 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let c = Config::parse(r#"{"secret":"s"}"#).unwrap();
-        assert_eq!(c.secret, b"s");
+        assert_eq!(c.secret.as_deref(), Some(&b"s"[..]));
+        assert!(c.keys.is_empty());
         assert_eq!(c.leeway_secs, 5);
         assert_eq!(c.subject_claim, "sub");
         assert_eq!(c.subject_header, "x-authenticated-user");

@@ -1,7 +1,11 @@
-//! HS256 JWT verification (RFC 7519 / RFC 7515 compact form), nothing else.
+//! JWT verification (RFC 7519 / RFC 7515 compact form).
 //!
-//! Only HS256 is accepted: the algorithm is fixed by config, never chosen by
-//! the token, which rules out `alg: none` and algorithm-confusion attacks.
+//! The algorithm comes from the key, never from the token: HS256 with the
+//! configured `secret` only, and each `jwks` key with its one algorithm. The
+//! token's `alg` must equal that algorithm, which rules out `alg: none` and
+//! algorithm-confusion attacks (an RSA public key is never an HMAC secret).
+//! The header's `kid` selects among the `jwks` keys; `jku`, `x5u`, `x5c`
+//! and `jwk` (keys the token points to or carries) are never read.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,6 +14,7 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use crate::config::Config;
+use crate::keys::PublicKey;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -19,6 +24,7 @@ pub enum Code {
     MissingToken,
     MalformedToken,
     UnsupportedAlgorithm,
+    UnknownKey,
     BadSignature,
     TokenExpired,
     TokenNotYetValid,
@@ -34,6 +40,7 @@ impl Code {
             Code::MissingToken => "missing_token",
             Code::MalformedToken => "malformed_token",
             Code::UnsupportedAlgorithm => "unsupported_algorithm",
+            Code::UnknownKey => "unknown_key",
             Code::BadSignature => "bad_signature",
             Code::TokenExpired => "token_expired",
             Code::TokenNotYetValid => "token_not_yet_valid",
@@ -130,16 +137,10 @@ pub fn verify(token: &str, cfg: &Config, now_secs: u64) -> Result<String, Denial
         .map_err(|_| malformed("token signature is not valid base64url"))?;
 
     let header = parse_object(&header_bytes, "token header is not a JSON object")?;
-    match header.get("alg") {
-        Some(Value::String(alg)) if alg == "HS256" => {}
-        Some(Value::String(_)) => {
-            return Err(deny(
-                Code::UnsupportedAlgorithm,
-                "only HS256 tokens are accepted",
-            ));
-        }
-        _ => return Err(malformed("token header has no alg")),
-    }
+    let Some(Value::String(alg)) = header.get("alg") else {
+        return Err(malformed("token header has no alg"));
+    };
+    let verifier = select_key(&header, alg, cfg)?;
     // We implement no JWS extensions, so per RFC 7515 §4.1.11 any `crit`
     // header makes the token unacceptable.
     if header.contains_key("crit") {
@@ -147,13 +148,18 @@ pub fn verify(token: &str, cfg: &Config, now_secs: u64) -> Result<String, Denial
     }
 
     // The signature covers the encoded header and payload as sent.
-    // `verify_slice` compares in constant time.
-    let signed_len = header_b64.len() + 1 + payload_b64.len();
-    let mut mac = HmacSha256::new_from_slice(&cfg.secret)
-        .map_err(|_| deny(Code::BadSignature, "signature verification failed"))?;
-    mac.update(&token.as_bytes()[..signed_len]);
-    mac.verify_slice(&signature)
-        .map_err(|_| deny(Code::BadSignature, "token signature is invalid"))?;
+    let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+    let valid = match verifier {
+        // `verify_slice` compares in constant time.
+        KeyChoice::Secret(secret) => HmacSha256::new_from_slice(secret).is_ok_and(|mut mac| {
+            mac.update(signed);
+            mac.verify_slice(&signature).is_ok()
+        }),
+        KeyChoice::Keys(keys) => keys.iter().any(|k| k.verify(signed, &signature)),
+    };
+    if !valid {
+        return Err(deny(Code::BadSignature, "token signature is invalid"));
+    }
 
     // Only now, with the payload authenticated, look at the claims.
     let claims = parse_object(&payload_bytes, "token payload is not a JSON object")?;
@@ -171,6 +177,63 @@ pub fn verify(token: &str, cfg: &Config, now_secs: u64) -> Result<String, Denial
             "token has no usable subject claim",
         )),
     }
+}
+
+/// The key(s) a token may be verified with.
+enum KeyChoice<'a> {
+    Secret(&'a [u8]),
+    /// One key when the token names it by `kid`, else every key of its `alg`.
+    Keys(Vec<&'a PublicKey>),
+}
+
+/// Picks the key(s) for a token whose header says `alg`. A `kid` naming a
+/// `jwks` key pins that key, whose algorithm must then be `alg`; HS256 is
+/// otherwise verified with the `secret` (whose tokens' `kid` was never read,
+/// and still is not); any other `kid` is unknown.
+fn select_key<'a>(
+    header: &Map<String, Value>,
+    alg: &str,
+    cfg: &'a Config,
+) -> Result<KeyChoice<'a>, Denial> {
+    let unsupported = || {
+        deny(
+            Code::UnsupportedAlgorithm,
+            "token algorithm is not accepted",
+        )
+    };
+    let kid = match header.get("kid") {
+        _ if cfg.keys.is_empty() => None,
+        None => None,
+        Some(Value::String(kid)) => Some(kid),
+        Some(_) => return Err(malformed("token header kid is not a string")),
+    };
+    if let Some(kid) = kid {
+        if let Some(key) = cfg.keys.iter().find(|k| k.kid.as_ref() == Some(kid)) {
+            return if key.alg.name() == alg {
+                Ok(KeyChoice::Keys(vec![key]))
+            } else {
+                Err(deny(
+                    Code::UnsupportedAlgorithm,
+                    "token algorithm is not its key's",
+                ))
+            };
+        }
+        if alg != "HS256" || cfg.secret.is_none() {
+            return Err(deny(Code::UnknownKey, "token kid names no configured key"));
+        }
+    }
+    if alg == "HS256" {
+        return cfg
+            .secret
+            .as_deref()
+            .map(KeyChoice::Secret)
+            .ok_or_else(unsupported);
+    }
+    let keys: Vec<_> = cfg.keys.iter().filter(|k| k.alg.name() == alg).collect();
+    if keys.is_empty() {
+        return Err(unsupported());
+    }
+    Ok(KeyChoice::Keys(keys))
 }
 
 fn parse_object(bytes: &[u8], reason: &'static str) -> Result<Map<String, Value>, Denial> {
@@ -551,6 +614,156 @@ mod tests {
         assert_eq!(code_of(&"a".repeat(8193), &cfg()), Code::TokenTooLarge);
         let roomy = cfg_with(r#""max_token_bytes":20000"#);
         assert!(verify(&tok, &roomy, NOW).is_ok());
+    }
+
+    /// Tokens and keys made with PyJWT by `tests/fixtures/make_tokens.py`.
+    mod fixtures {
+        use super::*;
+
+        /// The fixtures' issue time, 2024-01-01.
+        const NOW: u64 = 1_704_067_200;
+
+        fn tokens() -> Value {
+            serde_json::from_str(include_str!("../tests/fixtures/tokens.json")).unwrap()
+        }
+
+        fn token(name: &str) -> String {
+            tokens()["tokens"][name]["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+
+        /// The fixture JWKS, plus `extra` config members.
+        fn jwks_cfg(extra: &str) -> Config {
+            let t = tokens();
+            Config::parse(&format!(
+                r#"{{"jwks":{},"issuer":{},"audience":{}{extra}}}"#,
+                include_str!("../tests/fixtures/jwks.json"),
+                t["issuer"],
+                t["audience"]
+            ))
+            .unwrap()
+        }
+
+        #[test]
+        fn every_fixture_token_gets_its_expected_outcome() {
+            let cfg = jwks_cfg("");
+            let tokens = tokens();
+            let tokens = tokens["tokens"].as_object().unwrap();
+            assert!(tokens.len() > 20);
+            for (name, t) in tokens {
+                let got = verify(t["token"].as_str().unwrap(), &cfg, NOW);
+                match (&t["sub"], &t["code"]) {
+                    (Value::String(sub), _) => assert_eq!(got.as_ref(), Ok(sub), "{name}"),
+                    (_, Value::String(code)) => {
+                        assert_eq!(
+                            got.map_err(|d| d.code.as_str()),
+                            Err(code.as_str()),
+                            "{name}"
+                        )
+                    }
+                    _ => panic!("{name}: neither sub nor code"),
+                }
+            }
+        }
+
+        #[test]
+        fn secret_and_jwks_together() {
+            let cfg = jwks_cfg(&format!(r#","secret":"{SECRET}""#));
+            assert_eq!(
+                verify(&token("valid_PS384"), &cfg, NOW).unwrap(),
+                "user-ps384"
+            );
+            let hs = sign(&json!({"sub": "h", "iss": "https://idp.example",
+                "aud": "sidecar-api", "exp": NOW + 60}));
+            assert_eq!(verify(&hs, &cfg, NOW).unwrap(), "h");
+            // HS256 with the RSA public key as the MAC key: with no kid it is
+            // checked against the secret, and fails; with the RSA key's kid
+            // that key is pinned, and it is not an HS256 key.
+            for (name, code) in [
+                ("hs256_with_rsa_public_pem_no_kid", Code::BadSignature),
+                ("hs256_with_rsa_public_der_no_kid", Code::BadSignature),
+                ("hs256_with_rsa_public_n_no_kid", Code::BadSignature),
+                ("hs256_with_rsa_public_pem_kid", Code::UnsupportedAlgorithm),
+            ] {
+                assert_eq!(code_of(&token(name), &cfg), code, "{name}");
+            }
+        }
+
+        #[test]
+        fn without_a_secret_hs256_is_not_accepted() {
+            let cfg = jwks_cfg("");
+            let hs = sign(&json!({"sub": "h", "exp": NOW + 60}));
+            assert_eq!(
+                verify(&hs, &cfg, NOW).unwrap_err().code,
+                Code::UnsupportedAlgorithm
+            );
+        }
+
+        #[test]
+        fn a_key_verifies_only_its_own_algorithm() {
+            // The RS256 token re-labelled: same key pair, other algorithms.
+            let cfg = jwks_cfg(r#","require_exp":false"#);
+            let good = token("valid_RS256");
+            let (_, rest) = good.split_once('.').unwrap();
+            for alg in ["RS384", "PS256", "ES256", "EdDSA", "none"] {
+                for kid in [None, Some("rsa-rs256")] {
+                    let mut header = json!({"alg": alg});
+                    if let Some(kid) = kid {
+                        header["kid"] = json!(kid);
+                    }
+                    let tok = format!("{}.{rest}", b64(&header.to_string()));
+                    assert!(verify(&tok, &cfg, NOW).is_err(), "{alg} {kid:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn kid_pins_one_key() {
+            // The ES256 token under another ES256 key's kid: refused, though
+            // its own key is configured (without a kid) too.
+            let jwks: Value =
+                serde_json::from_str(include_str!("../tests/fixtures/jwks.json")).unwrap();
+            let p256 = jwks["keys"].as_array().unwrap()[6].clone();
+            assert_eq!(p256["kid"], "ec-p256");
+            let mut anonymous = p256.clone();
+            anonymous.as_object_mut().unwrap().remove("kid");
+            let cfg = Config::parse(&json!({"jwks": {"keys": [anonymous]}}).to_string()).unwrap();
+            let tok = token("valid_ES256");
+            assert_eq!(code_of(&tok, &cfg), Code::UnknownKey);
+            assert_eq!(
+                verify(&token("valid_ES256_no_kid"), &cfg, NOW).unwrap(),
+                "no-kid"
+            );
+        }
+
+        #[test]
+        fn non_string_kid_is_malformed_with_jwks() {
+            let header = b64(r#"{"alg":"ES256","kid":7}"#);
+            let good = token("valid_ES256");
+            let (_, rest) = good.split_once('.').unwrap();
+            let tok = format!("{header}.{rest}");
+            assert_eq!(code_of(&tok, &jwks_cfg("")), Code::MalformedToken);
+        }
+
+        #[test]
+        fn truncated_or_reencoded_signatures_fail() {
+            let cfg = jwks_cfg("");
+            for name in ["valid_RS256", "valid_PS512", "valid_ES384", "valid_EdDSA"] {
+                let good = token(name);
+                let (rest, sig) = good.rsplit_once('.').unwrap();
+                let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+                for bad in [&sig[..sig.len() - 1], &[], &[sig.as_slice(), &[0]].concat()] {
+                    let tok = format!("{rest}.{}", URL_SAFE_NO_PAD.encode(bad));
+                    assert_eq!(code_of(&tok, &cfg), Code::BadSignature, "{name}");
+                }
+                let mut flipped = sig.clone();
+                flipped[5] ^= 1;
+                let tok = format!("{rest}.{}", URL_SAFE_NO_PAD.encode(&flipped));
+                assert_eq!(code_of(&tok, &cfg), Code::BadSignature, "{name}");
+            }
+        }
     }
 
     #[test]

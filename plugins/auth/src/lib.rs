@@ -24,6 +24,7 @@
 
 mod config;
 mod jwt;
+mod keys;
 mod policy;
 
 #[cfg(target_arch = "wasm32")]

@@ -490,6 +490,173 @@ fn rejects_rs256_header_algorithm_confusion() {
     );
 }
 
+// --- asymmetric keys (inline JWKS) ----------------------------------------
+
+/// Keys and tokens made with PyJWT + cryptography by
+/// `fixtures/make_tokens.py` (committed; the tests need no Python). Valid
+/// tokens were issued at the harness clock's start and expire in 2100.
+const FIXTURE_JWKS: &str = include_str!("fixtures/jwks.json");
+const FIXTURE_TOKENS: &str = include_str!("fixtures/tokens.json");
+
+fn fixture_tokens() -> Value {
+    serde_json::from_str(FIXTURE_TOKENS).expect("tokens.json")
+}
+
+/// The fixture JWKS, with the issuer and audience its tokens carry.
+fn jwks_config() -> Value {
+    let t = fixture_tokens();
+    json!({
+        "jwks": serde_json::from_str::<Value>(FIXTURE_JWKS).expect("jwks.json"),
+        "issuer": t["issuer"],
+        "audience": t["audience"],
+    })
+}
+
+#[test]
+fn jwks_fixture_tokens_pass_or_get_a_401_as_expected() {
+    let h = harness();
+    let p = h.configure(jwks_config()).unwrap();
+    let tokens = fixture_tokens();
+    let tokens = tokens["tokens"].as_object().unwrap();
+    let (mut passed, mut refused) = (0, 0);
+    for (name, t) in tokens {
+        let token = t["token"].as_str().unwrap();
+        let d = p
+            .on_request(get("/orders").header(USER_HEADER, "mallory").bearer(token))
+            .unwrap();
+        if let Some(sub) = t["sub"].as_str() {
+            assert!(d.continued(), "{name}: {d:?}");
+            assert_eq!(forwarded_user(&d).as_deref(), Some(sub), "{name}");
+            passed += 1;
+        } else {
+            assert_eq!(denial_code(&d), t["code"].as_str().unwrap(), "{name}");
+            refused += 1;
+        }
+    }
+    // One per algorithm (and one without a kid); the attacks are all refused.
+    assert_eq!(passed, 10);
+    assert!(refused >= 17, "{refused}");
+}
+
+#[test]
+fn jwks_valid_token_per_algorithm() {
+    let h = harness();
+    let p = h.configure(jwks_config()).unwrap();
+    let tokens = fixture_tokens();
+    for alg in [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ] {
+        let token = tokens["tokens"][format!("valid_{alg}")]["token"]
+            .as_str()
+            .unwrap();
+        let d = p.on_request(get("/orders").bearer(token)).unwrap();
+        let expected = format!("user-{}", alg.to_ascii_lowercase());
+        assert_eq!(forwarded_user(&d), Some(expected), "{alg}");
+    }
+}
+
+#[test]
+fn jwks_token_expires_on_the_harness_clock() {
+    // The clock moves, not the token: past 2100 + leeway it is refused.
+    let h = harness();
+    let p = h.configure(jwks_config()).unwrap();
+    let token = fixture_tokens()["tokens"]["valid_ES256"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(p.on_request(get("/").bearer(&token)).unwrap().continued());
+    h.advance(Duration::from_secs(4_102_444_800 - NOW + 6));
+    let d = p.on_request(get("/").bearer(&token)).unwrap();
+    assert_eq!(denial_code(&d), "token_expired");
+}
+
+#[test]
+fn rsa_public_key_is_never_an_hmac_secret() {
+    // HS256 keyed with the RSA key's PEM, DER or `n`: refused whether or not
+    // the token names that key, and whether or not a secret is configured.
+    let tokens = fixture_tokens();
+    let with_secret = {
+        let mut c = jwks_config();
+        c["secret"] = json!(SECRET);
+        c
+    };
+    for enc in ["pem", "der", "n"] {
+        for kid in ["kid", "no_kid"] {
+            let name = format!("hs256_with_rsa_public_{enc}_{kid}");
+            let token = tokens["tokens"][&name]["token"].as_str().unwrap();
+            for cfg in [jwks_config(), with_secret.clone()] {
+                let d = call(cfg, get("/orders").bearer(token));
+                let code = denial_code(&d);
+                assert!(
+                    code == "unsupported_algorithm" || code == "bad_signature",
+                    "{name}: {code}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn secret_and_jwks_together_accept_both_kinds() {
+    let mut cfg = jwks_config();
+    cfg["secret"] = json!(SECRET);
+    let h = harness();
+    let p = h.configure(cfg).unwrap();
+    let hs = sign(&json!({ "sub": "hs-user", "iss": "https://idp.example",
+        "aud": "sidecar-api", "iat": NOW, "exp": NOW + 300 }));
+    let rs = fixture_tokens()["tokens"]["valid_PS256"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (token, user) in [(hs, "hs-user"), (rs, "user-ps256")] {
+        let d = p.on_request(get("/").bearer(&token)).unwrap();
+        assert_eq!(forwarded_user(&d).as_deref(), Some(user));
+    }
+}
+
+#[test]
+fn jwks_config_without_secret_refuses_hs256() {
+    let d = call(jwks_config(), get("/").bearer(&token_for("alice")));
+    assert_eq!(denial_code(&d), "unsupported_algorithm");
+}
+
+#[test]
+fn refuses_bad_jwks_naming_the_key_and_member() {
+    let mut jwks: Value = serde_json::from_str(FIXTURE_JWKS).unwrap();
+    let keys = jwks["keys"].as_array_mut().unwrap();
+    keys[0]["n"] = json!("not base64url!");
+    keys[2] = json!({ "kty": "oct", "k": "c2VjcmV0" });
+    let message = harness().refusal(json!({ "jwks": jwks.clone() }));
+    assert!(
+        message.starts_with("jwks.keys[0].n: not base64url"),
+        "{message}"
+    );
+
+    let keys = jwks["keys"].as_array_mut().unwrap();
+    keys.remove(0);
+    let message = harness().refusal(json!({ "jwks": jwks.clone() }));
+    assert_eq!(
+        message,
+        r#"jwks.keys[1]: kty "oct" is not accepted (use secret for HS256)"#
+    );
+
+    let mut private: Value = serde_json::from_str(FIXTURE_JWKS).unwrap();
+    private["keys"][6]["d"] = json!("AAAA");
+    let message = harness().refusal(json!({ "jwks": private }));
+    assert!(
+        message.starts_with("jwks.keys[6].d: private key material"),
+        "{message}"
+    );
+
+    for cfg in [
+        json!({ "jwks": { "keys": [] } }),
+        json!({ "jwks": "https://idp.example/jwks" }),
+    ] {
+        let message = harness().refusal(cfg.clone());
+        assert!(message.starts_with("jwks"), "{cfg}: {message}");
+    }
+}
+
 // --- claims ----------------------------------------------------------------
 
 #[test]
@@ -726,6 +893,7 @@ fn spoofed_subject_header_does_not_replace_a_token() {
 
 #[test]
 fn refuses_config_without_secret() {
+    // Without `jwks`, `secret` is required.
     for cfg in [
         json!({}),
         json!({ "secret": "" }),
