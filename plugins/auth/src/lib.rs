@@ -1,10 +1,21 @@
-//! `auth` policy: verifies HS256 JWT bearer tokens.
+//! `auth` policy: verifies JWT bearer tokens, HS256 with a shared secret or
+//! RSA / ECDSA / EdDSA with public keys from an inline JWKS.
 //!
-//! Config (JSON): `secret` (required, the HS256 key as UTF-8 bytes),
-//! `issuer` / `audience` (null = not checked), `leeway_secs` (5),
-//! `public_paths` ([]: exact paths, or prefixes when ending in `*`),
-//! `subject_claim` ("sub"), `subject_header` ("x-authenticated-user"),
-//! `require_exp` (true), `max_token_bytes` (8192). Unknown fields are refused.
+//! Config (JSON): `secret` (the HS256 key as UTF-8 bytes) and/or `jwks` (a
+//! JWK Set, `{"keys": [...]}`: `RSA` keys with `alg` RS256/384/512 or
+//! PS256/384/512, no `alg` meaning RS256 only; `EC` keys on P-256 (ES256) or
+//! P-384 (ES384); `OKP` Ed25519 keys (EdDSA); public members only), at
+//! least one of the two; `issuer` / `audience` (null = not checked),
+//! `leeway_secs` (5), `public_paths` ([]: exact paths, or prefixes when
+//! ending in `*`), `subject_claim` ("sub"), `subject_header`
+//! ("x-authenticated-user"), `require_exp` (true), `max_token_bytes` (8192).
+//! Unknown fields are refused, and so is a bad key: keys are parsed at
+//! configure time, not per request.
+//!
+//! Each key has one algorithm and the token's `alg` must be it (see `jwt`);
+//! the token's `kid` selects the JWKS key. Fetching a JWKS from its URL (and
+//! refreshing it) is not there yet: it needs an outbound HTTP capability
+//! the host does not offer; until then the keys are given in config.
 //!
 //! Only `on-request` runs (`configure` asks for no other hook) and it never
 //! reads a body. It always removes a client-sent `subject_header` (so it
