@@ -187,9 +187,10 @@ enum KeyChoice<'a> {
 }
 
 /// Picks the key(s) for a token whose header says `alg`. A `kid` naming a
-/// `jwks` key pins that key, whose algorithm must then be `alg`; HS256 is
-/// otherwise verified with the `secret` (whose tokens' `kid` was never read,
-/// and still is not); any other `kid` is unknown.
+/// `jwks` key pins that key, whose algorithm must then be `alg`. Otherwise
+/// HS256 is verified with the `secret`, whatever its `kid` (as before `jwks`
+/// existed), any other `kid` is unknown, and a token without one is tried
+/// on every key of its `alg`.
 fn select_key<'a>(
     header: &Map<String, Value>,
     alg: &str,

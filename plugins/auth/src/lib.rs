@@ -13,7 +13,8 @@
 //! configure time, not per request.
 //!
 //! Each key has one algorithm and the token's `alg` must be it (see `jwt`);
-//! the token's `kid` selects the JWKS key. Fetching a JWKS from its URL (and
+//! the token's `kid` selects the JWKS key (a token with a `kid` is checked
+//! with that key only; one without, with each key of its `alg`). Fetching a JWKS from its URL (and
 //! refreshing it) is not there yet: it needs an outbound HTTP capability
 //! the host does not offer; until then the keys are given in config.
 //!
