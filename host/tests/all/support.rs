@@ -191,6 +191,25 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// Connects to `base`, sends `bytes`, then nothing, and asserts that the
+/// sidecar closes the connection after about `timeout` (not before 5/6 of
+/// it, not after 3 s).
+pub async fn assert_stall_closed(base: &str, bytes: &[u8], timeout: Duration) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.split("://").nth(1).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    stream.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the sidecar kept a stalled connection open");
+    let waited = started.elapsed();
+    assert!(
+        waited >= timeout * 5 / 6 && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+}
+
 /// Sends `request` as raw bytes (no client-side URL normalisation) and
 /// returns the status code of the answer.
 pub async fn raw_status(base: &str, request: &str) -> u16 {
