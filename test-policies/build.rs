@@ -16,6 +16,14 @@ const POLICIES: [(&str, &str); 7] = [
     ("SANDBOX", "sandbox"),
 ];
 
+/// Committed 0.2.0 components: (constant name, file stem in `v0.2.0/`).
+const V020: [(&str, &str); 4] = [
+    ("V020_AUTH", "auth"),
+    ("V020_LOGGING", "logging"),
+    ("V020_CACHE", "cache"),
+    ("V020_NOOP", "noop"),
+];
+
 /// Committed 0.1.0 components: (constant name, file stem in `v0.1.0/`).
 const V01: [(&str, &str); 5] = [
     ("V01_AUTH", "auth"),
@@ -111,6 +119,16 @@ fn main() {
         assert!(path.exists(), "missing fixture {}", path.display());
         consts.push_str(&format!(
             "/// `{stem}.wasm` as built against contract 0.1.0 (committed).\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    // Contract 0.2.0 builds, committed as they were before 0.2.1: a 0.2.1
+    // sidecar must keep loading them.
+    for (name, stem) in V020 {
+        let path = manifest_dir.join(format!("v0.2.0/{stem}.wasm"));
+        assert!(path.exists(), "missing fixture {}", path.display());
+        consts.push_str(&format!(
+            "/// `{stem}.wasm` as built against contract 0.2.0 (committed).\npub const {name}: &str = {:?};\n",
             path.display().to_string()
         ));
     }

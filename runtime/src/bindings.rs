@@ -6,8 +6,10 @@
 //! Everything else in the host uses the types re-exported here, so a change of
 //! the contract shows up as compile errors in exactly the code that must change.
 
-/// `sidecar:policy@0.2.0`: the message stays on the host (resources), bodies
-/// and hooks are opt-in, `configure` runs once per load.
+/// `sidecar:policy@0.2.1`: the message stays on the host (resources), bodies
+/// and hooks are opt-in, `configure` runs once per load. Also loads 0.2.0
+/// components: 0.2.1 only adds interfaces, and wasmtime matches a 0.2.0
+/// import or export to its 0.2.1 definition (semver).
 pub mod v02 {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -22,6 +24,7 @@ pub mod v02 {
         // Everything else answers at once.
         imports: {
             "sidecar:policy/kv": async | trappable,
+            "sidecar:policy/outbound": async,
             "sidecar:policy/types.[method]request.body": async | trappable,
             "sidecar:policy/types.[method]response.body": async | trappable,
         },
@@ -30,10 +33,16 @@ pub mod v02 {
 
     pub use exports::sidecar::policy::handler::{Completion, Decision, Hooks};
     pub use sidecar::policy::types::{Body, EditError, Header, Reply};
-    pub use sidecar::policy::{clock, kv, log, types};
+    pub use sidecar::policy::{clock, crypto, kv, log, outbound, types};
 
     /// The contract this module implements.
-    pub const CONTRACT: &str = "sidecar:policy@0.2.0";
+    pub const CONTRACT: &str = "sidecar:policy@0.2.1";
+
+    /// The `handler` exports this module loads: every 0.2 version shipped.
+    pub const HANDLERS: [&str; 2] = [
+        "sidecar:policy/handler@0.2.1",
+        "sidecar:policy/handler@0.2.0",
+    ];
 }
 
 /// `sidecar:policy@0.1.0`: whole messages copied in as records; bodies

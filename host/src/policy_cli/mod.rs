@@ -156,7 +156,10 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
 /// The contract whose handler `exports` holds, or why none.
 fn exported_contract(path: &Path, exports: &[String]) -> anyhow::Result<Contract> {
     let handler = |contract: &str| format!("{}/handler@{}", package(), version(contract));
-    if exports.contains(&handler(v02::CONTRACT)) {
+    if v02::HANDLERS
+        .iter()
+        .any(|h| exports.iter().any(|e| e == h))
+    {
         return Ok(Contract::V02);
     }
     if exports.contains(&handler(v01::CONTRACT)) {

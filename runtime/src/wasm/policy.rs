@@ -125,7 +125,8 @@ pub enum PolicyError {
 pub enum Contract {
     #[serde(rename = "sidecar:policy@0.1.0")]
     V01,
-    #[serde(rename = "sidecar:policy@0.2.0")]
+    /// 0.2.0 or 0.2.1 (the same host code: 0.2.1 only adds imports).
+    #[serde(rename = "sidecar:policy@0.2.1")]
     V02,
 }
 
@@ -258,7 +259,7 @@ pub fn contract_of(engine: &wasmtime::Engine, component: &Component) -> anyhow::
     let mut handlers = Vec::new();
     for (name, _) in ty.exports(engine) {
         match name {
-            "sidecar:policy/handler@0.2.0" => return Ok(Contract::V02),
+            v02 if bindings::v02::HANDLERS.contains(&v02) => return Ok(Contract::V02),
             "sidecar:policy/handler@0.1.0" => return Ok(Contract::V01),
             other if other.starts_with("sidecar:policy/handler") => handlers.push(other.to_owned()),
             _ => {}
