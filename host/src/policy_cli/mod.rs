@@ -12,7 +12,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, anyhow, bail};
 use policy_harness::{Harness, PolicyLimits};
 use sidecar_runtime::bindings::{CONTRACTS, v01, v02};
-use sidecar_runtime::capabilities::{Clock, KvLimits, MemoryKv, MemorySink, Services, SystemClock};
+use sidecar_runtime::capabilities::{
+    Clock, KvLimits, MemoryKv, MemorySink, NoNetwork, Outbound, Services, SystemClock,
+};
 use sidecar_runtime::wasm::{
     Component, Configured, Contract, EngineSettings, FailureMode, PolicyError, PolicySpec, Runtime,
 };
@@ -64,6 +66,7 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let services = Services {
         kv: Arc::new(MemoryKv::new(clock.clone(), KvLimits::default())),
+        outbound: Outbound::new(Arc::new(NoNetwork), clock.clone()),
         clock,
         log: Arc::new(MemorySink::default()),
     };
@@ -156,10 +159,7 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
 /// The contract whose handler `exports` holds, or why none.
 fn exported_contract(path: &Path, exports: &[String]) -> anyhow::Result<Contract> {
     let handler = |contract: &str| format!("{}/handler@{}", package(), version(contract));
-    if v02::HANDLERS
-        .iter()
-        .any(|h| exports.iter().any(|e| e == h))
-    {
+    if v02::HANDLERS.iter().any(|h| exports.iter().any(|e| e == h)) {
         return Ok(Contract::V02);
     }
     if exports.contains(&handler(v01::CONTRACT)) {
@@ -200,6 +200,7 @@ fn hooks_line(runtime: &Arc<Runtime>, component: &Component, wasm: &[u8], path: 
         failure: FailureMode::Closed,
         limits: PolicyLimits::default(),
         instances: Default::default(),
+        outbound: Default::default(),
     };
     let loaded = tokio::runtime::Builder::new_current_thread()
         .enable_all()

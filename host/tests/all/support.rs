@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::Request;
 use axum::routing::any;
 use http_body_util::BodyExt;
-use sidecar::capabilities::{KvLimits, MemoryKv, MemorySink, Services, SystemClock};
+use sidecar::capabilities::{KvLimits, MemorySink, Services};
 use sidecar::metrics::Metrics;
 use sidecar::server::Sidecar;
 use sidecar::shipping::Shipping;
@@ -108,9 +108,8 @@ pub async fn start(toml: &str, upstream: &Upstream) -> Running {
 pub async fn serve(config: &sidecar::config::Config) -> (String, Arc<MemorySink>, Arc<Sidecar>) {
     let logs = Arc::new(MemorySink::default());
     let services = Services {
-        kv: Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default())),
-        clock: Arc::new(SystemClock),
         log: logs.clone(),
+        ..Services::production(KvLimits::default())
     };
     let sidecar = Arc::new(Sidecar::new(config, services).await.unwrap());
     let base = listen(&sidecar).await;
@@ -146,9 +145,8 @@ pub async fn serve_with_sinks(config: &sidecar::config::Config) -> Shipped {
     let metrics = Arc::new(Metrics::new());
     let shipping = Shipping::start(&config.log, &metrics, logs.clone()).unwrap();
     let services = Services {
-        kv: Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default())),
-        clock: Arc::new(SystemClock),
         log: shipping.sink(),
+        ..Services::production(KvLimits::default())
     };
     let sidecar = Arc::new(
         Sidecar::with_metrics(config, services, metrics)
