@@ -392,7 +392,18 @@ async fn send(
     let namespace = state.caller.policy.clone();
     let cacheable = request.method == Method::GET;
     let url = request.uri.to_string();
-    if cacheable && let Some(hit) = state.outbound.cache.get(&namespace, &url) {
+    // A policy that knows its copy is stale (a key set without the token's
+    // kid) asks past the cache, as a browser's reload does.
+    let revalidate = request
+        .headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("no-cache") || v.contains("no-store"));
+    if cacheable
+        && !revalidate
+        && let Some(hit) = state.outbound.cache.get(&namespace, &url)
+    {
         return (target, Ok((incoming(hit), true)));
     }
     // Leave the policy a moment after a timeout to act on it, rather than

@@ -172,6 +172,22 @@ fn keeps_a_get_while_its_max_age_lasts() {
 }
 
 #[test]
+fn a_no_cache_request_goes_past_the_cache() {
+    let clock = Arc::new(ManualClock::new(0));
+    let url = "https://idp.example/jwks";
+    let table = Table::default().reply(url, 200, &[("cache-control", "max-age=60")], "k");
+    let (mut st, table) = state(table, &["https://idp.example"], clock);
+    call(&mut st, get(url)).unwrap();
+    let mut fresh = get(url);
+    fresh.headers.push(Header {
+        name: "cache-control".into(),
+        value: b"no-cache".to_vec(),
+    });
+    assert!(!call(&mut st, fresh).unwrap().1);
+    assert_eq!(table.seen.lock().unwrap().len(), 2);
+}
+
+#[test]
 fn keeps_nothing_the_response_forbids() {
     for cc in ["no-store, max-age=60", "no-cache", "public", "max-age=0"] {
         let mut headers = HeaderMap::new();
