@@ -36,7 +36,7 @@ pub(crate) fn use_compile_cache() {
 }
 
 /// Interface names the sidecar provides, by what they are.
-const CAPABILITIES: [&str; 3] = ["log", "kv", "clock"];
+const CAPABILITIES: [&str; 5] = ["log", "kv", "clock", "crypto", "outbound"];
 
 /// Interfaces of the contract that are the message itself, not capabilities
 /// (shared records in 0.1; in 0.2 the request and response the host keeps).
@@ -94,7 +94,16 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     })?;
     let described = runtime.describe(&component);
     let contract = exported_contract(path, &described.exports)?;
-    let version = version(contract.name());
+    // The version the component was built against (0.2.0 and 0.2.1 share
+    // one host contract): its imports must be of the same.
+    let handler_prefix = format!("{}/handler@", package());
+    let version = described
+        .exports
+        .iter()
+        .find_map(|e| e.strip_prefix(&handler_prefix))
+        .unwrap_or_else(|| version(contract.name()))
+        .to_owned();
+    let version = version.as_str();
     let mut capabilities = Vec::new();
     let mut wasi = Vec::new();
     for import in &described.imports {
@@ -131,7 +140,7 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     let mut report = format!(
         "{}: ok, a {} policy{}\n  capabilities: {}\n  wasi, linked but granting nothing (no files, network or environment): {}",
         path.display(),
-        contract.name(),
+        format!("{}@{version}", package()),
         if contract == Contract::V01 {
             " (an older contract, still loaded; `sidecar policy new` starts a 0.2 one)"
         } else {
