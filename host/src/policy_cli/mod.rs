@@ -138,9 +138,9 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
         .validate(&component)
         .map_err(|e| anyhow!("{}: {}", path.display(), chain_line(&e)))?;
     let mut report = format!(
-        "{}: ok, a {} policy{}\n  capabilities: {}\n  wasi, linked but granting nothing (no files, network or environment): {}",
+        "{}: ok, a {}@{version} policy{}\n  capabilities: {}\n  wasi, linked but granting nothing (no files, network or environment): {}",
         path.display(),
-        format!("{}@{version}", package()),
+        package(),
         if contract == Contract::V01 {
             " (an older contract, still loaded; `sidecar policy new` starts a 0.2 one)"
         } else {
