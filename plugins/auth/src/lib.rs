@@ -35,9 +35,15 @@
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 mod config;
+mod imports;
+mod jwks;
 mod jwt;
 mod keys;
 mod policy;
+mod scopes;
+
+#[cfg(test)]
+mod testing;
 
 #[cfg(target_arch = "wasm32")]
 mod component;
