@@ -24,6 +24,7 @@
 pub mod builders;
 pub mod cargo;
 pub mod ext;
+mod stubs;
 mod types;
 
 use std::collections::HashMap;
@@ -31,15 +32,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use sidecar_runtime::capabilities::{Clock, KvLimits, LogRecord, Services};
+use sidecar_runtime::capabilities::{Clock, KvLimits, LogRecord, Outbound, Services};
 use sidecar_runtime::message::{Completion, Exchange, Phase};
 use sidecar_runtime::wasm::{
     Component, EngineSettings, FailureMode, Policy, PolicyInstance, PolicySpec, Runtime,
     SharedEngine, Verdict,
 };
 
+pub use self::stubs::Stub;
+use self::stubs::Stubs;
 pub use self::types::{Decision, Header, Request, Response};
-pub use sidecar_runtime::capabilities::{FieldValue, Level, ManualClock, MemoryKv, MemorySink};
+pub use sidecar_runtime::capabilities::{
+    FieldValue, Level, ManualClock, MemoryKv, MemorySink, Origin, OutboundGrant,
+};
 pub use sidecar_runtime::message::BodyLimits;
 pub use sidecar_runtime::wasm::{
     Configured as ConfiguredBy, Contract, HookError, Hooks, MessageError, PolicyError, PolicyLimits,
@@ -84,6 +89,8 @@ pub struct Harness {
     name: String,
     limits: PolicyLimits,
     body_limits: BodyLimits,
+    outbound: OutboundGrant,
+    stubs: Arc<Stubs>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -141,10 +148,12 @@ impl Harness {
         let clock = Arc::new(ManualClock::new(START_MICROS));
         let kv = Arc::new(MemoryKv::new(clock.clone(), KvLimits::default()));
         let logs = Arc::new(MemorySink::default());
+        let stubs = Arc::new(Stubs::default());
         let services = Services {
             clock: clock.clone(),
             kv: kv.clone(),
             log: logs.clone(),
+            outbound: Outbound::new(stubs.clone(), clock.clone()),
         };
         let runtime = match COMPILE_CACHE.get() {
             Some(dir) => Runtime::with_engine_and_cache(shared_engine()?, services, dir.clone()),
@@ -165,7 +174,44 @@ impl Harness {
             name: "policy".into(),
             limits: PolicyLimits::default(),
             body_limits: BodyLimits::default(),
+            outbound: OutboundGrant::default(),
+            stubs,
         })
+    }
+
+    /// Grants the policy `outbound` calls to these origins, as
+    /// `allow_outbound` in the sidecar's config does (default: none). They
+    /// reach the stubs ([`Harness::stub`]), never the network.
+    ///
+    /// # Panics
+    /// If an origin is not `scheme://host[:port]`.
+    #[must_use]
+    pub fn allow_outbound(mut self, origins: &[&str]) -> Self {
+        self.outbound.allow = origins
+            .iter()
+            .map(|o| o.parse().unwrap_or_else(|e| panic!("allow_outbound: {e}")))
+            .collect();
+        self
+    }
+
+    /// The whole `outbound` grant: origins and bounds (calls per request,
+    /// timeout, response size).
+    #[must_use]
+    pub fn with_outbound(mut self, grant: OutboundGrant) -> Self {
+        self.outbound = grant;
+        self
+    }
+
+    /// From now on, `method url` answers `reply` (replacing an earlier
+    /// stub). A call to a granted URL without a stub fails (`failed`).
+    pub fn stub(&self, method: &str, url: &str, reply: Stub) {
+        self.stubs.set(method, url, reply);
+    }
+
+    /// Every call that reached the stubs, as `GET https://host/path`, in
+    /// order (calls the host's cache answered, or refused, are not here).
+    pub fn outbound_requests(&self) -> Vec<String> {
+        self.stubs.requests()
     }
 
     /// What the sidecar lets a policy buffer (default: the sidecar's
@@ -211,6 +257,7 @@ impl Harness {
             failure: FailureMode::Closed,
             limits: self.limits,
             instances: Default::default(),
+            outbound: Arc::new(self.outbound.clone()),
         };
         let policy = self
             .rt

@@ -131,3 +131,30 @@ fn a_0_2_policy_is_configured_once_and_a_0_1_policy_per_instance() {
     assert_eq!(trip.forwarded.unwrap().header("x-chain"), Some("a"));
     assert_eq!(trip.response.header("x-chain-response"), Some("a"));
 }
+
+#[test]
+fn policies_built_against_0_2_0_keep_working_on_0_2_1() {
+    // The cache as built before 0.2.1 (kv, clock, log, the message
+    // resources): a miss stores, the next request is a hit.
+    let h = Harness::load(test_policies::V020_CACHE).unwrap();
+    assert_eq!(h.contract(), Contract::V02);
+    let p = h.configure(json!({ "ttl_secs": 60 })).unwrap();
+    let first = p
+        .round_trip(get("/items"), response(200).body("fresh"))
+        .unwrap();
+    assert_eq!(first.response.header("x-cache"), Some("miss"));
+    let second = p.round_trip(get("/items"), response(500)).unwrap();
+    assert_eq!(second.response.header("x-cache"), Some("hit"));
+    assert_eq!(second.response.body, b"fresh");
+
+    // The auth policy as built before 0.2.1: no token is a 401.
+    let h = Harness::load(test_policies::V020_AUTH).unwrap();
+    let p = h.configure(json!({ "secret": "s" })).unwrap();
+    assert_eq!(
+        p.on_request(get("/private"))
+            .unwrap()
+            .responded()
+            .map(|r| r.status),
+        Some(401)
+    );
+}

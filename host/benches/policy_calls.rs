@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::Criterion;
-use sidecar::capabilities::{Clock, KvLimits, LogRecord, LogSink, MemoryKv, Services, SystemClock};
+use sidecar::capabilities::{
+    Clock, KvLimits, LogRecord, LogSink, MemoryKv, NoNetwork, Outbound, Services, SystemClock,
+};
 use sidecar::convert;
 use sidecar::message::{Body, BodyLimits, Completion, Exchange, Phase, Response};
 use sidecar::metrics::Metrics;
@@ -66,8 +68,8 @@ enum Calls {
 enum Path {
     /// The request hook continued, the request unchanged.
     Continue,
-    /// The request hook continued and set `x-authenticated-user: alice`.
-    Authenticated,
+    /// The request hook continued and set `x-authenticated-user` to this.
+    Authenticated(&'static str),
     /// Continued; the response went through the response hook, or the
     /// policy never asked for it (noop).
     Proxied,
@@ -86,6 +88,8 @@ struct Case {
     /// Give every request its own path (a cache miss every time).
     unique_path: bool,
     path: Path,
+    /// The bearer token sent.
+    token: String,
 }
 
 /// What one call did, for the checks.
@@ -147,7 +151,7 @@ impl Fixture {
 
     /// A typical API call: a GET with a bearer token and browser-ish
     /// headers, as the exchange the sidecar builds for it.
-    fn exchange(&self, unique: bool) -> Exchange {
+    fn exchange(&self, unique: bool, token: &str) -> Exchange {
         let uri = if unique {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
             format!("/api/profile?n={n}")
@@ -161,7 +165,7 @@ impl Fixture {
             .header("user-agent", "bench/1.0")
             .header("accept", "application/json")
             .header("accept-encoding", "gzip, deflate")
-            .header("authorization", format!("Bearer {}", self.token))
+            .header("authorization", format!("Bearer {token}"))
             .header("x-request-id", "bench-request")
             .body(())
             .unwrap()
@@ -183,7 +187,7 @@ impl Fixture {
     async fn call(&self, case: &Case) -> Outcome {
         let policy = &case.policy;
         let v01 = policy.contract() == Contract::V01;
-        let mut ex = self.exchange(case.unique_path);
+        let mut ex = self.exchange(case.unique_path, &case.token);
         if v01 {
             // A 0.1 chain buffers the request body first (here: none).
             let limit = ex.limits.v01_request;
@@ -292,9 +296,9 @@ async fn check(fixture: &Fixture, sink: &DiscardSink, case: &Case) {
             assert!(!o.answered, "{name}: answered");
             assert!(o.user.is_none(), "{name}: changed the request");
         }
-        Path::Authenticated => {
+        Path::Authenticated(user) => {
             assert!(!o.answered, "{name}: answered (token refused?)");
-            assert_eq!(o.user.as_deref(), Some("alice"), "{name}: no subject");
+            assert_eq!(o.user.as_deref(), Some(user), "{name}: no subject");
         }
         Path::Proxied => {
             assert!(!o.answered, "{name}: answered");
@@ -339,6 +343,7 @@ async fn policy(
         failure: FailureMode::Closed,
         limits: PolicyLimits::default(),
         instances,
+        outbound: Default::default(),
     };
     runtime
         .load(spec, &component, &bytes)
@@ -387,10 +392,32 @@ struct Spec {
     calls: Calls,
     unique_path: bool,
     path: Path,
+    /// The bearer token: the HS256 one, or a fixture's (`tokens.json`).
+    token: Token,
+}
+
+#[derive(Clone, Copy)]
+enum Token {
+    Hs256,
+    Fixture(&'static str),
+}
+
+/// The auth policy's asymmetric fixtures, made by PyJWT (see
+/// `plugins/auth/tests/fixtures/make_tokens.py`): its public keys, and
+/// tokens valid until 2100.
+const JWKS: &str = include_str!("../../plugins/auth/tests/fixtures/jwks.json");
+const TOKENS: &str = include_str!("../../plugins/auth/tests/fixtures/tokens.json");
+
+fn fixture_token(name: &str) -> String {
+    let tokens: serde_json::Value = serde_json::from_str(TOKENS).expect("tokens.json");
+    tokens["tokens"][name]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("tokens.json has no {name}"))
+        .to_owned()
 }
 
 /// The cases on one contract's builds.
-fn specs(b: &Builds) -> [Spec; 8] {
+fn specs(b: &Builds) -> Vec<Spec> {
     use serde_json::json;
     let auth = json!({ "secret": SECRET, "subject_header": "x-authenticated-user" });
     let cache = json!({ "ttl_secs": 3600, "identity_header": "authorization" });
@@ -403,9 +430,10 @@ fn specs(b: &Builds) -> [Spec; 8] {
         calls: Calls::Request,
         unique_path: false,
         path: Path::Continue,
+        token: Token::Hs256,
     };
     let none = json!({});
-    [
+    let mut specs = vec![
         spec("noop/request", b.noop, "noop", &none),
         Spec {
             calls: Calls::RoundTrip,
@@ -413,7 +441,7 @@ fn specs(b: &Builds) -> [Spec; 8] {
             ..spec("noop/round-trip", b.noop, "noop", &none)
         },
         Spec {
-            path: Path::Authenticated,
+            path: Path::Authenticated("alice"),
             ..spec("auth/request (valid HS256 token)", b.auth, "auth", &auth)
         },
         Spec {
@@ -422,7 +450,7 @@ fn specs(b: &Builds) -> [Spec; 8] {
         },
         Spec {
             instances: Instances::Reuse,
-            path: Path::Authenticated,
+            path: Path::Authenticated("alice"),
             ..spec("auth/request, reused instance", b.auth, "auth", &auth)
         },
         Spec {
@@ -451,11 +479,46 @@ fn specs(b: &Builds) -> [Spec; 8] {
                 &cache,
             )
         },
-    ]
+    ];
+    if b.tag.is_empty() {
+        // Asymmetric keys arrived with 0.2's auth: the key set is the
+        // policy's config here, parsed once by `configure` (a fetched one is
+        // kept the same way).
+        let tokens: serde_json::Value = serde_json::from_str(TOKENS).expect("tokens.json");
+        let jwks = json!({
+            "jwks": serde_json::from_str::<serde_json::Value>(JWKS).expect("jwks.json"),
+            "issuer": tokens["issuer"],
+            "audience": tokens["audience"],
+        });
+        for (name, token, user) in [
+            (
+                "auth/request (valid RS256 token, JWKS)",
+                "valid_RS256",
+                "user-rs256",
+            ),
+            (
+                "auth/request (valid ES256 token, JWKS)",
+                "valid_ES256",
+                "user-es256",
+            ),
+            (
+                "auth/request (valid EdDSA token, JWKS)",
+                "valid_EdDSA",
+                "user-eddsa",
+            ),
+        ] {
+            specs.push(Spec {
+                path: Path::Authenticated(user),
+                token: Token::Fixture(token),
+                ..spec(name, b.auth, "auth", &jwks)
+            });
+        }
+    }
+    specs
 }
 
 /// Every case whose name contains `filter`, 0.2 first, then the same on 0.1.
-async fn cases(runtime: &Arc<Runtime>, filter: &str) -> Vec<Case> {
+async fn cases(runtime: &Arc<Runtime>, fixture: &Fixture, filter: &str) -> Vec<Case> {
     let mut out = Vec::new();
     for b in &BUILDS {
         for s in specs(b) {
@@ -464,12 +527,17 @@ async fn cases(runtime: &Arc<Runtime>, filter: &str) -> Vec<Case> {
                 continue;
             }
             let policy_name = format!("{}{}", s.policy, b.ns);
+            let token = match s.token {
+                Token::Hs256 => fixture.token.clone(),
+                Token::Fixture(name) => fixture_token(name),
+            };
             out.push(Case {
                 name,
                 policy: policy(runtime, s.wasm, &policy_name, &s.config, s.instances).await,
                 calls: s.calls,
                 unique_path: s.unique_path,
                 path: s.path,
+                token,
             });
         }
     }
@@ -486,12 +554,13 @@ fn main() {
     let sink = Arc::new(DiscardSink::default());
     let services = Services {
         kv: Arc::new(MemoryKv::new(clock.clone(), KvLimits::default())),
+        outbound: Outbound::new(Arc::new(NoNetwork), clock.clone()),
         clock,
         log: sink.clone(),
     };
     let runtime = Runtime::new(EngineSettings::default(), services).unwrap();
     let fixture = Fixture::new();
-    let cases = rt.block_on(cases(&runtime, &filter));
+    let cases = rt.block_on(cases(&runtime, &fixture, &filter));
 
     // A bench that measures the wrong path is worse than none.
     for case in &cases {

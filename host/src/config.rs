@@ -36,6 +36,7 @@ use serde::Deserialize;
 use crate::balancer::{BalanceSettings, HealthCheck, RetryBudgetSettings, Strategy};
 use crate::capabilities::redis::{RedisSettings, check_url};
 use crate::capabilities::{KvBackend, KvLimits, KvSettings};
+use crate::capabilities::{Origin, OutboundGrant};
 use crate::wasm::{EngineSettings, FailureMode, Instances, PolicyLimits};
 
 mod logs;
@@ -250,6 +251,8 @@ pub struct PolicyConfig {
     pub config_json: String,
     /// If set, the file must have this sha256 (lower-case hex) to load.
     pub sha256: Option<String>,
+    /// `allow_outbound` and the `outbound_*` bounds.
+    pub outbound: OutboundGrant,
 }
 
 /// Reads and validates a config file.
@@ -435,12 +438,44 @@ struct RawPolicy {
     memory_mb: Option<usize>,
     kv_ops_per_request: Option<u32>,
     kv_bytes_per_request: Option<usize>,
+    #[serde(default)]
+    allow_outbound: Vec<String>,
+    outbound_timeout_ms: Option<u64>,
+    outbound_max_bytes: Option<usize>,
+    outbound_calls_per_request: Option<u32>,
     sha256: Option<String>,
     #[serde(default)]
     config: toml::Table,
 }
 
 const MB: usize = 1024 * 1024;
+
+/// What `policy.NAME` may reach with `outbound`, and its bounds.
+fn outbound_grant(field: &str, p: &RawPolicy) -> anyhow::Result<OutboundGrant> {
+    let defaults = OutboundGrant::default();
+    let mut allow = Vec::with_capacity(p.allow_outbound.len());
+    for (i, origin) in p.allow_outbound.iter().enumerate() {
+        let parsed: Origin = origin
+            .parse()
+            .map_err(|e| anyhow!("{field}.allow_outbound[{i}]: {e}"))?;
+        allow.push(parsed);
+    }
+    Ok(OutboundGrant {
+        allow,
+        calls_per_request: positive(
+            &format!("{field}.outbound_calls_per_request"),
+            p.outbound_calls_per_request,
+        )?
+        .unwrap_or(defaults.calls_per_request),
+        timeout: positive(
+            &format!("{field}.outbound_timeout_ms"),
+            p.outbound_timeout_ms,
+        )?
+        .map_or(defaults.timeout, Duration::from_millis),
+        max_bytes: positive(&format!("{field}.outbound_max_bytes"), p.outbound_max_bytes)?
+            .unwrap_or(defaults.max_bytes),
+    })
+}
 
 fn validate(
     raw: RawConfig,
@@ -581,6 +616,7 @@ fn validate(
             )?
             .unwrap_or(limit_defaults.kv_bytes),
         };
+        let outbound = outbound_grant(&field, &p)?;
         let mut json = serde_json::to_value(&p.config)
             .with_context(|| format!("{field}.config: cannot be expressed as JSON"))?;
         expand_env(&mut json, &format!("{field}.config"), env)?;
@@ -600,6 +636,7 @@ fn validate(
                 instances: p.instances,
                 config_json: json.to_string(),
                 sha256,
+                outbound,
             },
         );
     }

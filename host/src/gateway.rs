@@ -151,6 +151,7 @@ impl Gateway {
                 failure: p.failure,
                 limits: p.limits,
                 instances: p.instances,
+                outbound: Arc::new(p.outbound.clone()),
             };
             let (policy, source) = runtime.load_wasm(spec, &bytes).await.map_err(|e| {
                 match e.downcast::<NotAComponent>() {

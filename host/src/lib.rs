@@ -13,6 +13,7 @@
 //!   `sidecar-runtime` crate (shared with the plugin test harness);
 //! - [`balancer`]: a route's upstream endpoints: balancing, health, retries;
 //! - [`upstream`]: the pooled HTTP client to the services behind the sidecar;
+//! - [`outbound`]: the HTTP client behind policies' `outbound` calls;
 //! - [`tls`]: rustls on the listener (certificate reloaded on change) and to
 //!   `https://` upstreams;
 //! - [`error`]: the one place errors become HTTP responses;
@@ -40,6 +41,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod grpc;
 pub mod metrics;
+pub mod outbound;
 pub mod policy_cli;
 pub mod proxy;
 pub mod reload;

@@ -86,6 +86,19 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboundLabels {
+    policy: String,
+    target: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboundTargetLabels {
+    policy: String,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyHookLabels {
     policy: String,
     hook: &'static str,
@@ -152,6 +165,8 @@ pub struct Metrics {
     connections_refused: Family<LimitLabels, Counter>,
     log_shipped: Family<SinkLabels, Counter>,
     log_dropped: Family<SinkDropLabels, Counter>,
+    outbound_calls: Family<OutboundLabels, Counter>,
+    outbound_duration: Histograms<OutboundTargetLabels>,
     /// The admin view of failures per policy (the counters above cannot be
     /// read back). Touched only when a call fails.
     failing: Mutex<HashMap<String, PolicyFailures>>,
@@ -290,8 +305,24 @@ impl Metrics {
             "Policy log lines a sink gave up, by sink and reason",
             log_dropped.clone(),
         );
+        let outbound_calls = Family::default();
+        registry.register(
+            "sidecar_policy_outbound_calls",
+            "Policies' outbound HTTP calls, by policy, target origin and outcome (sent, cached, denied, timeout, too_large, failed)",
+            outbound_calls.clone(),
+        );
+        let outbound_duration: Histograms<OutboundTargetLabels> =
+            Family::new_with_constructor(request_buckets);
+        registry.register_with_unit(
+            "sidecar_policy_outbound_duration",
+            "Time of one outbound call of a policy, redirects included",
+            Unit::Seconds,
+            outbound_duration.clone(),
+        );
         Self {
             registry,
+            outbound_calls,
+            outbound_duration,
             requests,
             request_duration,
             upstream_errors,
@@ -408,6 +439,30 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
         self.policy_calls.get_or_create(&labels).inc();
+    }
+
+    /// One `outbound` call of `policy` to `target` (an origin).
+    pub fn policy_outbound(
+        &self,
+        policy: &str,
+        target: &str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        let target_labels = OutboundTargetLabels {
+            policy: policy.to_owned(),
+            target: target.to_owned(),
+        };
+        self.outbound_duration
+            .get_or_create(&target_labels)
+            .observe(took.as_secs_f64());
+        self.outbound_calls
+            .get_or_create(&OutboundLabels {
+                policy: target_labels.policy,
+                target: target_labels.target,
+                outcome,
+            })
+            .inc();
     }
 
     pub fn policy_denial(&self, policy: &str) {

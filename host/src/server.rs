@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
 
-use crate::capabilities::Services;
+use crate::capabilities::{Outbound, Services};
 use crate::config::Config;
 use crate::connections::{ConnectionLimits, Refused};
 use crate::detect::{Prefixed, Protocol};
@@ -29,6 +29,7 @@ use crate::error::SidecarError;
 use crate::framing::{StrictFraming, Violation};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::outbound::PolicyHttp;
 use crate::proxy::{AnsweredHere, Completions, Shared};
 use crate::tls::ListenerTls;
 use crate::upstream::UpstreamClient;
@@ -127,6 +128,15 @@ impl Sidecar {
             .as_ref()
             .map(|t| ListenerTls::load(t, config.server.http2, &config.source).map(Arc::new))
             .transpose()?;
+        // Policies' `outbound` calls go out through the sidecar's own client.
+        let mut services = services;
+        services.outbound = Outbound::new(
+            Arc::new(PolicyHttp::new(
+                crate::tls::system_client_config(),
+                metrics.clone(),
+            )),
+            services.clock.clone(),
+        );
         let runtime = Runtime::with_compile_cache(
             config.engine,
             services,

@@ -168,7 +168,7 @@ fn with_scheme(uri: &http::Uri, scheme: http::uri::Scheme) -> http::Uri {
 }
 
 /// `e` and its sources, `: `-separated, each said once.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {

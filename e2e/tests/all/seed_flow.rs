@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sidecar::capabilities::{
-    FieldValue, KvLimits, KvStore, MemoryKv, MemorySink, RedisKv, RedisSettings, Services,
-    SystemClock,
+    FieldValue, KvLimits, KvStore, MemoryKv, MemorySink, NoNetwork, Outbound, RedisKv,
+    RedisSettings, Services, SystemClock,
 };
 use sidecar::server::Sidecar;
 use test_policies::redis_server::RedisServer;
@@ -88,6 +88,8 @@ async fn start_trio_with(config: &str, kv: Arc<dyn KvStore>, v01: bool) -> Trio 
         kv,
         clock: Arc::new(SystemClock),
         log: logs.clone(),
+        // The sidecar plugs in its own client.
+        outbound: Outbound::new(Arc::new(NoNetwork), Arc::new(SystemClock)),
     };
     let sidecar = Arc::new(Sidecar::new(&config, services).await.unwrap());
     let (l, sidecar_addr) = listener().await;

@@ -23,6 +23,23 @@
 //! upstream = { status = 200, body = "from upstream" }   # also run the response hook
 //! expect = { status = 200, headers = { x-cache = "hit" } }
 //! ```
+//!
+//! A policy that calls out (`outbound`) is granted origins as in the
+//! sidecar's config, and its calls reach stubs a case sets (they stay set for
+//! later cases), never the network:
+//!
+//! ```toml
+//! allow_outbound = ["https://idp.example"]
+//!
+//! [[case]]
+//! name = "fetches the key set once"
+//! outbound = [{ url = "https://idp.example/jwks", body = "{...}", headers = { cache-control = "max-age=300" } }]
+//! request = { path = "/", headers = { authorization = "Bearer ..." } }
+//! expect = { decision = "continue", outbound_requests = ["GET https://idp.example/jwks"] }
+//! ```
+//!
+//! A stub may also be `{ url = "...", fail = "connection refused" }` or
+//! `{ url = "...", timeout = true }`; `method` defaults to `GET`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -31,7 +48,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use policy_harness::{
     Configured, Decision, DecisionExt, Harness, HarnessError, HeadersExt, HookError, LogsExt,
-    MessageError, PolicyError, Request, Response, ResponseExt,
+    MessageError, Origin, PolicyError, Request, Response, ResponseExt, Stub,
 };
 use serde::Deserialize;
 
@@ -45,6 +62,9 @@ struct CaseFile {
     config: Option<serde_json::Value>,
     /// Where the clock starts, in Unix seconds.
     start_unix: Option<u64>,
+    /// Origins the policy may call, as `allow_outbound` in the config.
+    #[serde(default)]
+    allow_outbound: Vec<String>,
     #[serde(default, rename = "case")]
     cases: Vec<Case>,
 }
@@ -58,6 +78,9 @@ struct Case {
     advance_secs: u64,
     #[serde(default)]
     kv: BTreeMap<String, String>,
+    /// Stubs for `outbound` calls, set before the case runs.
+    #[serde(default)]
+    outbound: Vec<StubSpec>,
     request: RequestSpec,
     upstream: Option<ResponseSpec>,
     expect: Expect,
@@ -82,12 +105,62 @@ struct Expect {
     log_contains: Vec<String>,
     #[serde(default)]
     log_lacks: Vec<String>,
+    /// The `outbound` calls that reached the stubs during the case
+    /// (`GET https://host/path`), in order; the cache's answers are not.
+    outbound_requests: Option<Vec<String>>,
     /// The hook must fail this way: the policy's failure (`trap`,
     /// `timeout`, `memory`, `kv_quota`), or a message it cannot take or
     /// give (`too_large`: a body over the limit; `bad_output`: an answer
     /// or change that is not valid HTTP; `not_utf8`: a header a 0.1 policy
     /// cannot be given; `message`: any of these).
     error: Option<String>,
+}
+
+/// An `outbound` stub in a case file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StubSpec {
+    #[serde(default = "get")]
+    method: String,
+    url: String,
+    #[serde(default = "ok")]
+    status: u16,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: String,
+    /// The call fails with this reason instead.
+    fail: Option<String>,
+    /// The call times out instead.
+    #[serde(default)]
+    timeout: bool,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+fn ok() -> u16 {
+    200
+}
+
+impl StubSpec {
+    fn stub(&self) -> Stub {
+        if self.timeout {
+            Stub::Timeout
+        } else if let Some(reason) = &self.fail {
+            Stub::Fail(reason.clone())
+        } else {
+            Stub::reply(
+                self.status,
+                self.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                self.body.as_bytes(),
+            )
+        }
+    }
 }
 
 /// What a run printed, and its counts.
@@ -116,7 +189,15 @@ pub fn run_cases(wasm: &Path, cases: &Path) -> anyhow::Result<Report> {
         bail!("{}: no cases (add [[case]] tables)", cases.display());
     }
     super::use_compile_cache();
-    let harness = Harness::load(wasm)?.named(super::policy_name(wasm));
+    let origins: Vec<&str> = file.allow_outbound.iter().map(String::as_str).collect();
+    for (i, origin) in origins.iter().enumerate() {
+        origin
+            .parse::<Origin>()
+            .map_err(|e| anyhow::anyhow!("{}: allow_outbound[{i}]: {e}", cases.display()))?;
+    }
+    let harness = Harness::load(wasm)?
+        .named(super::policy_name(wasm))
+        .allow_outbound(&origins);
     if let Some(start) = file.start_unix {
         harness.clock().set_micros(start.saturating_mul(1_000_000));
     }
@@ -131,6 +212,10 @@ pub fn run_cases(wasm: &Path, cases: &Path) -> anyhow::Result<Report> {
         for (k, v) in &case.kv {
             harness.kv_set(k, v.as_bytes(), None);
         }
+        for stub in &case.outbound {
+            harness.stub(&stub.method, &stub.url, stub.stub());
+        }
+        let sent_before = harness.outbound_requests().len();
         harness.take_logs();
         let config = case
             .config
@@ -144,7 +229,16 @@ pub fn run_cases(wasm: &Path, cases: &Path) -> anyhow::Result<Report> {
         if !loaded.contains_key(&key) {
             loaded.insert(key.clone(), harness.configure(config));
         }
-        match run_one(&harness, case, &loaded[&key]) {
+        let outcome = run_one(&harness, case, &loaded[&key]).and_then(|()| {
+            let sent = &harness.outbound_requests()[sent_before..];
+            match &case.expect.outbound_requests {
+                Some(want) if want.as_slice() != sent => {
+                    Err(format!("expected outbound requests {want:?}, got {sent:?}"))
+                }
+                _ => Ok(()),
+            }
+        });
+        match outcome {
             Ok(()) => {
                 report.passed += 1;
                 report.lines.push(format!("ok      {}", case.name));

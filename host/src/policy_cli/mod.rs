@@ -12,7 +12,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, anyhow, bail};
 use policy_harness::{Harness, PolicyLimits};
 use sidecar_runtime::bindings::{CONTRACTS, v01, v02};
-use sidecar_runtime::capabilities::{Clock, KvLimits, MemoryKv, MemorySink, Services, SystemClock};
+use sidecar_runtime::capabilities::{
+    Clock, KvLimits, MemoryKv, MemorySink, NoNetwork, Outbound, Services, SystemClock,
+};
 use sidecar_runtime::wasm::{
     Component, Configured, Contract, EngineSettings, FailureMode, PolicyError, PolicySpec, Runtime,
 };
@@ -34,7 +36,7 @@ pub(crate) fn use_compile_cache() {
 }
 
 /// Interface names the sidecar provides, by what they are.
-const CAPABILITIES: [&str; 3] = ["log", "kv", "clock"];
+const CAPABILITIES: [&str; 5] = ["log", "kv", "clock", "crypto", "outbound"];
 
 /// Interfaces of the contract that are the message itself, not capabilities
 /// (shared records in 0.1; in 0.2 the request and response the host keeps).
@@ -64,6 +66,7 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let services = Services {
         kv: Arc::new(MemoryKv::new(clock.clone(), KvLimits::default())),
+        outbound: Outbound::new(Arc::new(NoNetwork), clock.clone()),
         clock,
         log: Arc::new(MemorySink::default()),
     };
@@ -91,7 +94,16 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     })?;
     let described = runtime.describe(&component);
     let contract = exported_contract(path, &described.exports)?;
-    let version = version(contract.name());
+    // The version the component was built against (0.2.0 and 0.2.1 share
+    // one host contract): its imports must be of the same.
+    let handler_prefix = format!("{}/handler@", package());
+    let version = described
+        .exports
+        .iter()
+        .find_map(|e| e.strip_prefix(&handler_prefix))
+        .unwrap_or_else(|| version(contract.name()))
+        .to_owned();
+    let version = version.as_str();
     let mut capabilities = Vec::new();
     let mut wasi = Vec::new();
     for import in &described.imports {
@@ -128,7 +140,7 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     let mut report = format!(
         "{}: ok, a {} policy{}\n  capabilities: {}\n  wasi, linked but granting nothing (no files, network or environment): {}",
         path.display(),
-        contract.name(),
+        format!("{}@{version}", package()),
         if contract == Contract::V01 {
             " (an older contract, still loaded; `sidecar policy new` starts a 0.2 one)"
         } else {
@@ -156,10 +168,7 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
 /// The contract whose handler `exports` holds, or why none.
 fn exported_contract(path: &Path, exports: &[String]) -> anyhow::Result<Contract> {
     let handler = |contract: &str| format!("{}/handler@{}", package(), version(contract));
-    if v02::HANDLERS
-        .iter()
-        .any(|h| exports.iter().any(|e| e == h))
-    {
+    if v02::HANDLERS.iter().any(|h| exports.iter().any(|e| e == h)) {
         return Ok(Contract::V02);
     }
     if exports.contains(&handler(v01::CONTRACT)) {
@@ -200,6 +209,7 @@ fn hooks_line(runtime: &Arc<Runtime>, component: &Component, wasm: &[u8], path: 
         failure: FailureMode::Closed,
         limits: PolicyLimits::default(),
         instances: Default::default(),
+        outbound: Default::default(),
     };
     let loaded = tokio::runtime::Builder::new_current_thread()
         .enable_all()

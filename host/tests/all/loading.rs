@@ -38,6 +38,7 @@ fn spec(name: &str, config: serde_json::Value) -> PolicySpec {
             ..PolicyLimits::default()
         },
         instances: Instances::Fresh,
+        outbound: Default::default(),
     }
 }
 

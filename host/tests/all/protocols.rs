@@ -4,9 +4,8 @@
 //! and hyper's HTTP/2 for what needs a hand on the frames.
 
 use std::convert::Infallible;
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,57 +16,12 @@ use tokio::net::TcpListener;
 
 use sidecar::capabilities::FieldValue;
 
-use crate::support::{Upstream, assert_stall_closed, client, start, token};
+use crate::support::{
+    PyServer, Upstream, assert_stall_closed, client, python, script, start, token,
+};
 use crate::tls::{dir, provider, root_ca, server_leaf};
 
 // --- the Python peers --------------------------------------------------
-
-/// The interpreter `scripts/test.sh` installed grpcio and websockets for.
-fn python() -> String {
-    std::env::var("SIDECAR_TEST_PYTHON").expect(
-        "SIDECAR_TEST_PYTHON is not set: run `bash scripts/test.sh`, which installs \
-         the protocol clients (host/tests/clients/) and sets it",
-    )
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/clients")
-        .join(name)
-}
-
-/// A Python server, killed when dropped.
-struct PyServer {
-    child: Child,
-    port: u16,
-}
-
-impl PyServer {
-    /// Starts `name` and waits for its `READY <port>`.
-    fn start(name: &str) -> Self {
-        let mut child = Command::new(python())
-            .arg(script(name))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .strip_prefix("READY ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} did not start: `{line}`"));
-        Self { child, port }
-    }
-}
-
-impl Drop for PyServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs a Python client to its end (off the async runtime) and returns its
 /// one JSON line.

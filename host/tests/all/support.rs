@@ -1,8 +1,10 @@
 //! A sidecar on a free port in front of an echoing upstream.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,7 +13,7 @@ use axum::Json;
 use axum::extract::Request;
 use axum::routing::any;
 use http_body_util::BodyExt;
-use sidecar::capabilities::{KvLimits, MemoryKv, MemorySink, Services, SystemClock};
+use sidecar::capabilities::{KvLimits, MemorySink, Services};
 use sidecar::metrics::Metrics;
 use sidecar::server::Sidecar;
 use sidecar::shipping::Shipping;
@@ -108,9 +110,8 @@ pub async fn start(toml: &str, upstream: &Upstream) -> Running {
 pub async fn serve(config: &sidecar::config::Config) -> (String, Arc<MemorySink>, Arc<Sidecar>) {
     let logs = Arc::new(MemorySink::default());
     let services = Services {
-        kv: Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default())),
-        clock: Arc::new(SystemClock),
         log: logs.clone(),
+        ..Services::production(KvLimits::default())
     };
     let sidecar = Arc::new(Sidecar::new(config, services).await.unwrap());
     let base = listen(&sidecar).await;
@@ -146,9 +147,8 @@ pub async fn serve_with_sinks(config: &sidecar::config::Config) -> Shipped {
     let metrics = Arc::new(Metrics::new());
     let shipping = Shipping::start(&config.log, &metrics, logs.clone()).unwrap();
     let services = Services {
-        kv: Arc::new(MemoryKv::new(Arc::new(SystemClock), KvLimits::default())),
-        clock: Arc::new(SystemClock),
         log: shipping.sink(),
+        ..Services::production(KvLimits::default())
     };
     let sidecar = Arc::new(
         Sidecar::with_metrics(config, services, metrics)
@@ -396,5 +396,68 @@ impl Blackhole {
 
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+// --- Python peers (host/tests/clients/) ---------------------------------
+
+/// The interpreter `scripts/test.sh` installed grpcio and websockets for.
+pub fn python() -> String {
+    std::env::var("SIDECAR_TEST_PYTHON").expect(
+        "SIDECAR_TEST_PYTHON is not set: run `bash scripts/test.sh`, which installs \
+         the protocol clients (host/tests/clients/) and sets it",
+    )
+}
+
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(name)
+}
+
+/// A Python server, killed when dropped (or by [`PyServer::stop`]).
+pub struct PyServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl PyServer {
+    /// Starts `name` and waits for its `READY <port>`.
+    pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// Starts `name` with `args` and waits for its `READY <port>`.
+    pub fn start_with(name: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(python())
+            .arg(script(name))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .strip_prefix("READY ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} did not start: `{line}`"));
+        Self { child, port }
+    }
+}
+
+impl PyServer {
+    /// Kills it now.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

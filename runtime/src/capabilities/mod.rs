@@ -1,4 +1,5 @@
-//! Host capabilities a policy may import: `log`, `kv` and `clock`.
+//! Host capabilities a policy may import: `log`, `kv`, `clock`, `crypto`
+//! and `outbound`.
 //!
 //! Each capability is one module with its own state, its own
 //! `add_to_linker` and its own tests. The services behind them (a log sink,
@@ -7,8 +8,10 @@
 //! means: the WIT, one module here, and one line in [`add_to_linker`].
 
 pub mod clock;
+pub mod crypto;
 pub mod kv;
 pub mod log;
+pub mod outbound;
 pub mod redis;
 
 use std::sync::Arc;
@@ -22,6 +25,10 @@ pub use self::kv::{
     KvBackend, KvError, KvFuture, KvLimits, KvQuotaExceeded, KvSettings, KvStore, MemoryKv,
 };
 pub use self::log::{FieldValue, Level, LogRecord, LogSink, MemorySink, StdoutSink};
+pub use self::outbound::{
+    CallOutcome, HttpClient, NoNetwork, Origin, Outbound, OutboundGrant, OutboundRequest,
+    OutboundResponse, SendError, SendFuture,
+};
 pub use self::redis::{RedisKv, RedisSettings};
 
 /// The long-lived services behind the capabilities, shared by every policy
@@ -31,14 +38,19 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     pub kv: Arc<dyn KvStore>,
     pub log: Arc<dyn LogSink>,
+    /// The network behind `outbound` (what a policy may reach is its own
+    /// [`OutboundGrant`]), and the cache of its responses.
+    pub outbound: Outbound,
 }
 
 impl Services {
-    /// Wall clock, an in-memory store with the given limits, JSON lines on stdout.
+    /// Wall clock, an in-memory store with the given limits, JSON lines on
+    /// stdout, no network.
     pub fn production(kv_limits: KvLimits) -> Self {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         Self {
             kv: Arc::new(MemoryKv::new(clock.clone(), kv_limits)),
+            outbound: Outbound::new(Arc::new(NoNetwork), clock.clone()),
             clock,
             log: Arc::new(StdoutSink::default()),
         }
@@ -84,5 +96,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     log::add_to_linker(linker)?;
     kv::add_to_linker(linker)?;
     clock::add_to_linker(linker)?;
+    crypto::add_to_linker(linker)?;
+    outbound::add_to_linker(linker)?;
     Ok(())
 }

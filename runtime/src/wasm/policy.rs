@@ -6,7 +6,7 @@
 //! store, the limits, failure classification, reuse — is the same for both.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, ResourceTable};
@@ -20,8 +20,10 @@ use super::{CompileSource, EPOCH_TICK, Runtime, snapshot, v01, v02};
 use crate::bindings;
 use crate::capabilities::Caller;
 use crate::capabilities::clock::ClockState;
+use crate::capabilities::crypto::CryptoState;
 use crate::capabilities::kv::{KvQuota, KvQuotaExceeded, KvState};
 use crate::capabilities::log::LogState;
+use crate::capabilities::outbound::{OutboundGrant, OutboundState};
 use crate::message::{BodyError, Completion, Exchange, Response};
 
 /// What happens to a request when its policy fails (traps, times out, hits
@@ -98,6 +100,8 @@ pub struct PolicySpec {
     pub failure: FailureMode,
     pub limits: PolicyLimits,
     pub instances: Instances,
+    /// What it may reach with `outbound` (default: nothing).
+    pub outbound: Arc<OutboundGrant>,
 }
 
 /// Why a call into a policy failed. The detail is for logs, never clients.
@@ -589,7 +593,7 @@ pub(super) fn new_store(
         log: LogState {
             sink: services.log.clone(),
             clock: services.clock.clone(),
-            caller,
+            caller: caller.clone(),
         },
         kv: KvState {
             store: services.kv.clone(),
@@ -598,6 +602,15 @@ pub(super) fn new_store(
         },
         clock: ClockState {
             clock: services.clock.clone(),
+        },
+        crypto: CryptoState,
+        outbound: OutboundState {
+            outbound: services.outbound.clone(),
+            grant: spec.outbound.clone(),
+            caller: caller.clone(),
+            calls: 0,
+            call_started: Instant::now(),
+            deadline: spec.limits.deadline,
         },
         message: MessageState::default(),
     };
@@ -761,6 +774,7 @@ impl PolicyInstance {
         warm.uses += 1;
         // Each request gets the whole quota (on a reused instance too).
         warm.store.data_mut().kv.quota.reset();
+        warm.store.data_mut().outbound.reset_quota();
         match &warm.bindings {
             Bindings::V01(b) => {
                 let request = v01::request_record(exchange)?;
@@ -849,6 +863,7 @@ impl PolicyInstance {
             Some(warm) if !self.poisoned => {
                 warm.store.set_epoch_deadline(self.deadline_ticks);
                 warm.store.data_mut().message.io_credit_ticks = 0;
+                warm.store.data_mut().outbound.start_call();
                 Ok(warm)
             }
             _ => Err(PolicyError::Trapped {

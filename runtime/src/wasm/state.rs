@@ -7,8 +7,10 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capabilities::clock::ClockState;
+use crate::capabilities::crypto::CryptoState;
 use crate::capabilities::kv::KvState;
 use crate::capabilities::log::LogState;
+use crate::capabilities::outbound::OutboundState;
 use crate::wasm::v02::MessageState;
 
 /// The data of one policy instance's `Store`.
@@ -19,6 +21,8 @@ pub struct HostState {
     pub(crate) log: LogState,
     pub(crate) kv: KvState,
     pub(crate) clock: ClockState,
+    pub(crate) crypto: CryptoState,
+    pub(crate) outbound: OutboundState,
     /// The exchange, while a 0.2 hook is being called.
     pub(crate) message: MessageState,
 }
