@@ -2,7 +2,8 @@
 //!
 //! A token's scopes are the union of its `scope` claim (space-separated,
 //! RFC 8693 §4.2), `scp` (an array, or a string as some providers send it)
-//! and `roles` (an array). A request needs every scope of every rule whose
+//! and `roles` (an array). Arrays are read in `scope` too: the claim is
+//! signed, and its meaning is plain either way. A request needs every scope of every rule whose
 //! prefix its path falls under.
 
 use serde_json::{Map, Value};
