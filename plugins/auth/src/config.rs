@@ -1,52 +1,138 @@
 //! The policy's config, parsed and validated once per `configure` call.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::jwks::RemoteJwks;
 use crate::keys::{self, PublicKey};
+use crate::scopes::ScopeRule;
 
 /// Validated auth config. Fields are documented in the crate overview.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The HS256 key; HS256 tokens are verified with it and nothing else.
-    pub secret: Option<Vec<u8>>,
-    /// Public keys from `jwks`, each with its one algorithm.
-    pub keys: Vec<PublicKey>,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
+    /// One provider from the top-level `issuer`/`secret`/`jwks`/`jwks_url`,
+    /// or the `providers` list.
+    pub providers: Vec<Provider>,
+    /// `providers` was given: a token's `iss` picks its provider.
+    pub by_issuer: bool,
     pub leeway_secs: u64,
     pub public_paths: Vec<String>,
+    /// The claim every token must carry as a usable string.
     pub subject_claim: String,
-    pub subject_header: String,
+    /// Claim name and (lower-case) header name, in config order.
+    pub claims_to_headers: Vec<(String, String)>,
+    pub required_scopes: Vec<ScopeRule>,
     pub require_exp: bool,
     pub max_token_bytes: usize,
 }
 
+/// One token issuer and the keys its tokens are verified with.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// `None` (top-level config only): `iss` is not checked.
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// The HS256 key; HS256 tokens are verified with it and nothing else.
+    pub secret: Option<Vec<u8>>,
+    pub keys: KeySource,
+}
+
+/// Where a provider's public keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// No public keys: HS256 only.
+    None,
+    /// `jwks`: given in the config.
+    Inline(Vec<PublicKey>),
+    /// `jwks_url`: fetched, and refreshed, through `outbound`.
+    Remote(RemoteJwks),
+}
+
+impl Provider {
+    /// Whether the provider has (or will fetch) public keys, so a token's
+    /// `kid` means something.
+    pub fn has_public_keys(&self) -> bool {
+        !matches!(self.keys, KeySource::None)
+    }
+}
+
 // `secret` is optional here so that its absence gets our own message
 // ("secret: required...") instead of serde's generic one; `jwks` is read
-// as JSON so that its errors can name the key and member.
+// as JSON so that its errors can name the key and member. The provider
+// fields at the top level make the one provider when `providers` is absent.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    secret: Option<String>,
-    #[serde(default)]
-    jwks: Option<Value>,
     #[serde(default)]
     issuer: Option<String>,
     #[serde(default)]
     audience: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    jwks: Option<Value>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    jwks_refresh_secs: Option<u64>,
+    #[serde(default)]
+    jwks_max_age_secs: Option<u64>,
+    #[serde(default)]
+    providers: Option<Vec<RawNamedProvider>>,
     #[serde(default = "default_leeway")]
     leeway_secs: u64,
     #[serde(default)]
     public_paths: Vec<String>,
-    #[serde(default = "default_subject_claim")]
-    subject_claim: String,
-    #[serde(default = "default_subject_header")]
-    subject_header: String,
+    #[serde(default)]
+    subject_claim: Option<String>,
+    #[serde(default)]
+    subject_header: Option<String>,
+    #[serde(default)]
+    claims_to_headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    required_scopes: Vec<RawScopeRule>,
     #[serde(default = "default_true")]
     require_exp: bool,
     #[serde(default = "default_max_token_bytes")]
     max_token_bytes: usize,
+}
+
+/// What a provider is made of, at the top level or in `providers`.
+struct RawProvider {
+    issuer: Option<String>,
+    audience: Option<String>,
+    secret: Option<String>,
+    jwks: Option<Value>,
+    jwks_url: Option<String>,
+    jwks_refresh_secs: Option<u64>,
+    jwks_max_age_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamedProvider {
+    issuer: String,
+    #[serde(default)]
+    audience: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    jwks: Option<Value>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    jwks_refresh_secs: Option<u64>,
+    #[serde(default)]
+    jwks_max_age_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScopeRule {
+    prefix: String,
+    scopes: Vec<String>,
 }
 
 /// Allowance for clock skew between the issuer and this sidecar, applied to
@@ -57,18 +143,34 @@ struct RawConfig {
 fn default_leeway() -> u64 {
     5
 }
-fn default_subject_claim() -> String {
-    "sub".into()
-}
-fn default_subject_header() -> String {
-    "x-authenticated-user".into()
-}
 fn default_true() -> bool {
     true
 }
 fn default_max_token_bytes() -> usize {
     8192
 }
+const DEFAULT_SUBJECT_CLAIM: &str = "sub";
+const DEFAULT_SUBJECT_HEADER: &str = "x-authenticated-user";
+/// Least time between two refreshes of a key set that an unknown `kid`
+/// (or its age) triggers, across all requests.
+const DEFAULT_JWKS_REFRESH_SECS: u64 = 30;
+/// A fetched key set older than this is fetched again.
+const DEFAULT_JWKS_MAX_AGE_SECS: u64 = 300;
+
+/// Headers the policy must never set from a claim: the token itself, and
+/// what the host manages (it would refuse the edit, failing every request).
+const RESERVED_HEADERS: [&str; 10] = [
+    "authorization",
+    "proxy-authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// A header name must be a non-empty HTTP token; the host hands us lower-case
 /// names, so we compare against a lower-cased copy.
@@ -81,57 +183,107 @@ pub(crate) fn valid_header_name(name: &str) -> bool {
 
 impl Config {
     /// Parses the JSON config; errors name the offending field.
+    ///
+    /// # Errors
+    /// The message `configure` refuses the config with.
     pub fn parse(json: &str) -> Result<Config, String> {
         let raw: RawConfig = policy_common::parse_config(json)?;
-        let keys = match &raw.jwks {
-            None => Vec::new(),
-            Some(jwks) => keys::parse_jwks(jwks)?,
+        // serde's `flatten` would lose `deny_unknown_fields`: gathered by hand.
+        let top = RawProvider {
+            issuer: raw.issuer,
+            audience: raw.audience,
+            secret: raw.secret,
+            jwks: raw.jwks,
+            jwks_url: raw.jwks_url,
+            jwks_refresh_secs: raw.jwks_refresh_secs,
+            jwks_max_age_secs: raw.jwks_max_age_secs,
         };
-        let secret = match raw.secret {
-            Some(s) if !s.is_empty() => Some(s.into_bytes()),
-            Some(_) if !keys.is_empty() => {
-                return Err("secret: must not be empty (omit it to accept no HS256)".to_string());
+        let (providers, by_issuer) = match raw.providers {
+            None => (vec![provider(top, "")?], false),
+            Some(list) => {
+                if let Some(field) = top.given().first() {
+                    return Err(format!(
+                        "{field}: not with providers (give it in each provider)"
+                    ));
+                }
+                (named_providers(list)?, true)
             }
-            None if !keys.is_empty() => None,
-            _ => {
+        };
+
+        let subject_claim = raw
+            .subject_claim
+            .unwrap_or_else(|| DEFAULT_SUBJECT_CLAIM.to_owned());
+        if subject_claim.is_empty() {
+            return Err("subject_claim: must not be empty".to_string());
+        }
+        let claims_to_headers = match (raw.claims_to_headers, raw.subject_header) {
+            (Some(_), Some(_)) => {
                 return Err(
-                    "secret: required, a non-empty string (the HS256 signing key), \
-                     unless jwks gives public keys"
+                    "subject_header: give claims_to_headers or subject_header, not both"
                         .to_string(),
                 );
             }
+            (Some(map), None) => map
+                .into_iter()
+                .map(|(claim, header)| {
+                    let at = format!("claims_to_headers.{claim}");
+                    if claim.is_empty() {
+                        return Err("claims_to_headers: a claim name must not be empty".into());
+                    }
+                    Ok((claim, header_name(&header, &at)?))
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+            (None, header) => {
+                let header = header.unwrap_or_else(|| DEFAULT_SUBJECT_HEADER.to_owned());
+                vec![(
+                    subject_claim.clone(),
+                    header_name(&header, "subject_header")?,
+                )]
+            }
         };
-        let subject_header = raw.subject_header.to_ascii_lowercase();
-        if !valid_header_name(&subject_header) {
-            return Err(format!(
-                "subject_header: {:?} is not a valid HTTP header name",
-                raw.subject_header
-            ));
+        for (i, (claim, header)) in claims_to_headers.iter().enumerate() {
+            if let Some((other, _)) = claims_to_headers[..i].iter().find(|(_, h)| h == header) {
+                return Err(format!(
+                    "claims_to_headers.{claim}: {header:?} is also the header of {other}"
+                ));
+            }
         }
-        if subject_header == "authorization" {
-            return Err("subject_header: must not be `authorization`".to_string());
-        }
-        if raw.subject_claim.is_empty() {
-            return Err("subject_claim: must not be empty".to_string());
-        }
+
         if raw.max_token_bytes == 0 {
             return Err("max_token_bytes: must be greater than 0".to_string());
         }
         if let Some(p) = raw.public_paths.iter().find(|p| !p.starts_with('/')) {
             return Err(format!("public_paths: {p:?} must start with `/`"));
         }
+        let required_scopes = raw
+            .required_scopes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| ScopeRule::new(r.prefix, r.scopes, &format!("required_scopes[{i}]")))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Config {
-            secret,
-            keys,
-            issuer: raw.issuer,
-            audience: raw.audience,
+            providers,
+            by_issuer,
             leeway_secs: raw.leeway_secs,
             public_paths: raw.public_paths,
-            subject_claim: raw.subject_claim,
-            subject_header,
+            subject_claim,
+            claims_to_headers,
+            required_scopes,
             require_exp: raw.require_exp,
             max_token_bytes: raw.max_token_bytes,
         })
+    }
+
+    /// The provider for a token claiming `iss`: the only one, or (with
+    /// `providers`) the one of that issuer.
+    pub fn provider_for(&self, iss: Option<&str>) -> Option<&Provider> {
+        if !self.by_issuer {
+            return self.providers.first();
+        }
+        let iss = iss?;
+        self.providers
+            .iter()
+            .find(|p| p.issuer.as_deref() == Some(iss))
     }
 
     /// Whether `path` (query string ignored) is listed in `public_paths`:
@@ -147,6 +299,134 @@ impl Config {
                 None => path == entry,
             })
     }
+}
+
+impl RawProvider {
+    /// The provider fields that were given (for the error when `providers`
+    /// is given too).
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("issuer", self.issuer.is_some()),
+            ("audience", self.audience.is_some()),
+            ("secret", self.secret.is_some()),
+            ("jwks", self.jwks.is_some()),
+            ("jwks_url", self.jwks_url.is_some()),
+            ("jwks_refresh_secs", self.jwks_refresh_secs.is_some()),
+            ("jwks_max_age_secs", self.jwks_max_age_secs.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+}
+
+fn named_providers(list: Vec<RawNamedProvider>) -> Result<Vec<Provider>, String> {
+    if list.is_empty() {
+        return Err("providers: must not be empty".to_string());
+    }
+    let mut providers: Vec<Provider> = Vec::with_capacity(list.len());
+    for (i, p) in list.into_iter().enumerate() {
+        let at = format!("providers[{i}].");
+        if p.issuer.is_empty() {
+            return Err(format!("{at}issuer: must not be empty"));
+        }
+        if let Some(j) = providers
+            .iter()
+            .position(|q| q.issuer.as_deref() == Some(&p.issuer))
+        {
+            return Err(format!(
+                "{at}issuer: {:?} is also the issuer of providers[{j}]",
+                p.issuer
+            ));
+        }
+        let raw = RawProvider {
+            issuer: Some(p.issuer),
+            audience: p.audience,
+            secret: p.secret,
+            jwks: p.jwks,
+            jwks_url: p.jwks_url,
+            jwks_refresh_secs: p.jwks_refresh_secs,
+            jwks_max_age_secs: p.jwks_max_age_secs,
+        };
+        providers.push(provider(raw, &at)?);
+    }
+    Ok(providers)
+}
+
+/// One provider; `at` prefixes the field names in errors (`providers[1].`).
+fn provider(raw: RawProvider, at: &str) -> Result<Provider, String> {
+    let keys = match (raw.jwks, raw.jwks_url) {
+        (Some(_), Some(_)) => {
+            return Err(format!("{at}jwks_url: give jwks or jwks_url, not both"));
+        }
+        (Some(jwks), None) => {
+            KeySource::Inline(keys::parse_jwks(&jwks).map_err(|e| format!("{at}{e}"))?)
+        }
+        (None, Some(url)) => {
+            let secs = |v: Option<u64>, default, name| match v.unwrap_or(default) {
+                0 => Err(format!("{at}{name}: must be greater than 0")),
+                s => Ok(s),
+            };
+            let refresh = secs(
+                raw.jwks_refresh_secs,
+                DEFAULT_JWKS_REFRESH_SECS,
+                "jwks_refresh_secs",
+            )?;
+            let max_age = secs(
+                raw.jwks_max_age_secs,
+                DEFAULT_JWKS_MAX_AGE_SECS,
+                "jwks_max_age_secs",
+            )?;
+            KeySource::Remote(
+                RemoteJwks::new(url, refresh, max_age).map_err(|e| format!("{at}jwks_url: {e}"))?,
+            )
+        }
+        (None, None) => {
+            for (name, given) in [
+                ("jwks_refresh_secs", raw.jwks_refresh_secs.is_some()),
+                ("jwks_max_age_secs", raw.jwks_max_age_secs.is_some()),
+            ] {
+                if given {
+                    return Err(format!("{at}{name}: only with jwks_url"));
+                }
+            }
+            KeySource::None
+        }
+    };
+    let has_keys = !matches!(keys, KeySource::None);
+    let secret = match raw.secret {
+        Some(s) if !s.is_empty() => Some(s.into_bytes()),
+        Some(_) if has_keys => {
+            return Err(format!(
+                "{at}secret: must not be empty (omit it to accept no HS256)"
+            ));
+        }
+        None if has_keys => None,
+        _ => {
+            return Err(format!(
+                "{at}secret: required, a non-empty string (the HS256 signing key), \
+                 unless jwks or jwks_url gives public keys"
+            ));
+        }
+    };
+    Ok(Provider {
+        issuer: raw.issuer,
+        audience: raw.audience,
+        secret,
+        keys,
+    })
+}
+
+/// A lower-cased header name a claim may be forwarded in.
+fn header_name(name: &str, at: &str) -> Result<String, String> {
+    let lower = name.to_ascii_lowercase();
+    if !valid_header_name(&lower) {
+        return Err(format!("{at}: {name:?} is not a valid HTTP header name"));
+    }
+    if RESERVED_HEADERS.contains(&lower.as_str()) {
+        return Err(format!("{at}: must not be `{lower}`"));
+    }
+    Ok(lower)
 }
 
 /// The path without its query string (and fragment, should one ever arrive).
@@ -173,15 +453,23 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let c = Config::parse(r#"{"secret":"s"}"#).unwrap();
-        assert_eq!(c.secret.as_deref(), Some(&b"s"[..]));
-        assert!(c.keys.is_empty());
+        let [p] = &c.providers[..] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(p.secret.as_deref(), Some(&b"s"[..]));
+        assert!(matches!(p.keys, KeySource::None));
+        assert!(p.issuer.is_none() && p.audience.is_none());
+        assert!(!c.by_issuer);
         assert_eq!(c.leeway_secs, 5);
         assert_eq!(c.subject_claim, "sub");
-        assert_eq!(c.subject_header, "x-authenticated-user");
+        assert_eq!(
+            c.claims_to_headers,
+            [("sub".to_owned(), "x-authenticated-user".to_owned())]
+        );
+        assert!(c.required_scopes.is_empty());
         assert!(c.require_exp);
         assert_eq!(c.max_token_bytes, 8192);
         assert!(c.public_paths.is_empty());
-        assert!(c.issuer.is_none() && c.audience.is_none());
     }
 
     #[test]
@@ -192,10 +480,13 @@ mod tests {
                 "subject_header": "X-User", "require_exp": false, "max_token_bytes": 100}"#,
         )
         .unwrap();
-        assert_eq!(c.audience.as_deref(), Some("api"));
+        assert_eq!(c.providers[0].audience.as_deref(), Some("api"));
         assert_eq!(c.leeway_secs, 10);
         assert_eq!(c.subject_claim, "username");
-        assert_eq!(c.subject_header, "x-user");
+        assert_eq!(
+            c.claims_to_headers,
+            [("username".to_owned(), "x-user".to_owned())]
+        );
         assert!(!c.require_exp);
     }
 

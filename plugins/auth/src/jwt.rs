@@ -1,11 +1,14 @@
 //! JWT verification (RFC 7519 / RFC 7515 compact form).
 //!
 //! The algorithm comes from the key, never from the token: HS256 with the
-//! configured `secret` only, and each `jwks` key with its one algorithm. The
+//! provider's `secret` only, and each public key with its one algorithm. The
 //! token's `alg` must equal that algorithm, which rules out `alg: none` and
 //! algorithm-confusion attacks (an RSA public key is never an HMAC secret).
-//! The header's `kid` selects among the `jwks` keys; `jku`, `x5u`, `x5c`
-//! and `jwk` (keys the token points to or carries) are never read.
+//! The header's `kid` selects among the public keys; `jku`, `x5u`, `x5c`
+//! and `jwk` (keys the token points to or carries) are never read. HS256 is
+//! checked here; every other signature by the host (`crypto.verify`).
+
+use std::borrow::Cow;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,8 +16,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
-use crate::config::Config;
-use crate::keys::PublicKey;
+use crate::config::{Config, KeySource, Provider};
+use crate::imports::Imports;
+use crate::jwks::{Refresh, RemoteJwks};
+use crate::keys::{Alg, PublicKey};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -109,73 +114,191 @@ fn trim_blanks(mut b: &[u8]) -> &[u8] {
     b
 }
 
-/// Verifies `token` against `cfg` at `now_secs` (Unix seconds) and returns
-/// the subject: the string value of `cfg.subject_claim`.
-pub fn verify(token: &str, cfg: &Config, now_secs: u64) -> Result<String, Denial> {
-    // Size first, so an oversized token costs nothing more to refuse.
-    if token.len() > cfg.max_token_bytes {
-        return Err(deny(Code::TokenTooLarge, "token is larger than allowed"));
+/// A verified token: its subject and all its claims.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// The string value of `subject_claim`.
+    pub subject: String,
+    pub claims: Map<String, Value>,
+}
+
+/// A token split and decoded, nothing verified yet.
+struct Jws<'t> {
+    header: Map<String, Value>,
+    payload: Vec<u8>,
+    /// What the signature covers: the encoded header and payload as sent.
+    signed: &'t [u8],
+    signature: Vec<u8>,
+}
+
+impl Jws<'_> {
+    fn alg(&self) -> &str {
+        // `decode` made sure it is there and a string.
+        self.header.get("alg").and_then(Value::as_str).unwrap_or("")
     }
 
+    fn claims(&self) -> Result<Map<String, Value>, Denial> {
+        parse_object(&self.payload, "token payload is not a JSON object")
+    }
+}
+
+fn decode(token: &str, max_bytes: usize) -> Result<Jws<'_>, Denial> {
+    // Size first, so an oversized token costs nothing more to refuse.
+    if token.len() > max_bytes {
+        return Err(deny(Code::TokenTooLarge, "token is larger than allowed"));
+    }
     let mut parts = token.split('.');
     let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(malformed("token must have three dot-separated parts"));
     };
-
     // Strict base64url: URL-safe alphabet, no padding, no whitespace, no
     // non-canonical trailing bits.
     let header_bytes = URL_SAFE_NO_PAD
         .decode(header_b64)
         .map_err(|_| malformed("token header is not valid base64url"))?;
-    let payload_bytes = URL_SAFE_NO_PAD
+    let payload = URL_SAFE_NO_PAD
         .decode(payload_b64)
         .map_err(|_| malformed("token payload is not valid base64url"))?;
     let signature = URL_SAFE_NO_PAD
         .decode(sig_b64)
         .map_err(|_| malformed("token signature is not valid base64url"))?;
-
     let header = parse_object(&header_bytes, "token header is not a JSON object")?;
-    let Some(Value::String(alg)) = header.get("alg") else {
+    if !matches!(header.get("alg"), Some(Value::String(_))) {
         return Err(malformed("token header has no alg"));
-    };
-    let verifier = select_key(&header, alg, cfg)?;
-    // We implement no JWS extensions, so per RFC 7515 §4.1.11 any `crit`
-    // header makes the token unacceptable.
-    if header.contains_key("crit") {
-        return Err(malformed("token header has an unsupported crit parameter"));
     }
+    Ok(Jws {
+        header,
+        payload,
+        signed: &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()],
+        signature,
+    })
+}
 
-    // The signature covers the encoded header and payload as sent.
-    let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    let valid = match verifier {
-        // `verify_slice` compares in constant time.
-        KeyChoice::Secret(secret) => HmacSha256::new_from_slice(secret).is_ok_and(|mut mac| {
-            mac.update(signed);
-            mac.verify_slice(&signature).is_ok()
-        }),
-        KeyChoice::Keys(keys) => keys.iter().any(|k| k.verify(signed, &signature)),
+/// Verifies `token` against `cfg` at the host's time and returns the
+/// subject and claims.
+///
+/// # Errors
+/// Why the token is refused.
+pub fn authenticate(token: &str, cfg: &Config, imports: &dyn Imports) -> Result<Verified, Denial> {
+    let jws = decode(token, cfg.max_token_bytes)?;
+    let wrong_issuer = deny(Code::WrongIssuer, "token issuer is not accepted");
+    // With several providers the token's `iss`, unverified, only picks
+    // whose keys to try; it is checked again once the signature holds.
+    let (provider, claims) = if cfg.by_issuer {
+        let claims = jws.claims()?;
+        let iss = claims.get("iss").and_then(Value::as_str);
+        (cfg.provider_for(iss).ok_or(wrong_issuer)?, Some(claims))
+    } else {
+        (cfg.provider_for(None).ok_or(wrong_issuer)?, None)
     };
-    if !valid {
-        return Err(deny(Code::BadSignature, "token signature is invalid"));
+
+    let now_micros = imports.now_micros();
+    match &provider.keys {
+        KeySource::None => check_signature(&jws, provider, &[], imports)?,
+        KeySource::Inline(keys) => check_signature(&jws, provider, keys, imports)?,
+        KeySource::Remote(remote) => {
+            let keys = remote_keys(&jws, provider, remote, imports, now_micros)?;
+            check_signature(&jws, provider, &keys, imports)?;
+        }
     }
 
     // Only now, with the payload authenticated, look at the claims.
-    let claims = parse_object(&payload_bytes, "token payload is not a JSON object")?;
-    check_times(&claims, cfg, now_secs)?;
-    check_issuer(&claims, cfg)?;
-    check_audience(&claims, cfg)?;
+    let claims = match claims {
+        Some(c) => c,
+        None => jws.claims()?,
+    };
+    check_times(&claims, cfg, now_micros / 1_000_000)?;
+    check_issuer(&claims, provider)?;
+    check_audience(&claims, provider)?;
 
     match claims.get(&cfg.subject_claim) {
         // The subject becomes a header value: no control characters.
         Some(Value::String(sub)) if !sub.is_empty() && !sub.chars().any(char::is_control) => {
-            Ok(sub.clone())
+            Ok(Verified {
+                subject: sub.clone(),
+                claims,
+            })
         }
         _ => Err(deny(
             Code::MissingSubject,
             "token has no usable subject claim",
         )),
+    }
+}
+
+/// The keys of a `jwks_url` provider to check `jws` with, refreshed first
+/// if the set is too old or lacks the token's key (at most one fetch).
+fn remote_keys<'r>(
+    jws: &Jws,
+    provider: &Provider,
+    remote: &'r RemoteJwks,
+    imports: &dyn Imports,
+    now_micros: u64,
+) -> Result<Cow<'r, [PublicKey]>, Denial> {
+    // An HS256 token without a kid needs the secret alone: no kv, no fetch.
+    if jws.alg() == "HS256" && provider.secret.is_some() && !jws.header.contains_key("kid") {
+        return Ok(Cow::Borrowed(&[]));
+    }
+    let mut set = remote.current(imports);
+    let mut tried = false;
+    if remote.is_stale(&set, now_micros) {
+        tried = true;
+        if let Some(fresh) = remote.refresh(imports, Refresh::Age) {
+            set = Cow::Owned(fresh);
+        }
+    }
+    if !tried
+        && lacks_key(select_key(jws, provider, &set.keys), jws)
+        && let Some(fresh) = remote.refresh(imports, Refresh::UnknownKey)
+    {
+        set = Cow::Owned(fresh);
+    }
+    Ok(match set {
+        Cow::Borrowed(set) => Cow::Borrowed(&set.keys[..]),
+        Cow::Owned(set) => Cow::Owned(set.keys),
+    })
+}
+
+/// Whether a refresh could make `selected` succeed: the token names a kid
+/// the set lacks, or has none and no key of its (asymmetric) `alg`.
+fn lacks_key(selected: Result<KeyChoice, Denial>, jws: &Jws) -> bool {
+    match selected {
+        Err(d) if d.code == Code::UnknownKey => true,
+        Err(d) if d.code == Code::UnsupportedAlgorithm => {
+            !jws.header.contains_key("kid") && Alg::from_name(jws.alg()).is_some()
+        }
+        _ => false,
+    }
+}
+
+fn check_signature(
+    jws: &Jws,
+    provider: &Provider,
+    keys: &[PublicKey],
+    imports: &dyn Imports,
+) -> Result<(), Denial> {
+    let verifier = select_key(jws, provider, keys)?;
+    // We implement no JWS extensions, so per RFC 7515 §4.1.11 any `crit`
+    // header makes the token unacceptable.
+    if jws.header.contains_key("crit") {
+        return Err(malformed("token header has an unsupported crit parameter"));
+    }
+    let valid = match verifier {
+        // `verify_slice` compares in constant time.
+        KeyChoice::Secret(secret) => HmacSha256::new_from_slice(secret).is_ok_and(|mut mac| {
+            mac.update(jws.signed);
+            mac.verify_slice(&jws.signature).is_ok()
+        }),
+        KeyChoice::Keys(keys) => keys
+            .iter()
+            .any(|k| imports.verify(k.alg, &k.key, jws.signed, &jws.signature)),
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(deny(Code::BadSignature, "token signature is invalid"))
     }
 }
 
@@ -186,30 +309,31 @@ enum KeyChoice<'a> {
     Keys(Vec<&'a PublicKey>),
 }
 
-/// Picks the key(s) for a token whose header says `alg`. A `kid` naming a
-/// `jwks` key pins that key, whose algorithm must then be `alg`. Otherwise
-/// HS256 is verified with the `secret`, whatever its `kid` (as before `jwks`
+/// Picks the key(s) for a token. A `kid` naming one of `keys` pins that
+/// key, whose algorithm must then be the token's `alg`. Otherwise HS256 is
+/// verified with the `secret`, whatever its `kid` (as before public keys
 /// existed), any other `kid` is unknown, and a token without one is tried
 /// on every key of its `alg`.
 fn select_key<'a>(
-    header: &Map<String, Value>,
-    alg: &str,
-    cfg: &'a Config,
+    jws: &Jws,
+    provider: &'a Provider,
+    keys: &'a [PublicKey],
 ) -> Result<KeyChoice<'a>, Denial> {
+    let alg = jws.alg();
     let unsupported = || {
         deny(
             Code::UnsupportedAlgorithm,
             "token algorithm is not accepted",
         )
     };
-    let kid = match header.get("kid") {
-        _ if cfg.keys.is_empty() => None,
+    let kid = match jws.header.get("kid") {
+        _ if !provider.has_public_keys() => None,
         None => None,
         Some(Value::String(kid)) => Some(kid),
         Some(_) => return Err(malformed("token header kid is not a string")),
     };
     if let Some(kid) = kid {
-        if let Some(key) = cfg.keys.iter().find(|k| k.kid.as_ref() == Some(kid)) {
+        if let Some(key) = keys.iter().find(|k| k.kid.as_ref() == Some(kid)) {
             return if key.alg.name() == alg {
                 Ok(KeyChoice::Keys(vec![key]))
             } else {
@@ -219,18 +343,18 @@ fn select_key<'a>(
                 ))
             };
         }
-        if alg != "HS256" || cfg.secret.is_none() {
+        if alg != "HS256" || provider.secret.is_none() {
             return Err(deny(Code::UnknownKey, "token kid names no configured key"));
         }
     }
     if alg == "HS256" {
-        return cfg
+        return provider
             .secret
             .as_deref()
             .map(KeyChoice::Secret)
             .ok_or_else(unsupported);
     }
-    let keys: Vec<_> = cfg.keys.iter().filter(|k| k.alg.name() == alg).collect();
+    let keys: Vec<_> = keys.iter().filter(|k| k.alg.name() == alg).collect();
     if keys.is_empty() {
         return Err(unsupported());
     }
@@ -275,8 +399,8 @@ fn check_times(claims: &Map<String, Value>, cfg: &Config, now_secs: u64) -> Resu
     Ok(())
 }
 
-fn check_issuer(claims: &Map<String, Value>, cfg: &Config) -> Result<(), Denial> {
-    let Some(expected) = &cfg.issuer else {
+fn check_issuer(claims: &Map<String, Value>, provider: &Provider) -> Result<(), Denial> {
+    let Some(expected) = &provider.issuer else {
         return Ok(());
     };
     match claims.get("iss") {
@@ -286,8 +410,8 @@ fn check_issuer(claims: &Map<String, Value>, cfg: &Config) -> Result<(), Denial>
 }
 
 /// `aud` may be one string or an array of strings (RFC 7519 §4.1.3).
-fn check_audience(claims: &Map<String, Value>, cfg: &Config) -> Result<(), Denial> {
-    let Some(expected) = &cfg.audience else {
+fn check_audience(claims: &Map<String, Value>, provider: &Provider) -> Result<(), Denial> {
+    let Some(expected) = &provider.audience else {
         return Ok(());
     };
     let ok = match claims.get("aud") {
@@ -305,8 +429,14 @@ fn check_audience(claims: &Map<String, Value>, cfg: &Config) -> Result<(), Denia
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::FakeHost;
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     use serde_json::json;
+
+    /// The subject of `token` if `cfg` accepts it at `now_secs`.
+    fn verify(token: &str, cfg: &Config, now_secs: u64) -> Result<String, Denial> {
+        authenticate(token, cfg, &FakeHost::at(now_secs)).map(|v| v.subject)
+    }
 
     const SECRET: &str = "test-secret-please-change";
     const NOW: u64 = 1_700_000_000;

@@ -1,18 +1,19 @@
-//! Public keys from an inline JWKS (RFC 7517) and JWS signature checks with
-//! them (RFC 7518 §3.3–3.5, RFC 8037).
+//! Public keys from a JWK Set (RFC 7517), parsed and validated for the
+//! host's `crypto.verify` (RFC 7518 §3.3–3.5, RFC 8037).
 //!
-//! Each key is parsed and validated once, at configure time, and carries
-//! its one algorithm: a token is checked with the key's algorithm, never
-//! with one the token names.
+//! Each key carries its one algorithm, taken from the key (`kty`, `crv`,
+//! `alg`), never from a token. The signature check itself is the host's
+//! (native code, a tenth of the cost in WebAssembly): this module only turns
+//! a JWK into the bytes `crypto.verify` takes and refuses what no honest
+//! public key looks like. Whether an EC point is on its curve is the host's
+//! check too, on each call: a key that is not never verifies anything.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use p256::ecdsa::signature::Verifier;
-use rsa::{BoxedUint, Pkcs1v15Sign, Pss};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256, Sha384, Sha512};
 
-/// The asymmetric JWS algorithms a configured key can have.
+/// The asymmetric JWS algorithms a key can have; one-to-one with the
+/// contract's `crypto.signature-algorithm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
     Rs256,
@@ -27,6 +28,18 @@ pub enum Alg {
 }
 
 impl Alg {
+    pub const ALL: [Alg; 9] = [
+        Alg::Rs256,
+        Alg::Rs384,
+        Alg::Rs512,
+        Alg::Ps256,
+        Alg::Ps384,
+        Alg::Ps512,
+        Alg::Es256,
+        Alg::Es384,
+        Alg::EdDsa,
+    ];
+
     /// The `alg` name as JOSE spells it.
     pub fn name(self) -> &'static str {
         match self {
@@ -41,6 +54,11 @@ impl Alg {
             Alg::EdDsa => "EdDSA",
         }
     }
+
+    /// The algorithm a JOSE `alg` name means, if a key can have it.
+    pub fn from_name(name: &str) -> Option<Alg> {
+        Alg::ALL.into_iter().find(|a| a.name() == name)
+    }
 }
 
 const RSA_ALGS: [Alg; 6] = [
@@ -53,104 +71,107 @@ const RSA_ALGS: [Alg; 6] = [
 ];
 
 /// RFC 7518 §3.3: 2048 bits at least. The upper bound caps what one
-/// verification can cost.
+/// verification can cost (the host refuses larger moduli too).
 const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
 
-#[derive(Debug, Clone)]
-enum Key {
-    Rsa(rsa::PublicKey),
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
-    Ed25519(ed25519_dalek::VerifyingKey),
+/// A key as `crypto.public-key` carries it: big-endian bytes, not base64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMaterial {
+    /// Modulus and exponent, without leading zero bytes (the host's RSA
+    /// refuses them, and RFC 7518 §6.3.1 forbids them anyway).
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// The uncompressed SEC1 point `0x04 || x || y`.
+    Ec(Vec<u8>),
+    /// The 32-byte Ed25519 key.
+    Ed25519(Vec<u8>),
 }
 
-/// One verification key: its optional `kid` and its algorithm.
-#[derive(Debug, Clone)]
+/// One verification key: its optional `kid`, its algorithm and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicKey {
     pub kid: Option<String>,
     pub alg: Alg,
-    key: Key,
-}
-
-impl PublicKey {
-    /// Whether `sig` is this key's signature (in JWS form) over `signed`.
-    pub fn verify(&self, signed: &[u8], sig: &[u8]) -> bool {
-        match &self.key {
-            Key::Rsa(k) => match self.alg {
-                Alg::Rs256 => rsa_ok(
-                    k,
-                    Pkcs1v15Sign::new::<Sha256>(),
-                    &Sha256::digest(signed),
-                    sig,
-                ),
-                Alg::Rs384 => rsa_ok(
-                    k,
-                    Pkcs1v15Sign::new::<Sha384>(),
-                    &Sha384::digest(signed),
-                    sig,
-                ),
-                Alg::Rs512 => rsa_ok(
-                    k,
-                    Pkcs1v15Sign::new::<Sha512>(),
-                    &Sha512::digest(signed),
-                    sig,
-                ),
-                // RFC 7518 §3.5: MGF1 with the same hash, salt as long as the hash.
-                Alg::Ps256 => rsa_ok(k, Pss::<Sha256>::new(), &Sha256::digest(signed), sig),
-                Alg::Ps384 => rsa_ok(k, Pss::<Sha384>::new(), &Sha384::digest(signed), sig),
-                Alg::Ps512 => rsa_ok(k, Pss::<Sha512>::new(), &Sha512::digest(signed), sig),
-                _ => false,
-            },
-            // JWS ECDSA signatures are r||s, fixed length (RFC 7518 §3.4).
-            Key::P256(k) => {
-                p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(signed, &s).is_ok())
-            }
-            Key::P384(k) => {
-                p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(signed, &s).is_ok())
-            }
-            // Strict: no small-order keys, no non-canonical signatures.
-            Key::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
-                .is_ok_and(|s| k.verify_strict(signed, &s).is_ok()),
-        }
-    }
-}
-
-fn rsa_ok(
-    key: &rsa::PublicKey,
-    scheme: impl rsa::traits::SignatureScheme,
-    hashed: &[u8],
-    sig: &[u8],
-) -> bool {
-    key.verify(scheme, hashed, sig).is_ok()
+    pub key: KeyMaterial,
 }
 
 /// Members that only a private (or symmetric) key has.
 const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
 
-/// Parses the `jwks` config value: `{"keys": [...]}`, at least one key.
-/// Errors name the member, e.g. `jwks.keys[0].n: not base64url`.
+/// Parses a configured `jwks`: `{"keys": [...]}`, at least one key, every
+/// key usable. Errors name the member, e.g. `jwks.keys[0].n: not base64url`.
+///
+/// # Errors
+/// The first key (or shape) at fault: a config names what it means to
+/// trust, so nothing in it is skipped.
 pub fn parse_jwks(jwks: &Value) -> Result<Vec<PublicKey>, String> {
-    let Some(keys) = jwks.as_object().and_then(|o| o.get("keys")) else {
-        return Err(r#"jwks: must be a JWK Set, {"keys": [...]}"#.to_string());
-    };
-    let keys = match keys.as_array() {
-        Some(keys) if !keys.is_empty() => keys,
-        _ => return Err("jwks.keys: must be a non-empty array of JWKs".to_string()),
-    };
-    let mut parsed: Vec<PublicKey> = Vec::with_capacity(keys.len());
-    for (i, jwk) in keys.iter().enumerate() {
+    let mut parsed: Vec<PublicKey> = Vec::new();
+    for (i, jwk) in key_array(jwks)?.iter().enumerate() {
         let at = format!("jwks.keys[{i}]");
         let key = parse_jwk(jwk, &at)?;
-        if let Some(kid) = &key.kid
-            && let Some(j) = parsed.iter().position(|k| k.kid.as_ref() == Some(kid))
-        {
+        if let Some(j) = same_kid(&parsed, &key) {
             return Err(format!(
-                "{at}.kid: {kid:?} is also the kid of jwks.keys[{j}]"
+                "{at}.kid: {:?} is also the kid of jwks.keys[{j}]",
+                key.kid.unwrap_or_default()
             ));
         }
         parsed.push(key);
     }
     Ok(parsed)
+}
+
+/// A key set as an identity provider serves it at its `jwks_uri`.
+#[derive(Debug)]
+pub struct Fetched {
+    pub keys: Vec<PublicKey>,
+    /// Why keys were left out, e.g. `jwks.keys[2].use: "enc" keys do not
+    /// verify signatures`: a provider may publish keys for other uses or
+    /// algorithms, which must not cost us the ones we can use.
+    pub skipped: Vec<String>,
+}
+
+/// Parses a fetched JWKS document: unusable keys are skipped (and said
+/// why), a later key with an earlier one's `kid` too.
+///
+/// # Errors
+/// The body is not a JWK Set, or holds no usable key.
+pub fn parse_fetched(body: &[u8]) -> Result<Fetched, String> {
+    let jwks: Value = serde_json::from_slice(body).map_err(|e| format!("jwks: not JSON ({e})"))?;
+    let mut fetched = Fetched {
+        keys: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for (i, jwk) in key_array(&jwks)?.iter().enumerate() {
+        let at = format!("jwks.keys[{i}]");
+        match parse_jwk(jwk, &at) {
+            Ok(key) if same_kid(&fetched.keys, &key).is_some() => fetched.skipped.push(format!(
+                "{at}.kid: {:?} is repeated",
+                key.kid.unwrap_or_default()
+            )),
+            Ok(key) => fetched.keys.push(key),
+            Err(e) => fetched.skipped.push(e),
+        }
+    }
+    if fetched.keys.is_empty() {
+        let first = fetched.skipped.first().map_or("", String::as_str);
+        return Err(format!("jwks: no usable key ({first})"));
+    }
+    Ok(fetched)
+}
+
+fn key_array(jwks: &Value) -> Result<&Vec<Value>, String> {
+    let Some(keys) = jwks.as_object().and_then(|o| o.get("keys")) else {
+        return Err(r#"jwks: must be a JWK Set, {"keys": [...]}"#.to_string());
+    };
+    match keys.as_array() {
+        Some(keys) if !keys.is_empty() => Ok(keys),
+        _ => Err("jwks.keys: must be a non-empty array of JWKs".to_string()),
+    }
+}
+
+/// The index of a key in `keys` with `key`'s kid, if it has one.
+fn same_kid(keys: &[PublicKey], key: &PublicKey) -> Option<usize> {
+    let kid = key.kid.as_ref()?;
+    keys.iter().position(|k| k.kid.as_ref() == Some(kid))
 }
 
 fn parse_jwk(jwk: &Value, at: &str) -> Result<PublicKey, String> {
@@ -193,22 +214,25 @@ fn parse_jwk(jwk: &Value, at: &str) -> Result<PublicKey, String> {
                     format!("{at}.alg: {name:?} is not an RSA algorithm (RS256, RS384, RS512, PS256, PS384, PS512)")
                 })?,
             };
-            let n = bytes(jwk, "n", at)?;
-            let e = bytes(jwk, "e", at)?;
-            let n = BoxedUint::from_be_slice_vartime(&n);
-            let bits = n.bit_width_vartime() as usize;
+            let n = unsigned(bytes(jwk, "n", at)?);
+            let e = unsigned(bytes(jwk, "e", at)?);
+            let bits = bit_width(&n);
             if !RSA_BITS.contains(&bits) {
                 return Err(format!(
                     "{at}.n: a {bits}-bit modulus is not accepted (2048 to 8192 bits)"
                 ));
             }
-            let key = rsa::PublicKey::new_with_size_limits(
-                n,
-                BoxedUint::from_be_slice_vartime(&e),
-                RSA_BITS,
-            )
-            .map_err(|err| format!("{at}: not a valid RSA public key ({err})"))?;
-            (alg, Key::Rsa(key))
+            // What the host's RSA (ring) requires; a key it would refuse is
+            // better refused here, with a message.
+            if n.last().is_some_and(|b| b & 1 == 0) {
+                return Err(format!("{at}: not a valid RSA public key (n is even)"));
+            }
+            if !(2..=33).contains(&bit_width(&e)) || e.last().is_some_and(|b| b & 1 == 0) {
+                return Err(format!(
+                    "{at}: not a valid RSA public key (e must be odd, 3 to 2^33 - 1)"
+                ));
+            }
+            (alg, KeyMaterial::Rsa { n, e })
         }
         "EC" => {
             let crv = string(jwk, "crv", at)?.ok_or_else(|| format!("{at}.crv: required"))?;
@@ -221,13 +245,7 @@ fn parse_jwk(jwk: &Value, at: &str) -> Result<PublicKey, String> {
             let mut point = vec![0x04];
             point.extend(fixed(jwk, "x", len, at)?);
             point.extend(fixed(jwk, "y", len, at)?);
-            let invalid = |_| format!("{at}: x, y is not a point on {crv}");
-            let key = if alg == Alg::Es256 {
-                Key::P256(p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(invalid)?)
-            } else {
-                Key::P384(p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(invalid)?)
-            };
-            (alg, key)
+            (alg, KeyMaterial::Ec(point))
         }
         "OKP" => {
             let crv = string(jwk, "crv", at)?.ok_or_else(|| format!("{at}.crv: required"))?;
@@ -235,16 +253,28 @@ fn parse_jwk(jwk: &Value, at: &str) -> Result<PublicKey, String> {
                 return Err(format!("{at}.crv: {crv:?} is not supported (Ed25519)"));
             }
             check_alg(Alg::EdDsa, alg_member, at)?;
-            let x: [u8; 32] = fixed(jwk, "x", 32, at)?.try_into().expect("32 bytes");
-            let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
-                .map_err(|_| format!("{at}.x: not an Ed25519 public key"))?;
-            (Alg::EdDsa, Key::Ed25519(key))
+            (Alg::EdDsa, KeyMaterial::Ed25519(fixed(jwk, "x", 32, at)?))
         }
         _ => {
             return Err(format!("{at}: kty {kty:?} is not supported (RSA, EC, OKP)"));
         }
     };
     Ok(PublicKey { kid, alg, key })
+}
+
+/// A big-endian unsigned integer without its leading zero bytes.
+fn unsigned(mut b: Vec<u8>) -> Vec<u8> {
+    let zeros = b.iter().take_while(|&&x| x == 0).count();
+    b.drain(..zeros);
+    b
+}
+
+/// Bits in a big-endian integer that has no leading zero bytes.
+fn bit_width(b: &[u8]) -> usize {
+    match b.first() {
+        None => 0,
+        Some(first) => b.len() * 8 - first.leading_zeros() as usize,
+    }
 }
 
 /// `alg` on an EC or OKP key, if given, must be the one its curve implies.
@@ -477,10 +507,6 @@ mod tests {
             ),
             (without(ec.clone(), "y"), "jwks.keys[0].y: required"),
             (
-                with(ec.clone(), "y", ec["x"].clone()),
-                "jwks.keys[0]: x, y is not a point on P-256",
-            ),
-            (
                 with(ed.clone(), "crv", json!("X25519")),
                 r#"jwks.keys[0].crv: "X25519" is not supported"#,
             ),
@@ -489,8 +515,20 @@ mod tests {
                 "jwks.keys[0].alg: \"ES256\" does not fit",
             ),
             (
-                with(ed.clone(), "x", ec["x"].clone()),
-                "jwks.keys[0].x: not an Ed25519 public key",
+                with(ed.clone(), "x", json!("AQAB")),
+                "jwks.keys[0].x: must be 32 bytes, not 3",
+            ),
+            (
+                with(rsa.clone(), "e", json!("AAI")),
+                "jwks.keys[0]: not a valid RSA public key (e must be odd",
+            ),
+            (
+                with(rsa.clone(), "e", json!("AgAAAAE")),
+                "jwks.keys[0]: not a valid RSA public key (e must be odd",
+            ),
+            (
+                with(rsa.clone(), "n", json!(URL_SAFE_NO_PAD.encode([0xc4; 256]))),
+                "jwks.keys[0]: not a valid RSA public key (n is even)",
             ),
         ] {
             let err = error(jwk.clone());
@@ -511,5 +549,73 @@ mod tests {
             err,
             r#"jwks.keys[1].kid: "ec-p256" is also the kid of jwks.keys[0]"#
         );
+    }
+
+    #[test]
+    fn integers_lose_their_leading_zeros_for_the_host() {
+        let rsa = fixture_key("rsa-rs256");
+        let n = URL_SAFE_NO_PAD.decode(rsa["n"].as_str().unwrap()).unwrap();
+        let padded = [&[0, 0][..], &n].concat();
+        let padded = with(rsa.clone(), "n", json!(URL_SAFE_NO_PAD.encode(padded)));
+        let padded = with(padded, "e", json!("AAEAAQ"));
+        let [a, b] = &parse_jwks(&json!({ "keys": [rsa, without(padded, "kid")] })).unwrap()[..]
+        else {
+            panic!("two keys")
+        };
+        assert_eq!(a.key, b.key);
+        let KeyMaterial::Rsa { n: stripped, e } = &a.key else {
+            panic!("{a:?}")
+        };
+        assert_eq!((stripped, e.as_slice()), (&n, &[1, 0, 1][..]));
+    }
+
+    #[test]
+    fn a_point_off_its_curve_is_left_to_the_host() {
+        // The host checks the point on every call (and it never verifies);
+        // checking it here would take the elliptic-curve arithmetic this
+        // crate no longer carries.
+        let ec = fixture_key("ec-p256");
+        let off = with(ec.clone(), "y", ec["x"].clone());
+        let keys = parse_jwks(&json!({ "keys": [off] })).unwrap();
+        assert!(matches!(&keys[0].key, KeyMaterial::Ec(p) if p.len() == 65 && p[0] == 4));
+    }
+
+    #[test]
+    fn fetched_sets_skip_the_keys_they_cannot_use() {
+        let body = json!({ "keys": [
+            with(fixture_key("rsa-rs256"), "use", json!("enc")),
+            { "kty": "EC", "crv": "P-521", "kid": "p521", "x": "AA", "y": "AA" },
+            with(fixture_key("ec-p256"), "d", json!("AAAA")),
+            fixture_key("ed25519"),
+            with(fixture_key("ec-p384"), "kid", json!("ed25519")),
+            fixture_key("ec-p256"),
+        ]});
+        let fetched = parse_fetched(body.to_string().as_bytes()).unwrap();
+        let kids: Vec<_> = fetched
+            .keys
+            .iter()
+            .map(|k| k.kid.as_deref().unwrap())
+            .collect();
+        assert_eq!(kids, ["ed25519", "ec-p256"]);
+        assert_eq!(fetched.skipped.len(), 4, "{:?}", fetched.skipped);
+        assert!(fetched.skipped[0].starts_with("jwks.keys[0].use"));
+        assert!(fetched.skipped[2].starts_with("jwks.keys[2].d: private key material"));
+        assert!(fetched.skipped[3].starts_with(r#"jwks.keys[4].kid: "ed25519" is repeated"#));
+    }
+
+    #[test]
+    fn fetched_sets_without_a_usable_key_are_refused() {
+        for (body, msg) in [
+            ("<html>", "jwks: not JSON"),
+            ("{}", "jwks: must be a JWK Set"),
+            (r#"{"keys": []}"#, "jwks.keys: must be a non-empty array"),
+            (
+                r#"{"keys": [{"kty": "oct", "k": "AA"}]}"#,
+                r#"jwks: no usable key (jwks.keys[0]: kty "oct""#,
+            ),
+        ] {
+            let err = parse_fetched(body.as_bytes()).unwrap_err();
+            assert!(err.starts_with(msg), "{body}: {err}");
+        }
     }
 }

@@ -6,6 +6,14 @@
 //! hand-crafted where a library would refuse to build them (`alg: none`, a
 //! forged header). Their times are relative to the harness clock, which
 //! starts at `START_MICROS`, never to the real time.
+//!
+//! `jwks_url` (key sets fetched from stubbed identity providers),
+//! `providers`, `claims_to_headers` and `required_scopes` have modules of
+//! their own; the helpers here serve them all.
+
+mod claims;
+mod jwks_url;
+mod providers;
 
 use std::time::Duration;
 
@@ -495,8 +503,33 @@ fn rejects_rs256_header_algorithm_confusion() {
 /// Keys and tokens made with PyJWT + cryptography by
 /// `fixtures/make_tokens.py` (committed; the tests need no Python). Valid
 /// tokens were issued at the harness clock's start and expire in 2100.
-const FIXTURE_JWKS: &str = include_str!("fixtures/jwks.json");
-const FIXTURE_TOKENS: &str = include_str!("fixtures/tokens.json");
+const FIXTURE_JWKS: &str = include_str!("../fixtures/jwks.json");
+const FIXTURE_TOKENS: &str = include_str!("../fixtures/tokens.json");
+
+const FIXTURE_JWKS_NEXT: &str = include_str!("../fixtures/jwks-next.json");
+const FIXTURE_JWKS_OTHER: &str = include_str!("../fixtures/jwks-other.json");
+const FIXTURE_TOKENS_EXTRA: &str = include_str!("../fixtures/tokens-extra.json");
+
+/// The fixture token `name`, from `tokens.json` or `tokens-extra.json`.
+fn fixture_token(name: &str) -> String {
+    let extra: Value = serde_json::from_str(FIXTURE_TOKENS_EXTRA).expect("tokens-extra.json");
+    [fixture_tokens(), extra]
+        .iter()
+        .find_map(|t| t["tokens"][name]["token"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no fixture token {name}"))
+}
+
+/// One JWK Set of the keys of all these sets (JSON texts).
+fn merged_jwks(sets: &[&str]) -> String {
+    let keys: Vec<Value> = sets
+        .iter()
+        .flat_map(|s| {
+            let set: Value = serde_json::from_str(s).expect("a JWK Set");
+            set["keys"].as_array().expect("keys").clone()
+        })
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
 
 fn fixture_tokens() -> Value {
     serde_json::from_str(FIXTURE_TOKENS).expect("tokens.json")
