@@ -170,6 +170,7 @@ fn shipped_case_files_pass_on_both_contracts() {
         (test_policies::V01_AUTH, "plugins/auth/cases.toml"),
         // Asymmetric keys: the 0.2 policy only (the 0.1 build predates them).
         (test_policies::AUTH, "plugins/auth/cases-jwks.toml"),
+        (test_policies::AUTH, "plugins/auth/cases-jwks-url.toml"),
         (test_policies::CACHE, "plugins/cache/cases.toml"),
         (test_policies::V01_CACHE, "plugins/cache/cases.toml"),
     ] {
