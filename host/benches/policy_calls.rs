@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::Criterion;
+use sidecar::capabilities::crypto::Verified;
 use sidecar::capabilities::{
     Clock, KvLimits, LogRecord, LogSink, MemoryKv, NoNetwork, Outbound, Services, SystemClock,
 };
@@ -90,6 +91,9 @@ struct Case {
     path: Path,
     /// The bearer token sent.
     token: String,
+    /// Whether the host may remember verified signatures (on in the
+    /// sidecar; off measures a token's first verification).
+    memo: bool,
 }
 
 /// What one call did, for the checks.
@@ -185,6 +189,8 @@ impl Fixture {
 
     /// One call as the sidecar's request path makes it.
     async fn call(&self, case: &Case) -> Outcome {
+        // Off: each call verifies the signature as if for the first time.
+        Verified::get().set_enabled(case.memo);
         let policy = &case.policy;
         let v01 = policy.contract() == Contract::V01;
         let mut ex = self.exchange(case.unique_path, &case.token);
@@ -394,6 +400,7 @@ struct Spec {
     path: Path,
     /// The bearer token: the HS256 one, or a fixture's (`tokens.json`).
     token: Token,
+    memo: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -431,6 +438,7 @@ fn specs(b: &Builds) -> Vec<Spec> {
         unique_path: false,
         path: Path::Continue,
         token: Token::Hs256,
+        memo: true,
     };
     let none = json!({});
     let mut specs = vec![
@@ -490,28 +498,25 @@ fn specs(b: &Builds) -> Vec<Spec> {
             "issuer": tokens["issuer"],
             "audience": tokens["audience"],
         });
-        for (name, token, user) in [
-            (
-                "auth/request (valid RS256 token, JWKS)",
-                "valid_RS256",
-                "user-rs256",
-            ),
-            (
-                "auth/request (valid ES256 token, JWKS)",
-                "valid_ES256",
-                "user-es256",
-            ),
-            (
-                "auth/request (valid EdDSA token, JWKS)",
-                "valid_EdDSA",
-                "user-eddsa",
-            ),
-        ] {
-            specs.push(Spec {
-                path: Path::Authenticated(user),
-                token: Token::Fixture(token),
-                ..spec(name, b.auth, "auth", &jwks)
-            });
+        for memo in [true, false] {
+            for (alg, token, user) in [
+                ("RS256", "valid_RS256", "user-rs256"),
+                ("ES256", "valid_ES256", "user-es256"),
+                ("EdDSA", "valid_EdDSA", "user-eddsa"),
+            ] {
+                // Leaked: case names are `&'static str`, and this runs once.
+                let name: &'static str = if memo {
+                    format!("auth/request (valid {alg} token, JWKS)").leak()
+                } else {
+                    format!("auth/request (valid {alg} token, JWKS, first verification)").leak()
+                };
+                specs.push(Spec {
+                    path: Path::Authenticated(user),
+                    token: Token::Fixture(token),
+                    memo,
+                    ..spec(name, b.auth, "auth", &jwks)
+                });
+            }
         }
     }
     specs
@@ -538,6 +543,7 @@ async fn cases(runtime: &Arc<Runtime>, fixture: &Fixture, filter: &str) -> Vec<C
                 unique_path: s.unique_path,
                 path: s.path,
                 token,
+                memo: s.memo,
             });
         }
     }

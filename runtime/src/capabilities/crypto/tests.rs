@@ -148,3 +148,22 @@ fn refuses_invalid_keys() {
         &sig
     ));
 }
+
+#[test]
+fn remembers_successes_only_and_exactly() {
+    use crate::bindings::v02::crypto::Host as _;
+    let mut host = CryptoState;
+    let (alg, key) = jwk("ec-p384");
+    let (signed, sig) = token("valid_ES384");
+    let digest = Verified::digest(alg, &key, &signed, &sig);
+    assert!(host.verify(alg, key.clone(), signed.clone(), sig.clone()));
+    assert!(Verified::get().contains(&digest), "a success is kept");
+    // Anything else differs in its digest, and is checked afresh.
+    let mut forged = sig.clone();
+    forged[0] ^= 1;
+    assert!(!host.verify(alg, key.clone(), signed.clone(), forged.clone()));
+    assert!(!Verified::get().contains(&Verified::digest(alg, &key, &signed, &forged)));
+    let (_, other_key) = jwk("ec-p256");
+    assert!(!host.verify(alg, other_key, signed.clone(), sig.clone()));
+    assert!(!host.verify(SignatureAlgorithm::Es256, key, signed, sig));
+}
