@@ -53,8 +53,11 @@ impl wit::Host for CryptoState {
 /// answer depends on nothing but the inputs.
 pub struct Verified {
     enabled: AtomicBool,
-    inner: Mutex<(HashSet<[u8; 32]>, VecDeque<[u8; 32]>)>,
+    inner: Mutex<Kept>,
 }
+
+/// The digests kept, and their order of arrival.
+type Kept = (HashSet<[u8; 32]>, VecDeque<[u8; 32]>);
 
 /// Entries kept (about 100 bytes each); the oldest goes first.
 const VERIFIED_ENTRIES: usize = 16_384;
