@@ -85,16 +85,21 @@ config = {{ issuer = "{origin}", audience = "api", jwks_url = "{origin}/jwks", j
     }
 
     async fn jwks_fetches(&self) -> u64 {
-        let stats: serde_json::Value = client()
-            .get(self.idp_url("/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        stats["jwks"].as_u64().unwrap()
+        jwks_fetches(self.idp.port).await
     }
+}
+
+/// How many times the IdP on `port` served its JWKS.
+async fn jwks_fetches(port: u16) -> u64 {
+    let stats: serde_json::Value = client()
+        .get(format!("http://127.0.0.1:{port}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["jwks"].as_u64().unwrap()
 }
 
 #[tokio::test]
@@ -165,15 +170,7 @@ async fn ignores_jku_and_embedded_keys_and_never_contacts_the_jku() {
     let token = s.token("alg=ES256&aud=api&embed_jwk=1").await;
     let (status, _, body) = s.call(&token).await;
     assert_eq!(status, 401, "{body}");
-    let stats: serde_json::Value = client()
-        .get(format!("http://127.0.0.1:{}/stats", attacker.port))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats["jwks"], 0, "the jku was fetched");
+    assert_eq!(jwks_fetches(attacker.port).await, 0, "the jku was fetched");
 }
 
 #[tokio::test]

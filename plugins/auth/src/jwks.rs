@@ -277,23 +277,10 @@ mod tests {
     use crate::config::Config;
     use crate::imports::HttpResponse;
     use crate::jwt::{self, Code};
-    use crate::testing::FakeHost;
+    use crate::testing::{FIXTURES_NOW as NOW, FakeHost, fixture_token as token};
     use serde_json::{Value, json};
 
     const URL: &str = "https://idp.example/.well-known/jwks.json";
-    /// The fixtures' issue time, 2024-01-01.
-    const NOW: u64 = 1_704_067_200;
-
-    fn tokens() -> Value {
-        serde_json::from_str(include_str!("../tests/fixtures/tokens.json")).unwrap()
-    }
-
-    fn token(name: &str) -> String {
-        tokens()["tokens"][name]["token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
 
     /// The fixture JWKS with only the keys of these kids.
     fn jwks_of(kids: &[&str]) -> String {

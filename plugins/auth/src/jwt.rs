@@ -750,20 +750,9 @@ mod tests {
     /// Tokens and keys made with PyJWT by `tests/fixtures/make_tokens.py`.
     mod fixtures {
         use super::*;
-
-        /// The fixtures' issue time, 2024-01-01.
-        const NOW: u64 = 1_704_067_200;
-
-        fn tokens() -> Value {
-            serde_json::from_str(include_str!("../tests/fixtures/tokens.json")).unwrap()
-        }
-
-        fn token(name: &str) -> String {
-            tokens()["tokens"][name]["token"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
+        use crate::testing::{
+            FIXTURES_NOW as NOW, fixture_token as token, fixture_tokens as tokens,
+        };
 
         /// The fixture JWKS, plus `extra` config members.
         fn jwks_cfg(extra: &str) -> Config {

@@ -159,3 +159,19 @@ impl Imports for FakeHost {
         ));
     }
 }
+
+/// The PyJWT fixtures' issue time (`tests/fixtures/make_tokens.py`), 2024-01-01.
+pub const FIXTURES_NOW: u64 = 1_704_067_200;
+
+/// `tests/fixtures/tokens.json`: named tokens and what each must do.
+pub fn fixture_tokens() -> serde_json::Value {
+    serde_json::from_str(include_str!("../tests/fixtures/tokens.json")).unwrap()
+}
+
+/// The fixture token `name`.
+pub fn fixture_token(name: &str) -> String {
+    fixture_tokens()["tokens"][name]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
