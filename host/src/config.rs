@@ -253,6 +253,8 @@ pub struct PolicyConfig {
     pub sha256: Option<String>,
     /// `allow_outbound` and the `outbound_*` bounds.
     pub outbound: OutboundGrant,
+    /// Files its config reads with `${file:...}`: a change reloads it.
+    pub files: Vec<PathBuf>,
 }
 
 /// Reads and validates a config file.
@@ -619,7 +621,11 @@ fn validate(
         let outbound = outbound_grant(&field, &p)?;
         let mut json = serde_json::to_value(&p.config)
             .with_context(|| format!("{field}.config: cannot be expressed as JSON"))?;
-        expand_env(&mut json, &format!("{field}.config"), env)?;
+        let mut files = FileRefs {
+            base,
+            read: Vec::new(),
+        };
+        expand_env(&mut json, &format!("{field}.config"), env, &mut files)?;
         let sha256 = match p.sha256 {
             Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Some(h.to_ascii_lowercase())
@@ -637,6 +643,7 @@ fn validate(
                 config_json: json.to_string(),
                 sha256,
                 outbound,
+                files: files.read,
             },
         );
     }
@@ -1028,23 +1035,56 @@ fn parse_upstream_like(s: &str, with_path: bool) -> anyhow::Result<Uri> {
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string of a policy's
 /// config, so secrets can come from the environment instead of the file.
+/// Files a policy's config reads (`${file:keys/jwks.json}`), relative to the
+/// config file's folder.
+struct FileRefs<'a> {
+    base: &'a Path,
+    read: Vec<PathBuf>,
+}
+
+/// The most a `${file:...}` may bring into a config.
+const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
+impl FileRefs<'_> {
+    fn read(&mut self, name: &str) -> anyhow::Result<String> {
+        let path = self.base.join(name);
+        self.read.push(path.clone());
+        let len = std::fs::metadata(&path)
+            .with_context(|| format!("`${{file:{name}}}`: cannot read {}", path.display()))?
+            .len();
+        if len > MAX_CONFIG_FILE_BYTES {
+            bail!(
+                "`${{file:{name}}}`: {} is {len} bytes, more than the {MAX_CONFIG_FILE_BYTES} a config may include",
+                path.display()
+            );
+        }
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "`${{file:{name}}}`: cannot read {} as UTF-8 text",
+                path.display()
+            )
+        })
+    }
+}
+
 fn expand_env(
     v: &mut serde_json::Value,
     field: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    files: &mut FileRefs<'_>,
 ) -> anyhow::Result<()> {
     match v {
         serde_json::Value::String(s) => {
-            *s = expand_str(s, env).map_err(|e| anyhow!("{field}: {e}"))?;
+            *s = expand(s, env, Some(files)).map_err(|e| anyhow!("{field}: {e:#}"))?;
         }
         serde_json::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                expand_env(item, &format!("{field}[{i}]"), env)?;
+                expand_env(item, &format!("{field}[{i}]"), env, files)?;
             }
         }
         serde_json::Value::Object(map) => {
             for (k, item) in map.iter_mut() {
-                expand_env(item, &format!("{field}.{k}"), env)?;
+                expand_env(item, &format!("{field}.{k}"), env, files)?;
             }
         }
         _ => {}
@@ -1053,6 +1093,16 @@ fn expand_env(
 }
 
 fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    expand(s, env, None)
+}
+
+/// `${VAR}`, `${VAR:-default}` from `env`, and with `files`, `${file:PATH}`
+/// (the file's text, not expanded further).
+fn expand(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    mut files: Option<&mut FileRefs<'_>>,
+) -> anyhow::Result<String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -1062,6 +1112,14 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<S
             .find('}')
             .ok_or_else(|| anyhow!("unclosed `${{` in `{s}`"))?;
         let expr = &after[..end];
+        if let Some(name) = expr.strip_prefix("file:") {
+            let Some(files) = files.as_deref_mut() else {
+                bail!("`${{file:...}}` is read in a policy's `config` only");
+            };
+            out.push_str(&files.read(name)?);
+            rest = &after[end + 1..];
+            continue;
+        }
         let (name, default) = match expr.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
             None => (expr, None),

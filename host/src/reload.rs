@@ -194,7 +194,11 @@ impl Sidecar {
 pub struct Superseded;
 
 fn policy_files(config: &Config) -> Vec<PathBuf> {
-    config.policies.values().map(|p| p.wasm.clone()).collect()
+    config
+        .policies
+        .values()
+        .flat_map(|p| std::iter::once(p.wasm.clone()).chain(p.files.iter().cloned()))
+        .collect()
 }
 
 /// One file's identity and state: a rename into place changes the inode, a

@@ -661,3 +661,42 @@ fn the_replicas_demo_config_is_valid() {
     assert_eq!(route.upstreams.len(), 2);
     assert!(route.balance.health_check.is_some());
 }
+
+#[test]
+fn a_policy_config_reads_files_next_to_the_config() {
+    let dir = std::env::temp_dir().join(format!("sidecar-config-files-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    std::fs::write(dir.join("keys/jwks.json"), r#"{"keys":[]}"#).unwrap();
+    let text = "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\npolicies = [\"p\"]\n[policy.p]\nwasm = \"p.wasm\"\nconfig = { jwks = \"${file:keys/jwks.json}\", note = \"x ${file:keys/jwks.json} y\" }\n";
+    let config = parse(text, &dir.join("sidecar.toml"), &|_| None).unwrap();
+    let p = &config.policies["p"];
+    let json: serde_json::Value = serde_json::from_str(&p.config_json).unwrap();
+    assert_eq!(json["jwks"], r#"{"keys":[]}"#);
+    assert_eq!(json["note"], r#"x {"keys":[]} y"#);
+    // The file is watched with the policy: editing it reloads.
+    assert_eq!(
+        p.files,
+        [dir.join("keys/jwks.json"), dir.join("keys/jwks.json")]
+    );
+    assert!(
+        crate::reload::fingerprint_of(&config)
+            .iter()
+            .any(|(f, _)| f.ends_with("keys/jwks.json"))
+    );
+
+    let missing = text.replace("keys/jwks.json", "keys/none.json");
+    let e = format!(
+        "{:#}",
+        parse(&missing, &dir.join("sidecar.toml"), &|_| None).unwrap_err()
+    );
+    assert!(
+        e.contains("policy.p.config.jwks: `${file:keys/none.json}`: cannot read"),
+        "{e}"
+    );
+    // Elsewhere than a policy's config it is not read.
+    let e = err(
+        "listen = \"127.0.0.1:1\"\n[[log.sink]]\ntype = \"http\"\nurl = \"http://h:1/\"\nheaders = { a = \"${file:x}\" }\n",
+    );
+    assert!(e.contains("is read in a policy's `config` only"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}

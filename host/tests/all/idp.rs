@@ -252,3 +252,85 @@ async fn keeps_the_last_good_keys_when_the_jwks_turns_to_garbage() {
         assert_eq!(s.call(&token).await.0, 200);
     }
 }
+
+#[tokio::test]
+#[ignore = "needs the Python peers: run through scripts/test.sh"]
+async fn reads_a_jwks_file_and_takes_a_new_one_on_reload() {
+    let idp = PyServer::start_with("idp.py", &[]);
+    let origin = format!("http://127.0.0.1:{}", idp.port);
+    let published = || async {
+        client()
+            .get(format!("{origin}/jwks"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let token = |query: &'static str| {
+        let origin = origin.clone();
+        async move {
+            client()
+                .get(format!("{origin}/token?{query}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("sidecar-jwks-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("jwks.json"), published().await).unwrap();
+    let upstream = Upstream::start().await;
+    // No `allow_outbound`: the sidecar reads the file, the policy calls out
+    // to nothing.
+    std::fs::write(
+        dir.join("sidecar.toml"),
+        format!(
+            r#"
+[[route]]
+prefix = "/api"
+upstream = "{}"
+policies = ["auth"]
+
+[policy.auth]
+wasm = "{}"
+config = {{ issuer = "{origin}", audience = "api", jwks = "${{file:jwks.json}}" }}
+"#,
+            upstream.url(),
+            test_policies::AUTH
+        ),
+    )
+    .unwrap();
+    let config = sidecar::config::load(&dir.join("sidecar.toml")).unwrap();
+    let (base, _logs, sidecar) = crate::support::serve(&config).await;
+    let call = |token: String| {
+        let url = format!("{base}/api/me");
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(call(token("alg=ES256&aud=api").await).await, 200);
+    // The IdP rotates; the file still holds the old set.
+    client()
+        .post(format!("{origin}/rotate?drop_old=1"))
+        .send()
+        .await
+        .unwrap();
+    let rotated = token("alg=ES256&aud=api").await;
+    assert_eq!(call(rotated.clone()).await, 401);
+    std::fs::write(dir.join("jwks.json"), published().await).unwrap();
+    sidecar.reload().await.unwrap();
+    assert_eq!(call(rotated).await, 200);
+    let _ = std::fs::remove_dir_all(dir);
+}

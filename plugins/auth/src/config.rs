@@ -360,6 +360,13 @@ fn provider(raw: RawProvider, at: &str) -> Result<Provider, String> {
             return Err(format!("{at}jwks_url: give jwks or jwks_url, not both"));
         }
         (Some(jwks), None) => {
+            // A JWK Set as JSON text: what the sidecar's `${file:jwks.json}`
+            // puts in a config (a policy reads no files itself).
+            let jwks = match jwks {
+                Value::String(text) => serde_json::from_str(&text)
+                    .map_err(|e| format!("{at}jwks: a string must be a JWK Set as JSON: {e}"))?,
+                other => other,
+            };
             KeySource::Inline(keys::parse_jwks(&jwks).map_err(|e| format!("{at}{e}"))?)
         }
         (None, Some(url)) => {
@@ -496,6 +503,16 @@ mod tests {
             let err = Config::parse(json).unwrap_err();
             assert!(err.starts_with("secret: required"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_jwks_given_as_json_text_is_read_as_the_set() {
+        let set = include_str!("../tests/fixtures/jwks.json");
+        let text = serde_json::to_string(&Value::String(set.to_owned())).unwrap();
+        let c = Config::parse(&format!(r#"{{"jwks": {text}}}"#)).unwrap();
+        assert!(matches!(&c.providers[0].keys, KeySource::Inline(k) if k.len() == 9));
+        let err = Config::parse(r#"{"jwks": "not json"}"#).unwrap_err();
+        assert!(err.starts_with("jwks: a string must be a JWK Set"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! A provider is an issuer and the keys its tokens are verified with:
 //!
 //! - `secret`: the HS256 key (UTF-8 bytes).
-//! - `jwks`: a JWK Set, `{"keys": [...]}`: `RSA` keys with `alg`
+//! - `jwks`: a JWK Set, `{"keys": [...]}` (or the same as JSON text, as
+//!   the sidecar's `jwks = "${file:jwks.json}"` gives it): `RSA` keys with `alg`
 //!   RS256/384/512 or PS256/384/512 (no `alg`: RS256 only), `EC` keys on
 //!   P-256 (ES256) or P-384 (ES384), `OKP` Ed25519 keys (EdDSA); public
 //!   members only, RSA of 2048 to 8192 bits. A bad key refuses the config.
