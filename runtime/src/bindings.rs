@@ -65,6 +65,3 @@ pub mod v01 {
 
 /// The newest contract, what `policy new` targets.
 pub const CONTRACT: &str = v02::CONTRACT;
-
-/// Every contract the host loads, newest first.
-pub const CONTRACTS: [&str; 2] = [v02::CONTRACT, v01::CONTRACT];

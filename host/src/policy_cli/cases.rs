@@ -1,5 +1,5 @@
 //! `sidecar policy test FILE CASES`: table-driven tests for policies in any
-//! language, on either contract (0.1.0 or 0.2.0). Cases run in order and
+//! language, on any contract (0.1.0, 0.2.0 or 0.2.1). Cases run in order and
 //! share the store and the clock, so a cache miss, a hit, and an expiry are
 //! three cases; the policy is loaded once per distinct config, as the
 //! sidecar loads it once for many requests. With an `upstream`, a case runs

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
 use policy_harness::{Harness, PolicyLimits};
-use sidecar_runtime::bindings::{CONTRACTS, v01, v02};
+use sidecar_runtime::bindings::{v01, v02};
 use sidecar_runtime::capabilities::{
     Clock, KvLimits, MemoryKv, MemorySink, NoNetwork, Outbound, Services, SystemClock,
 };
@@ -43,7 +43,7 @@ const CAPABILITIES: [&str; 5] = ["log", "kv", "clock", "crypto", "outbound"];
 const MESSAGE: [&str; 1] = ["types"];
 
 /// `sidecar policy check FILE`: is it a policy for a contract this sidecar
-/// speaks (0.1.0 or 0.2.0), what does it import, and (0.2) which hooks does
+/// speaks (0.1.0, 0.2.0 or 0.2.1), what does it import, and (0.2) which hooks does
 /// it ask for? Returns the report to print.
 ///
 /// # Errors
@@ -174,9 +174,11 @@ fn exported_contract(path: &Path, exports: &[String]) -> anyhow::Result<Contract
     if exports.contains(&handler(v01::CONTRACT)) {
         return Ok(Contract::V01);
     }
-    let wanted = CONTRACTS
+    let wanted = v02::HANDLERS
         .iter()
-        .map(|c| format!("`{}`", handler(c)))
+        .map(|h| (*h).to_owned())
+        .chain(std::iter::once(handler(v01::CONTRACT)))
+        .map(|h| format!("`{h}`"))
         .collect::<Vec<_>>()
         .join(" or ");
     let ours = exports

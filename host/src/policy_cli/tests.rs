@@ -28,7 +28,7 @@ fn check_err(bytes: &[u8]) -> String {
 fn check_names_the_contract_and_lists_capabilities_and_hooks() {
     let report = check(Path::new(test_policies::CACHE)).unwrap();
     assert!(
-        report.contains("ok, a sidecar:policy@0.2.0 policy"),
+        report.contains("ok, a sidecar:policy@0.2.1 policy"),
         "{report}"
     );
     assert!(report.contains("capabilities: log, kv, clock"), "{report}");
@@ -48,10 +48,20 @@ fn check_names_the_contract_and_lists_capabilities_and_hooks() {
 }
 
 #[test]
+fn check_names_the_version_an_older_0_2_component_was_built_against() {
+    let report = check(Path::new(test_policies::V020_CACHE)).unwrap();
+    assert!(
+        report.contains("ok, a sidecar:policy@0.2.0 policy"),
+        "{report}"
+    );
+    assert!(report.contains("capabilities: log, kv, clock"), "{report}");
+}
+
+#[test]
 fn check_reports_a_refused_empty_config_instead_of_hooks() {
     // auth needs a secret.
     let report = check(Path::new(test_policies::AUTH)).unwrap();
-    assert!(report.contains("ok, a sidecar:policy@0.2.0"), "{report}");
+    assert!(report.contains("ok, a sidecar:policy@0.2.1"), "{report}");
     assert!(
         report.contains("hooks: not known, config {} is refused"),
         "{report}"
@@ -87,7 +97,7 @@ fn check_rejects_a_component_for_another_world() {
     let msg = check_err(b"\0asm\x0d\0\x01\0");
     assert!(
         msg.contains(
-            "does not export `sidecar:policy/handler@0.2.0` or `sidecar:policy/handler@0.1.0`"
+            "does not export `sidecar:policy/handler@0.2.1` or `sidecar:policy/handler@0.2.0` or `sidecar:policy/handler@0.1.0`"
         ),
         "{msg}"
     );
@@ -105,7 +115,7 @@ fn check_rejects_a_truncated_file() {
 #[test]
 fn call_prints_the_decision_and_the_log_lines() {
     for (wasm, contract) in [
-        (test_policies::AUTH, "sidecar:policy@0.2.0"),
+        (test_policies::AUTH, "sidecar:policy@0.2.1"),
         (test_policies::V01_AUTH, "sidecar:policy@0.1.0"),
     ] {
         let out = call(
