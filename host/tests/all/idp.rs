@@ -53,40 +53,50 @@ config = {{ issuer = "{origin}", audience = "api", jwks_url = "{origin}/jwks", j
 
     /// A token from the IdP; `query` as `/token` takes it.
     async fn token(&self, query: &str) -> String {
-        client()
-            .get(self.idp_url(&format!("/token?{query}")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(&self.idp_url(&format!("/token?{query}"))).await
     }
 
     /// The status of a request through the sidecar with `token`, and the
     /// subject the upstream saw.
     async fn call(&self, token: &str) -> (u16, Option<String>, String) {
-        let resp = client()
-            .get(format!("{}/api/me", self.sidecar.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let user = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| {
-                v["headers"]["x-authenticated-user"]
-                    .as_str()
-                    .map(str::to_owned)
-            });
-        (status, user, text)
+        call_api(&self.sidecar.base, token).await
     }
 
     async fn jwks_fetches(&self) -> u64 {
         jwks_fetches(self.idp.port).await
     }
+}
+
+async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `GET {base}/api/me` with `token`: the status, the subject the upstream
+/// saw, and the body.
+async fn call_api(base: &str, token: &str) -> (u16, Option<String>, String) {
+    let resp = client()
+        .get(format!("{base}/api/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let user = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| {
+            v["headers"]["x-authenticated-user"]
+                .as_str()
+                .map(str::to_owned)
+        });
+    (status, user, text)
 }
 
 /// How many times the IdP on `port` served its JWKS.
@@ -258,32 +268,13 @@ async fn keeps_the_last_good_keys_when_the_jwks_turns_to_garbage() {
 async fn reads_a_jwks_file_and_takes_a_new_one_on_reload() {
     let idp = PyServer::start_with("idp.py", &[]);
     let origin = format!("http://127.0.0.1:{}", idp.port);
-    let published = || async {
-        client()
-            .get(format!("{origin}/jwks"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let token = |query: &'static str| {
-        let origin = origin.clone();
-        async move {
-            client()
-                .get(format!("{origin}/token?{query}"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
     let dir = std::env::temp_dir().join(format!("sidecar-jwks-file-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("jwks.json"), published().await).unwrap();
+    std::fs::write(
+        dir.join("jwks.json"),
+        get_text(&format!("{origin}/jwks")).await,
+    )
+    .unwrap();
     let upstream = Upstream::start().await;
     // No `allow_outbound`: the sidecar reads the file, the policy calls out
     // to nothing.
@@ -307,30 +298,22 @@ config = {{ issuer = "{origin}", audience = "api", jwks = "${{file:jwks.json}}" 
     .unwrap();
     let config = sidecar::config::load(&dir.join("sidecar.toml")).unwrap();
     let (base, _logs, sidecar) = crate::support::serve(&config).await;
-    let call = |token: String| {
-        let url = format!("{base}/api/me");
-        async move {
-            client()
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(call(token("alg=ES256&aud=api").await).await, 200);
+    let token = get_text(&format!("{origin}/token?alg=ES256&aud=api")).await;
+    assert_eq!(call_api(&base, &token).await.0, 200);
     // The IdP rotates; the file still holds the old set.
     client()
         .post(format!("{origin}/rotate?drop_old=1"))
         .send()
         .await
         .unwrap();
-    let rotated = token("alg=ES256&aud=api").await;
-    assert_eq!(call(rotated.clone()).await, 401);
-    std::fs::write(dir.join("jwks.json"), published().await).unwrap();
+    let rotated = get_text(&format!("{origin}/token?alg=ES256&aud=api")).await;
+    assert_eq!(call_api(&base, &rotated).await.0, 401);
+    std::fs::write(
+        dir.join("jwks.json"),
+        get_text(&format!("{origin}/jwks")).await,
+    )
+    .unwrap();
     sidecar.reload().await.unwrap();
-    assert_eq!(call(rotated).await, 200);
+    assert_eq!(call_api(&base, &rotated).await.0, 200);
     let _ = std::fs::remove_dir_all(dir);
 }
