@@ -38,6 +38,7 @@ use serde::Serialize;
 use crate::gateway::Gateway;
 use crate::message::{Body, BoxBody};
 use crate::metrics::{Metrics, upstream_error_kind};
+use crate::telemetry::Attempt;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// How a route picks an endpoint.
@@ -287,13 +288,16 @@ impl Upstreams {
             let this = body.take().expect("only retried while a body is left");
             // A buffered body is kept for a retry; a stream goes once.
             body = this.try_clone();
-            let request = request_for(&endpoint.uri, this.into_stream())?;
+            let mut request = request_for(&endpoint.uri, this.into_stream())?;
             let idempotent = is_idempotent(request.method());
             let left = deadline.saturating_duration_since(Instant::now());
+            // Its span's id goes upstream in `traceparent` (traces on).
+            let attempt = Attempt::start(&mut request, &endpoint.label, tried.len());
             let result = {
                 let _in_flight = InFlight::enter(&endpoint.state.in_flight);
                 client.send(request, left).await
             };
+            attempt.end(result.as_ref().map(http::Response::status));
             let result = result.map_err(|e| match e {
                 UpstreamError::Timeout(_) => UpstreamError::Timeout(timeout),
                 other => other,

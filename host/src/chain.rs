@@ -24,7 +24,8 @@ use std::time::Instant;
 
 use crate::error::SidecarError;
 use crate::message::{Completion, Exchange, Filled, Phase};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, failure_reason};
+use crate::telemetry::{HookOutcome, HookSpan};
 use crate::upstream::UpstreamError;
 use crate::wasm::{Contract, FailureMode, HookError, Policy, PolicyError, PolicyInstance, Verdict};
 
@@ -82,17 +83,28 @@ impl Chain {
         };
         for policy in &self.policies {
             let started = Instant::now();
-            let called = match policy
-                .instantiate(&route, &exchange.request.request_id)
-                .await
-            {
-                Ok(mut instance) => match instance.on_request(exchange).await {
-                    Ok(verdict) => Ok((instance, verdict)),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(HookError::Policy(e)),
-            };
+            let span = HookSpan::start(policy.name(), "request");
+            let called = span
+                .run(async {
+                    match policy
+                        .instantiate(&route, &exchange.request.request_id)
+                        .await
+                    {
+                        Ok(mut instance) => match instance.on_request(exchange).await {
+                            Ok(verdict) => Ok((instance, verdict)),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(HookError::Policy(e)),
+                    }
+                })
+                .await;
             metrics.policy_call(policy.name(), "request", started.elapsed());
+            span.end(|| {
+                outcome(&called, |(_, verdict)| match verdict {
+                    Verdict::Respond(r) => HookOutcome::Respond(r.head.status.as_u16()),
+                    Verdict::Continue => HookOutcome::Continue,
+                })
+            });
             // A body a policy read that broke off fails the request,
             // whatever the policy decided.
             if let Some(e) = exchange.request_body.failure() {
@@ -139,8 +151,10 @@ impl Entered {
                 continue;
             }
             let started = Instant::now();
-            let called = instance.on_response(exchange).await;
+            let span = HookSpan::start(policy.name(), "response");
+            let called = span.run(instance.on_response(exchange)).await;
             metrics.policy_call(policy.name(), "response", started.elapsed());
+            span.end(|| outcome(&called, |()| HookOutcome::Continue));
             match called {
                 Ok(()) => {}
                 Err(HookError::Message(e)) => {
@@ -200,13 +214,36 @@ impl Completing {
         exchange.phase = Phase::Complete;
         while let Some((policy, mut instance)) = self.instances.pop() {
             let started = Instant::now();
-            let called = instance.on_complete(&mut exchange, &info).await;
+            let span = HookSpan::start(policy.name(), "complete");
+            let called = span.run(instance.on_complete(&mut exchange, &info)).await;
             metrics.policy_call(policy.name(), "complete", started.elapsed());
+            span.end(|| match &called {
+                Ok(()) => HookOutcome::Continue,
+                Err(e) => HookOutcome::Failed {
+                    reason: failure_reason(e),
+                    error: e.to_string(),
+                },
+            });
             if let Err(error) = called {
                 metrics.policy_failure(policy.name(), "complete", &error);
                 tracing::warn!(hook = "complete", %error, "policy failed in its completion hook");
             }
         }
+    }
+}
+
+/// A hook call's outcome, for its span.
+fn outcome<T>(called: &Result<T, HookError>, ok: impl FnOnce(&T) -> HookOutcome) -> HookOutcome {
+    match called {
+        Ok(value) => ok(value),
+        Err(HookError::Policy(e)) => HookOutcome::Failed {
+            reason: failure_reason(e),
+            error: e.to_string(),
+        },
+        Err(HookError::Message(e)) => HookOutcome::Failed {
+            reason: "invalid_output",
+            error: e.to_string(),
+        },
     }
 }
 

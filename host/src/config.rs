@@ -40,7 +40,11 @@ use crate::capabilities::{Origin, OutboundGrant};
 use crate::wasm::{EngineSettings, FailureMode, Instances, PolicyLimits};
 
 mod logs;
-pub use self::logs::{FileSinkSettings, HttpSinkSettings, LogSettings, SinkKind, SinkSettings};
+mod telemetry;
+pub use self::logs::{
+    FileSinkSettings, HttpSinkSettings, LogFormat, LogSettings, SinkKind, SinkSettings,
+};
+pub use self::telemetry::{Sampler, TelemetrySettings, TraceSettings};
 
 /// A validated config. Paths are absolute (resolved against the file's folder).
 #[derive(Debug, Clone)]
@@ -59,6 +63,8 @@ pub struct Config {
     pub reload: ReloadSettings,
     /// Where policy log lines go (`[[log.sink]]`).
     pub log: LogSettings,
+    /// OpenTelemetry traces (`[telemetry]` and the `OTEL_*` variables).
+    pub telemetry: TelemetrySettings,
     /// Where compiled policies are cached across restarts; `None` disables.
     pub compile_cache: Option<PathBuf>,
     /// The most the compile cache directory may hold; the least recently
@@ -304,6 +310,8 @@ struct RawConfig {
     reload: RawReload,
     #[serde(default)]
     log: logs::RawLog,
+    #[serde(default)]
+    telemetry: telemetry::RawTelemetry,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
     #[serde(default, rename = "policy")]
@@ -585,7 +593,8 @@ fn validate(
     };
 
     let kv = kv_settings(raw.kv)?;
-    let log = logs::log_settings(raw.log, base, env)?;
+    let telemetry = telemetry::telemetry_settings(raw.telemetry, env)?;
+    let log = logs::log_settings(raw.log, base, env, &telemetry)?;
 
     let mut policies = BTreeMap::new();
     for (name, p) in raw.policies {
@@ -774,6 +783,7 @@ fn validate(
         admin,
         reload,
         log,
+        telemetry,
         compile_cache,
         compile_cache_max_bytes,
         routes,

@@ -23,8 +23,10 @@
 //! - [`reload`], [`admin`]: drop-in policies (file watcher, SIGHUP, `POST /reload`)
 //!   and the admin listener (health, readiness, metrics);
 //! - [`metrics`]: the Prometheus metrics the request path records;
-//! - [`shipping`]: policy log lines to stdout, rotating files and collectors,
-//!   off the request path;
+//! - [`shipping`]: policy log lines to stdout, rotating files and collectors
+//!   (JSON lines or OTLP), off the request path;
+//! - [`telemetry`]: OpenTelemetry traces (W3C trace context in, spans for
+//!   the request, each policy hook and each upstream attempt, OTLP out);
 //! - [`policy_cli`]: `sidecar policy check|call|test|new`, on `policy-harness`.
 
 pub mod admin;
@@ -47,6 +49,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod shipping;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 

@@ -127,6 +127,11 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkDropLabels {
     sink: String,
     reason: &'static str,
@@ -167,6 +172,8 @@ pub struct Metrics {
     log_dropped: Family<SinkDropLabels, Counter>,
     outbound_calls: Family<OutboundLabels, Counter>,
     outbound_duration: Histograms<OutboundTargetLabels>,
+    spans_exported: Counter,
+    spans_dropped: Family<ReasonLabels, Counter>,
     /// The admin view of failures per policy (the counters above cannot be
     /// read back). Touched only when a call fails.
     failing: Mutex<HashMap<String, PolicyFailures>>,
@@ -319,10 +326,24 @@ impl Metrics {
             Unit::Seconds,
             outbound_duration.clone(),
         );
+        let spans_exported = Counter::default();
+        registry.register(
+            "sidecar_trace_spans_exported",
+            "Spans an OTLP collector accepted",
+            spans_exported.clone(),
+        );
+        let spans_dropped = Family::default();
+        registry.register(
+            "sidecar_trace_spans_dropped",
+            "Spans given up, by reason (queue_full, send_failed, shutdown)",
+            spans_dropped.clone(),
+        );
         Self {
             registry,
             outbound_calls,
             outbound_duration,
+            spans_exported,
+            spans_dropped,
             requests,
             request_duration,
             upstream_errors,
@@ -474,14 +495,7 @@ impl Metrics {
     }
 
     pub fn policy_failure(&self, policy: &str, hook: &'static str, error: &PolicyError) {
-        let reason = match error {
-            PolicyError::TimedOut { .. } => "deadline",
-            PolicyError::MemoryCap { .. } => "memory_cap",
-            PolicyError::KvQuota { .. } => "kv_quota",
-            PolicyError::Trapped { .. } => "trap",
-            PolicyError::ConfigRefused { .. } => "config_refused",
-            PolicyError::Unavailable { .. } => "unavailable",
-        };
+        let reason = failure_reason(error);
         self.policy_failures
             .get_or_create(&PolicyFailureLabels {
                 policy: policy.to_owned(),
@@ -510,6 +524,21 @@ impl Metrics {
     }
 
     /// The counters of log sink `sink` (the same ones on every call).
+    /// The span exporter's counters (the same shape as a log sink's).
+    pub fn trace_spans(&self) -> SinkCounters {
+        let dropped = |reason| {
+            self.spans_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .clone()
+        };
+        SinkCounters {
+            shipped: self.spans_exported.clone(),
+            queue_full: dropped("queue_full"),
+            send_failed: dropped("send_failed"),
+            shutdown: dropped("shutdown"),
+        }
+    }
+
     pub fn log_sink(&self, sink: &str) -> SinkCounters {
         let dropped = |reason| {
             self.log_dropped
@@ -546,6 +575,18 @@ impl Metrics {
 }
 
 /// The `kind`/`outcome` label of an upstream failure.
+/// The `reason` label of a policy failure.
+pub fn failure_reason(error: &PolicyError) -> &'static str {
+    match error {
+        PolicyError::TimedOut { .. } => "deadline",
+        PolicyError::MemoryCap { .. } => "memory_cap",
+        PolicyError::KvQuota { .. } => "kv_quota",
+        PolicyError::Trapped { .. } => "trap",
+        PolicyError::ConfigRefused { .. } => "config_refused",
+        PolicyError::Unavailable { .. } => "unavailable",
+    }
+}
+
 pub fn upstream_error_kind(error: &UpstreamError) -> &'static str {
     match error {
         UpstreamError::Unreachable(_) | UpstreamError::Unavailable(_) => "unavailable",

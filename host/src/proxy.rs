@@ -182,6 +182,7 @@ pub async fn proxy(
                 started,
                 metrics: cx.metrics.clone(),
                 span: tracing::Span::current(),
+                trace: crate::telemetry::current(),
                 running: cx.completions.hold(),
             }),
         }),
@@ -318,6 +319,8 @@ struct Done {
     started: Instant,
     metrics: Arc<Metrics>,
     span: tracing::Span,
+    /// The request's trace (traces on): the hooks' spans join it.
+    trace: Option<opentelemetry::Context>,
     running: Running,
 }
 
@@ -348,16 +351,15 @@ impl Tracked {
             exchange,
             metrics,
             span,
+            trace,
             running,
             ..
         } = done;
-        tokio::spawn(
-            async move {
-                completing.run(exchange, info, &metrics).await;
-                drop(running);
-            }
-            .instrument(span),
-        );
+        let hooks = async move {
+            completing.run(exchange, info, &metrics).await;
+            drop(running);
+        };
+        tokio::spawn(crate::telemetry::within(trace, hooks).instrument(span));
     }
 }
 

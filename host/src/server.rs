@@ -31,6 +31,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::outbound::PolicyHttp;
 use crate::proxy::{AnsweredHere, Completions, Shared};
+use crate::telemetry::Telemetry;
 use crate::tls::ListenerTls;
 use crate::upstream::UpstreamClient;
 use crate::wasm::Runtime;
@@ -55,6 +56,8 @@ pub struct AppState {
     max_head_bytes: usize,
     /// Shared by the workers: what a shutdown waits for last.
     completions: Arc<Completions>,
+    /// `Some` when traces are on (`[telemetry]`).
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
             body_min_rate: self.body_min_rate,
             max_head_bytes: self.max_head_bytes,
             completions: self.completions.clone(),
+            telemetry: self.telemetry.clone(),
         }
     }
 }
@@ -147,6 +151,11 @@ impl Sidecar {
             Arc::new(Gateway::build_apart(config.clone(), runtime.clone(), None, || false).await?);
         // Compiles from now on (reloads) leave the request threads a core.
         runtime.serving();
+        let telemetry =
+            anyhow::Context::with_context(Telemetry::start(&config.telemetry, &metrics), || {
+                config.source.display().to_string()
+            })?
+            .map(Arc::new);
         let (tx, rx) = watch::channel(gateway.clone());
         let state = Arc::new(AppState {
             gateway: rx,
@@ -158,6 +167,7 @@ impl Sidecar {
             body_min_rate: config.server.body_min_bytes_per_sec,
             max_head_bytes: config.server.max_header_bytes,
             completions: Arc::default(),
+            telemetry,
         });
         let sidecar = Self {
             runtime,
@@ -303,9 +313,16 @@ impl Sidecar {
             ),
         }
         running.finish().await;
+        // Last: the spans of the requests just finished are queued now.
+        if let Some(telemetry) = &self.state.telemetry {
+            telemetry.shutdown(TRACE_FLUSH_WITHIN).await;
+        }
         Ok(())
     }
 }
+
+/// On shutdown, how long the span exporter gets to send what it holds.
+const TRACE_FLUSH_WITHIN: Duration = Duration::from_secs(2);
 
 /// The worker threads of one [`Sidecar::serve`]. Dropped (the serve future
 /// cancelled, or returning), it tells them to stop at once.
@@ -581,6 +598,11 @@ async fn handle(connection: &Connection, req: http::Request<Body>) -> axum::resp
     // a timer, holding no slot. HTTP/1 clients send the body right after the
     // head (with `Expect: 100-continue`, once reading it asks for it).
     let (parts, body) = req.into_parts();
+    // The server span, child of the caller's `traceparent` (traces on).
+    let trace = state
+        .telemetry
+        .as_ref()
+        .map(|t| t.server_span(&parts, client, tls, &request_id));
     let grpc = crate::grpc::is_grpc(&parts.headers);
     let http1 = parts.version < http::Version::HTTP_2;
     // hyper's own limit is on its read buffer, not the head: exact here.
@@ -632,14 +654,23 @@ async fn handle(connection: &Connection, req: http::Request<Body>) -> axum::resp
                 request_id: &request_id,
                 completions: &state.completions,
             };
-            crate::proxy::proxy(shared, req, &mut route)
-                .instrument(span.clone())
-                .await
+            let proxied = crate::proxy::proxy(shared, req, &mut route).instrument(span.clone());
+            match &trace {
+                Some(trace) => {
+                    opentelemetry::context::FutureExt::with_context(
+                        proxied,
+                        trace.context().clone(),
+                    )
+                    .await
+                }
+                None => proxied.await,
+            }
         }
         Ok(Err(_)) => Err(SidecarError::Overloaded {
             limit: state.max_in_flight,
         }),
     };
+    let mut refused = None;
     let (mut resp, answered_here) = match result {
         Ok(resp) => {
             let here = resp.extensions().get::<AnsweredHere>().is_some();
@@ -647,6 +678,9 @@ async fn handle(connection: &Connection, req: http::Request<Body>) -> axum::resp
         }
         Err(error) => {
             span.in_scope(|| tracing::warn!(%error, "request refused"));
+            if trace.is_some() {
+                refused = Some(error.to_string());
+            }
             (error.into_response(), true)
         }
     };
@@ -662,6 +696,10 @@ async fn handle(connection: &Connection, req: http::Request<Body>) -> axum::resp
         // ends alone: its frames say where it stops.)
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(trace) = trace {
+        trace.answered(route.as_deref(), resp.status(), refused.as_deref());
+        resp = trace.end_with(resp);
     }
     let route = route.as_deref().unwrap_or(NO_ROUTE);
     state

@@ -19,13 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::capabilities::{Level, LogRecord, LogSink};
-use crate::config::{FileSinkSettings, HttpSinkSettings, LogSettings, SinkKind};
+use crate::config::{FileSinkSettings, HttpSinkSettings, LogFormat, LogSettings, SinkKind};
 use crate::metrics::{Metrics, SinkCounters};
+use crate::telemetry::logs;
 use crate::upstream::UpstreamClient;
 
 pub use self::file::RotatingFile;
@@ -74,11 +76,7 @@ impl Shipping {
         let mut workers = Vec::new();
         let mut reported = Vec::new();
         for (i, sink) in settings.sinks.iter().enumerate() {
-            let lane = || Lane {
-                name: sink.name.clone(),
-                counters: metrics.log_sink(&sink.name),
-                last_error: Arc::new(Mutex::new(None)),
-            };
+            let lane = || Lane::new(&sink.name, metrics.log_sink(&sink.name));
             let (lane, tx) = match &sink.kind {
                 SinkKind::Stdout => {
                     direct.push((sink.level, stdout.clone()));
@@ -92,13 +90,33 @@ impl Shipping {
                     let lane = lane();
                     let task = write_file(file, f.clone(), lane.clone(), rx, stop.subscribe());
                     workers.push(tokio::spawn(task));
-                    (lane, tx)
+                    (lane, Tx::Json(tx))
                 }
                 SinkKind::Http(h) => {
-                    let (tx, rx) = mpsc::channel(h.buffer_lines);
                     let lane = lane();
-                    let task = send_http(h.clone(), lane.clone(), rx, stop.subscribe());
-                    workers.push(tokio::spawn(task));
+                    let collector = Collector {
+                        client: UpstreamClient::new(),
+                        settings: h.clone(),
+                    };
+                    let (max, flush, stop) = (h.batch_lines, h.flush, stop.subscribe());
+                    let tx = match &h.format {
+                        LogFormat::NdJson => {
+                            let (tx, rx) = mpsc::channel(h.buffer_lines);
+                            let task = ship(max, flush, lane.clone(), rx, stop, collector);
+                            workers.push(tokio::spawn(task));
+                            Tx::Json(tx)
+                        }
+                        LogFormat::Otlp { service_name } => {
+                            let (tx, rx) = mpsc::channel(h.buffer_lines);
+                            let otlp = OtlpCollector {
+                                collector,
+                                resource: logs::Resource::new(service_name),
+                            };
+                            let task = ship(max, flush, lane.clone(), rx, stop, otlp);
+                            workers.push(tokio::spawn(task));
+                            Tx::Otlp(tx)
+                        }
+                    };
                     (lane, tx)
                 }
             };
@@ -160,9 +178,10 @@ async fn join_all(workers: Vec<JoinHandle<()>>) {
 
 type Queue = mpsc::Receiver<String>;
 
-/// One queued sink as the request path and its task see it.
-#[derive(Clone)]
-struct Lane {
+/// One queued sink (or the span exporter) as the request path and its
+/// task see it.
+#[derive(Clone, Debug)]
+pub(crate) struct Lane {
     name: String,
     counters: SinkCounters,
     /// Why the last write or send failed, for the drop report.
@@ -170,6 +189,28 @@ struct Lane {
 }
 
 impl Lane {
+    pub(crate) fn new(name: &str, counters: SinkCounters) -> Self {
+        Self {
+            name: name.to_owned(),
+            counters,
+            last_error: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Counts what became of an item offered to the queue (`Err(true)`:
+    /// full, `Err(false)`: closed).
+    pub(crate) fn offered(&self, sent: Result<(), bool>) {
+        match sent {
+            Ok(()) => {}
+            Err(true) => {
+                self.counters.queue_full.inc();
+            }
+            Err(false) => {
+                self.counters.shutdown.inc();
+            }
+        }
+    }
+
     fn failed(&self, lines: usize, error: String) {
         self.counters.send_failed.inc_by(lines as u64);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
@@ -181,7 +222,13 @@ struct Fanout {
     /// Written as the policy logs (stdout).
     direct: Vec<(Level, Arc<dyn LogSink>)>,
     /// Queued: a file or HTTP sink's task takes them from there.
-    lanes: Vec<(Level, Lane, mpsc::Sender<String>)>,
+    lanes: Vec<(Level, Lane, Tx)>,
+}
+
+/// A queued sink's queue: what it takes.
+enum Tx {
+    Json(mpsc::Sender<String>),
+    Otlp(mpsc::Sender<logs::Record>),
 }
 
 impl LogSink for Fanout {
@@ -191,16 +238,22 @@ impl LogSink for Fanout {
             if record.level < *level {
                 continue;
             }
-            let line = line.get_or_insert_with(|| record.to_json_line()).clone();
-            match tx.try_send(line) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    lane.counters.queue_full.inc();
+            let sent = match tx {
+                Tx::Json(tx) => {
+                    let line = line.get_or_insert_with(|| record.to_json_line()).clone();
+                    tx.try_send(line)
+                        .map_err(|e| matches!(e, TrySendError::Full(_)))
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    lane.counters.shutdown.inc();
-                }
-            }
+                // The current span is that of the hook that logged: the
+                // record carries its trace.
+                Tx::Otlp(tx) => tx
+                    .try_send(logs::Record::new(
+                        &record,
+                        &crate::telemetry::current_span(),
+                    ))
+                    .map_err(|e| matches!(e, TrySendError::Full(_))),
+            };
+            lane.offered(sent);
         }
         for (level, sink) in &self.direct {
             if record.level >= *level {
@@ -352,18 +405,26 @@ async fn write_file(
     }
 }
 
-/// An HTTP sink's task: a batch is sent when it has `batch_lines` lines or
-/// its first line is `flush` old; one batch at a time, so a slow collector
+/// How a batching lane hands over one batch (see [`ship`]).
+pub(crate) trait Deliver<T>: Send + 'static {
+    /// Delivers `batch` (retrying as it sees fit); `Err` says why it was
+    /// given up.
+    fn deliver(&self, batch: Vec<T>) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// A batching lane's task: a batch is delivered when it has `max` items or
+/// its first item is `flush` old; one batch at a time, so a slow collector
 /// fills the queue (and drops are counted) instead of piling up requests.
-async fn send_http(
-    settings: HttpSinkSettings,
+/// Once `stop` has a deadline, what is queued is delivered until then.
+pub(crate) async fn ship<T: Send + 'static>(
+    max: usize,
+    flush: Duration,
     lane: Lane,
-    mut queue: Queue,
+    mut queue: mpsc::Receiver<T>,
     mut stop: watch::Receiver<Option<Instant>>,
+    delivery: impl Deliver<T>,
 ) {
-    let client = UpstreamClient::new();
-    let max = settings.batch_lines;
-    let mut batch: Vec<String> = Vec::with_capacity(max);
+    let mut batch: Vec<T> = Vec::with_capacity(max);
     let mut draining = false;
     loop {
         if draining {
@@ -371,7 +432,7 @@ async fn send_http(
                 break;
             }
         } else {
-            // Wait for a first line, then fill until full or old enough.
+            // Wait for a first item, then fill until full or old enough.
             tokio::select! {
                 n = queue.recv_many(&mut batch, max) => if n == 0 { break },
                 () = stopping(&mut stop) => {
@@ -380,7 +441,7 @@ async fn send_http(
                     continue;
                 }
             }
-            let due = Instant::now() + settings.flush;
+            let due = Instant::now() + flush;
             while batch.len() < max && !draining {
                 let room = max - batch.len();
                 tokio::select! {
@@ -393,22 +454,54 @@ async fn send_http(
                 }
             }
         }
-        let lines = batch.len();
+        let items = batch.len();
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(max));
         let sent = tokio::select! {
-            r = send_batch(&client, &settings, &batch) => Some(r),
+            r = delivery.deliver(full) => Some(r),
             () = past_deadline(stop.clone()) => None,
         };
         match sent {
             Some(Ok(())) => {
-                lane.counters.shipped.inc_by(lines as u64);
+                lane.counters.shipped.inc_by(items as u64);
             }
-            Some(Err(e)) => lane.failed(lines, e),
+            Some(Err(e)) => lane.failed(items, e),
             None => {
-                lane.counters.shutdown.inc_by((lines + queue.len()) as u64);
+                lane.counters.shutdown.inc_by((items + queue.len()) as u64);
                 return;
             }
         }
-        batch.clear();
+    }
+}
+
+/// An HTTP sink's delivery: the batch as JSON lines, POSTed with retries.
+struct Collector {
+    client: UpstreamClient,
+    settings: HttpSinkSettings,
+}
+
+impl Deliver<String> for Collector {
+    async fn deliver(&self, batch: Vec<String>) -> Result<(), String> {
+        let mut body = String::with_capacity(batch.iter().map(|l| l.len() + 1).sum());
+        for l in &batch {
+            body.push_str(l);
+            body.push('\n');
+        }
+        let body = Bytes::from(body);
+        send_batch(&self.client, &self.settings, body, "application/x-ndjson").await
+    }
+}
+
+/// An OTLP sink's delivery: one `ExportLogsServiceRequest` a batch.
+struct OtlpCollector {
+    collector: Collector,
+    resource: logs::Resource,
+}
+
+impl Deliver<logs::Record> for OtlpCollector {
+    async fn deliver(&self, batch: Vec<logs::Record>) -> Result<(), String> {
+        let body = logs::export_request(&self.resource, batch);
+        let Collector { client, settings } = &self.collector;
+        send_batch(client, settings, body, "application/x-protobuf").await
     }
 }
 
@@ -418,19 +511,14 @@ async fn send_http(
 async fn send_batch(
     client: &UpstreamClient,
     settings: &HttpSinkSettings,
-    lines: &[String],
+    body: Bytes,
+    content_type: &'static str,
 ) -> Result<(), String> {
-    let mut body = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-    for l in lines {
-        body.push_str(l);
-        body.push('\n');
-    }
-    let body = Bytes::from(body);
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 0;
     loop {
         let mut req = http::Request::post(settings.url.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-ndjson");
+            .header(http::header::CONTENT_TYPE, content_type);
         for (k, v) in &settings.headers {
             req = req.header(k, v);
         }

@@ -11,6 +11,11 @@
 //! type = "http"
 //! url = "http://collector:8080/logs"
 //! headers = { authorization = "Bearer ${LOG_TOKEN}" }
+//!
+//! [[log.sink]]
+//! type = "otlp"                       # OTLP logs over HTTP/protobuf, with trace ids
+//! url = "http://collector:4318/v1/logs"   # default: OTEL_EXPORTER_OTLP_LOGS_ENDPOINT,
+//!                                     # else [telemetry] endpoint / OTEL_EXPORTER_OTLP_ENDPOINT + /v1/logs
 //! ```
 
 use std::collections::BTreeMap;
@@ -21,6 +26,7 @@ use anyhow::{anyhow, bail};
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
+use super::telemetry::{TelemetrySettings, header_list, signal_url};
 use super::{expand_str, parse_upstream_like, positive};
 use crate::capabilities::Level;
 
@@ -87,10 +93,12 @@ impl Default for FileSinkSettings {
     }
 }
 
-/// Batches of JSON lines POSTed to a collector (`application/x-ndjson`).
+/// Batches POSTed to a collector: JSON lines (`type = "http"`) or OTLP
+/// (`type = "otlp"`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpSinkSettings {
     pub url: Uri,
+    pub format: LogFormat,
     /// Most lines in one request.
     pub batch_lines: usize,
     /// A partial batch is sent once its first line is this old.
@@ -106,10 +114,21 @@ pub struct HttpSinkSettings {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// What a collector is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFormat {
+    /// `application/x-ndjson`: a line a record.
+    NdJson,
+    /// `application/x-protobuf`: an OTLP `ExportLogsServiceRequest`, each
+    /// record with the trace and span ids of the request that logged it.
+    Otlp { service_name: String },
+}
+
 impl HttpSinkSettings {
     pub fn new(url: Uri) -> Self {
         Self {
             url,
+            format: LogFormat::NdJson,
             batch_lines: 512,
             flush: Duration::from_secs(1),
             buffer_lines: 10_000,
@@ -186,6 +205,7 @@ pub(super) fn log_settings(
     raw: RawLog,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
+    telemetry: &TelemetrySettings,
 ) -> anyhow::Result<LogSettings> {
     if raw.sinks.is_empty() {
         return Ok(LogSettings::default());
@@ -232,34 +252,55 @@ pub(super) fn log_settings(
                         .map_or(d.flush, Duration::from_millis),
                 })
             }
-            "http" => {
-                s.refuse_unused(
-                    &field,
-                    &[
-                        "url",
-                        "format",
-                        "batch_lines",
-                        "flush_ms",
-                        "buffer_lines",
-                        "timeout_ms",
-                        "retries",
-                        "headers",
-                    ],
-                )?;
+            "http" | "otlp" => {
+                let otlp = s.kind == "otlp";
+                let mut takes = vec![
+                    "url",
+                    "batch_lines",
+                    "flush_ms",
+                    "buffer_lines",
+                    "timeout_ms",
+                    "retries",
+                    "headers",
+                ];
+                if !otlp {
+                    takes.insert(1, "format");
+                }
+                s.refuse_unused(&field, &takes)?;
                 match s.format.as_deref().unwrap_or("ndjson") {
                     "ndjson" => {}
                     other => bail!(
-                        "{field}.format: `{other}` is not supported (\"ndjson\", batched JSON lines)"
+                        "{field}.format: `{other}` is not supported (\"ndjson\", batched JSON lines; for OTLP use type = \"otlp\")"
                     ),
                 }
-                let url = s
-                    .url
-                    .as_deref()
-                    .ok_or_else(|| anyhow!("{field}.url: required with type = \"http\""))?;
-                let url = expand_str(url, env).map_err(|e| anyhow!("{field}.url: {e}"))?;
-                let url =
-                    parse_upstream_like(&url, true).map_err(|e| anyhow!("{field}.url: {e}"))?;
+                let url = match (s.url.as_deref(), otlp) {
+                    (Some(url), _) => {
+                        let url = expand_str(url, env).map_err(|e| anyhow!("{field}.url: {e}"))?;
+                        parse_upstream_like(&url, true).map_err(|e| anyhow!("{field}.url: {e}"))?
+                    }
+                    (None, false) => bail!("{field}.url: required with type = \"http\""),
+                    (None, true) => match env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+                        .filter(|v| !v.trim().is_empty())
+                    {
+                        Some(url) => parse_upstream_like(&url, true)
+                            .map_err(|e| anyhow!("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: {e}"))?,
+                        None => signal_url(telemetry.endpoint.as_deref(), "logs")
+                            .map_err(|e| anyhow!("{field}.url: {e}"))?,
+                    },
+                };
                 let mut http = HttpSinkSettings::new(url);
+                if otlp {
+                    http.format = LogFormat::Otlp {
+                        service_name: telemetry.service_name.clone(),
+                    };
+                    // The exporter's own headers unless the sink has some.
+                    if s.headers.is_none() {
+                        http.headers = match env("OTEL_EXPORTER_OTLP_LOGS_HEADERS") {
+                            Some(list) => header_list("OTEL_EXPORTER_OTLP_LOGS_HEADERS", &list)?,
+                            None => telemetry.headers.clone(),
+                        };
+                    }
+                }
                 http.batch_lines = positive(&format!("{field}.batch_lines"), s.batch_lines)?
                     .unwrap_or(http.batch_lines);
                 http.flush = positive(&format!("{field}.flush_ms"), s.flush_ms)?
@@ -280,7 +321,9 @@ pub(super) fn log_settings(
                 }
                 SinkKind::Http(http)
             }
-            other => bail!("{field}.type: `{other}` is not \"stdout\", \"file\" or \"http\""),
+            other => {
+                bail!("{field}.type: `{other}` is not \"stdout\", \"file\", \"http\" or \"otlp\"")
+            }
         };
         let name = s.name.unwrap_or_else(|| s.kind.clone());
         if name.is_empty() {

@@ -19,5 +19,6 @@ mod shipping;
 mod soak;
 mod streaming;
 mod support;
+mod telemetry;
 mod tls;
 mod upstream_faults;
