@@ -26,6 +26,10 @@ to /profile for the upstream, user-service):
                     (a new URL per request)
   sidecar-hit       the same, every request a cache hit (one URL)
   sidecar-reuse     the miss path with `instances = "reuse"`
+  sidecar-auth-traced  sidecar-auth with OpenTelemetry traces on, 100%
+                    sampled, exported over OTLP/HTTP to a local receiver
+                    that reads and discards them (CPU 0, with wrk)
+  sidecar-traced    sidecar-miss, traced the same way
 
 and over HTTP/2 (cleartext, prior knowledge: h2c), driven by h2load instead
 of wrk (one thread, the same connection counts, BENCH_H2_STREAMS concurrent
@@ -126,13 +130,16 @@ ROWS = {
     "sidecar-miss": "sidecar, logging+auth+cache, cache miss",
     "sidecar-hit": "sidecar, logging+auth+cache, cache hit",
     "sidecar-reuse": "sidecar, same, miss, instances = reuse",
+    "sidecar-auth-traced": "sidecar, auth alone, traced (100%)",
+    "sidecar-traced": "sidecar, logging+auth+cache, miss, traced (100%)",
     # Only with BENCH_BASELINE: another build of the sidecar, side by side.
     "baseline": "baseline sidecar, no policies",
     "baseline-auth": "baseline sidecar, auth alone",
     "baseline-miss": "baseline sidecar, logging+auth+cache, miss",
 }
 BASELINE_ROWS = ("baseline", "baseline-auth", "baseline-miss")
-JWT_ROWS = ("envoy-wasm", "traefik-wasm", "sidecar-auth", "sidecar-auth-h2", "baseline-auth")
+JWT_ROWS = ("envoy-wasm", "traefik-wasm", "sidecar-auth", "sidecar-auth-h2", "baseline-auth",
+            "sidecar-auth-traced")
 # Rows driven by h2load over HTTP/2 (h2c, prior knowledge) instead of wrk.
 H2_ROWS = ("nginx-h2", "sidecar-h2", "sidecar-auth-h2")
 # The sidecar rows: key -> (process kind, policies, instances). A kind is one
@@ -146,9 +153,13 @@ SIDECAR_KINDS = {
     "sidecar-miss": ("full", ["logging", "auth", "cache"], "fresh"),
     "sidecar-hit": ("full", ["logging", "auth", "cache"], "fresh"),
     "sidecar-reuse": ("reuse", ["logging", "auth", "cache"], "reuse"),
+    "sidecar-auth-traced": ("auth-traced", ["auth"], "fresh"),
+    "sidecar-traced": ("full-traced", ["logging", "auth", "cache"], "fresh"),
 }
+# Process kinds that export traces (to the receiver `otlp_sink` starts).
+TRACED_KINDS = ("auth-traced", "full-traced")
 # Rows whose requests each go to a new URL (a cache miss every time).
-UNIQUE_URL_ROWS = ("sidecar-miss", "sidecar-reuse", "baseline-miss")
+UNIQUE_URL_ROWS = ("sidecar-miss", "sidecar-reuse", "baseline-miss", "sidecar-traced")
 
 procs = []
 
@@ -167,6 +178,33 @@ def selected_rows():
     if unknown:
         raise SystemExit(f"error: BENCH_ONLY: unknown rows {unknown}; known: {', '.join(ROWS)}")
     return [k for k in ROWS if k in wanted]
+
+
+_otlp_port = None
+
+
+def otlp_sink():
+    """A local OTLP/HTTP receiver for the traced rows, started once: it reads
+    each export and answers 200, counting spans' bytes only (decoding them
+    would measure Python, not the sidecar). Pinned to CPU 0, with wrk."""
+    global _otlp_port
+    if _otlp_port is None:
+        _otlp_port = free_port()
+        code = (
+            "import http.server as h\n"
+            "class H(h.BaseHTTPRequestHandler):\n"
+            "    protocol_version = 'HTTP/1.1'\n"
+            "    def log_message(self, *a): pass\n"
+            "    def do_POST(self):\n"
+            "        self.rfile.read(int(self.headers.get('content-length', '0')))\n"
+            "        self.send_response(200)\n"
+            "        self.send_header('content-type', 'application/x-protobuf')\n"
+            "        self.send_header('content-length', '0')\n"
+            "        self.end_headers()\n"
+            f"h.ThreadingHTTPServer(('127.0.0.1', {_otlp_port}), H).serve_forever()\n"
+        )
+        start(["taskset", "-c", "0", sys.executable, "-c", code])
+    return _otlp_port
 
 
 def free_port():
@@ -310,10 +348,15 @@ def children(pid):
 # --- configurations --------------------------------------------------------
 
 
-def sidecar_config(path, port, upstream, policies, instances="fresh"):
+def sidecar_config(path, port, upstream, policies, instances="fresh", otlp=None):
     names = ", ".join(f'"{p}"' for p in policies)
+    telemetry = f"""
+[telemetry]
+endpoint = "http://127.0.0.1:{otlp}"
+sampler = "always_on"
+""" if otlp else ""
     text = f"""listen = "127.0.0.1:{port}"
-
+{telemetry}
 [admin]
 listen = "off"
 
@@ -767,7 +810,8 @@ def run(rows, tmp):
         if kind not in sidecars:
             port = free_port()
             cfg = os.path.join(tmp, f"sidecar-{kind}.toml")
-            sidecar_config(cfg, port, us_port, policies, instances)
+            otlp = otlp_sink() if kind in TRACED_KINDS else None
+            sidecar_config(cfg, port, us_port, policies, instances, otlp)
             sidecars[kind] = (port, cfg)
 
     # Start-up to ready with compiled policies cached on disk: one start to
