@@ -117,6 +117,7 @@ impl Sidecar {
             ("[wasm] engine limits", old.engine != new.engine),
             ("[kv]", old.kv != new.kv),
             ("[[log.sink]]", old.log != new.log),
+            ("[telemetry]", old.telemetry != new.telemetry),
             (
                 "wasm.compile_cache",
                 old.compile_cache != new.compile_cache

@@ -70,14 +70,17 @@ schedule_delay_ms = 50
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-        let mut req = client().get(format!("{}{path}", self.sidecar.base));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.json().await.unwrap_or(Value::Null);
-        (status, body)
+        get(&format!("{}{path}", self.sidecar.base), headers).await
+    }
+
+    /// GET `path` as a caller in trace [`TRACE`] (its span [`CALLER_SPAN`],
+    /// sampled) with a valid token, plus `extra` headers.
+    async fn get_in_trace(&self, path: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+        let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+        let auth = bearer();
+        let mut headers = vec![("traceparent", parent.as_str()), ("authorization", &auth)];
+        headers.extend_from_slice(extra);
+        self.get(path, &headers).await
     }
 
     async fn received(&self, what: &str) -> Vec<Value> {
@@ -111,6 +114,17 @@ schedule_delay_ms = 50
     }
 }
 
+/// The status and JSON body (`null` if none) of a GET with `headers`.
+async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = client().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 fn named<'a>(spans: &'a [Value], name: &str) -> &'a Value {
     spans
         .iter()
@@ -140,17 +154,8 @@ fn traceparent(body: &Value) -> (String, String, String) {
 #[ignore = "needs the Python peers (scripts/test.sh installs them)"]
 async fn joins_the_callers_trace_with_a_span_per_policy_hook_and_upstream_attempt() {
     let s = Setup::start("", "").await;
-    let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
-    let auth = bearer();
     let (status, body) = s
-        .get(
-            "/api/orders",
-            &[
-                ("traceparent", &parent),
-                ("tracestate", "vendor=abc"),
-                ("authorization", &auth),
-            ],
-        )
+        .get_in_trace("/api/orders", &[("tracestate", "vendor=abc")])
         .await;
     assert_eq!(status, 200);
     // server + logging request, auth request, upstream attempt, logging
@@ -294,14 +299,7 @@ url = "{RECEIVER}/v1/logs"
 flush_ms = 50
 "#;
     let s = Setup::start("", sink).await;
-    let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
-    let auth = bearer();
-    let (status, _) = s
-        .get(
-            "/api/logged",
-            &[("traceparent", &parent), ("authorization", &auth)],
-        )
-        .await;
+    let (status, _) = s.get_in_trace("/api/logged", &[]).await;
     assert_eq!(status, 200);
     let spans = s.trace(TRACE, 5).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -387,14 +385,7 @@ async fn a_failing_collector_never_fails_or_holds_requests() {
 #[ignore = "needs the Python peers (scripts/test.sh installs them)"]
 async fn sampled_out_requests_propagate_but_export_nothing() {
     let s = Setup::start("sampler = \"always_off\"", "").await;
-    let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
-    let auth = bearer();
-    let (status, body) = s
-        .get(
-            "/api/x",
-            &[("traceparent", &parent), ("authorization", &auth)],
-        )
-        .await;
+    let (status, body) = s.get_in_trace("/api/x", &[]).await;
     assert_eq!(status, 200);
     let (trace, span, flags) = traceparent(&body);
     assert_eq!((trace.as_str(), flags.as_str()), (TRACE, "00"));
@@ -412,23 +403,9 @@ async fn without_telemetry_trace_headers_pass_untouched() {
     )
     .await;
     let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
-    let body: Value = client()
-        .get(format!("{}/api/x", running.base))
-        .header("traceparent", &parent)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/api/x", running.base);
+    let (_, body) = get(&url, &[("traceparent", &parent)]).await;
     assert_eq!(body["headers"]["traceparent"], parent.as_str());
-    let body: Value = client()
-        .get(format!("{}/api/x", running.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = get(&url, &[]).await;
     assert!(body["headers"].get("traceparent").is_none(), "{body}");
 }
