@@ -381,8 +381,10 @@ mod tests {
 
     #[test]
     fn a_quantile_in_the_overflow_bucket_is_the_highest_finite_bound() {
-        let mut h = Histogram::default();
-        h.buckets = vec![(0.1, 1.0), (0.2, 1.0), (f64::INFINITY, 10.0)];
+        let h = Histogram {
+            buckets: vec![(0.1, 1.0), (0.2, 1.0), (f64::INFINITY, 10.0)],
+            ..Histogram::default()
+        };
         assert_eq!(h.quantile(0.99), Some(0.2));
         assert_eq!(h.quantile(0.05), Some(0.05));
     }

@@ -371,7 +371,7 @@ async fn the_dashboard_and_its_own_fetches_are_served_while_other_sites_are_refu
 }
 
 #[tokio::test]
-async fn unknown_admin_paths_list_every_endpoint_the_dashboard_included() {
+async fn unknown_admin_paths_answer_with_every_endpoint_dashboard_and_stats_included() {
     let admin = admin_listener(Admin::loading()).await;
     let (status, body) = get_json(&format!("{admin}/nope")).await;
     assert_eq!(status, 404);

@@ -1,7 +1,7 @@
 //! The dashboard (`GET /` on the admin listener) in a real headless browser:
 //! Debian's `chromium` loads it against a running sidecar, runs its script,
-//! and the test reads what it rendered (`--dump-dom`). A screenshot is kept
-//! in `target/test-artifacts/dashboard.png`.
+//! and the test reads what it rendered (`--dump-dom`). What it rendered and
+//! a screenshot are kept in `target/test-artifacts/dashboard.{html,png}`.
 //!
 //! Chromium is found at `$SIDECAR_TEST_CHROMIUM`, else `/usr/bin/chromium`
 //! (`scripts/test.sh` installs it).
@@ -203,8 +203,8 @@ async fn dashboard_renders_routes_chains_traffic_and_upstream_health_in_a_browse
     let (sidecar, base, admin) = busy_sidecar(&upstream, &dead).await;
     // The dead endpoint failed once and is out of rotation (for 2 minutes).
     let view = sidecar.gateway().upstreams();
-    let api_view = view.iter().find(|u| u.route == "orders").unwrap();
-    let dead_view = api_view
+    let orders_view = view.iter().find(|u| u.route == "orders").unwrap();
+    let dead_view = orders_view
         .endpoints
         .iter()
         .find(|e| e.url.contains(&dead.addr.to_string()))
@@ -222,34 +222,35 @@ async fn dashboard_renders_routes_chains_traffic_and_upstream_health_in_a_browse
         tag_of(&dom, r#"id="banner""#).contains("hidden"),
         "no error shown:\n{dom}"
     );
-    let api = section(&dom, r#"data-route="orders""#, "data-route=");
-    let requests: u64 = tag_of(api, r#"data-route="orders""#)
+    let orders = section(&dom, r#"data-route="orders""#, "data-route=");
+    let requests: u64 = tag_of(orders, r#"data-route="orders""#)
         .split(r#"data-requests=""#)
         .nth(1)
         .and_then(|v| v.split('"').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no request count in {api}"));
-    assert_eq!(requests, 24, "{api}");
+        .unwrap_or_else(|| panic!("no request count in {orders}"));
+    assert_eq!(requests, 24, "{orders}");
     // The chain in its order, not the alphabet's.
     assert!(
-        position(api, r#"data-policy="tagger""#) < position(api, r#"data-policy="stamp""#),
-        "{api}"
+        position(orders, r#"data-policy="tagger""#) < position(orders, r#"data-policy="stamp""#),
+        "{orders}"
     );
     for (url, health) in [(upstream.url(), "healthy"), (dead.url(), "ejected")] {
         assert!(
-            tag_of(api, &format!(r#"data-endpoint="{url}""#))
+            tag_of(orders, &format!(r#"data-endpoint="{url}""#))
                 .contains(&format!(r#"data-health="{health}""#)),
-            "{url} {health}: {api}"
+            "{url} {health}: {orders}"
         );
     }
     let private = section(&dom, r#"data-route="private""#, "data-route=");
     assert!(private.contains(r#"data-policy="bouncer""#), "{private}");
     // The trapping policy is marked as failing, with its failures counted.
-    let broken = section(&dom, r#"data-route="legacy""#, "data-route=");
+    let legacy = section(&dom, r#"data-route="legacy""#, "data-route=");
     assert!(
-        tag_of(broken, r#"data-policy="boom""#).contains("failing"),
-        "{broken}"
+        tag_of(legacy, r#"data-policy="boom""#).contains("failing"),
+        "{legacy}"
     );
+    assert!(legacy.contains(">3 failed<"), "{legacy}");
     let policies = section(&dom, r#"id="policies""#, "</table>");
     for name in ["tagger", "stamp", "bouncer", "boom"] {
         assert!(
