@@ -41,6 +41,26 @@ install_redis_server() {
   # The package may start a system instance on 6379: the tests do not use it.
 }
 
+# The dashboard's test (host/tests/all/dashboard.rs) loads the admin page in
+# a real headless browser: Debian's chromium, at /usr/bin/chromium or at
+# $SIDECAR_TEST_CHROMIUM.
+install_chromium() {
+  if [ -n "${SIDECAR_TEST_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ]; then
+    return
+  fi
+  echo "==> installing chromium (the dashboard's test renders the page in it)"
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo="sudo"
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: chromium not found and no apt-get to install it; install Chromium, or set SIDECAR_TEST_CHROMIUM to its binary" >&2
+    exit 1
+  fi
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+}
+
 # The host's HTTP/2, gRPC and WebSocket tests spawn real clients and servers
 # written in Python (host/tests/clients/, grpcio and websockets pinned in its
 # requirements.txt), installed here into target/clients-venv. The tests find

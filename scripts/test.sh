@@ -12,6 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup.sh
 install_redis_server
+install_chromium
 install_protocol_clients
 
 echo "==> Rust policies: unit and harness tests (plugins/)"

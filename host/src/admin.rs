@@ -9,9 +9,14 @@
 //!   sha256, contract version, load time; the reload status.
 //! - `GET /upstreams`: per route, its balancing and each endpoint's health
 //!   (ejected until when), requests in flight, attempts and failures.
+//! - `GET /stats`: the metrics summed up per route (requests, status
+//!   classes, latency mean/p50/p99, upstream errors) and per policy (calls,
+//!   latency, denials, failures), see `admin/stats.rs`.
 //! - `POST /reload`: reload now; 200 with the new generation, 422 with
 //!   why it was refused (the running config keeps serving), or 409 when a
 //!   newer reload asked meanwhile replaced it.
+//! - `GET /`: the dashboard, a page that shows all of the above and
+//!   refreshes itself from them, see `admin/dashboard.rs`.
 //!
 //! It listens before the policies are loaded, so probes get an answer during
 //! a slow start (a Python policy compiles for seconds).
@@ -20,7 +25,11 @@
 //! `localhost` (DNS rebinding: a page's own name pointed at 127.0.0.1), or
 //! that a page on another origin sent (`Origin`, `Sec-Fetch-Site`), gets 403.
 //! Probes, Prometheus and curl address it by IP or `localhost` and send
-//! neither header.
+//! neither header; the dashboard is opened by typing or bookmarking its
+//! address (`Sec-Fetch-Site: none`) and its fetches are `same-origin`.
+
+mod dashboard;
+mod stats;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -72,11 +81,13 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/metrics", get(metrics))
         .route("/policies", get(policies))
         .route("/upstreams", get(upstreams))
+        .route("/stats", get(stats))
         .route("/reload", post(reload))
+        .route("/", get(dashboard::page))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                Json(json!({ "error": "no such admin endpoint (try /healthz, /readyz, /metrics, /policies, /upstreams, /reload)", "code": "not_found" })),
+                Json(json!({ "error": "no such admin endpoint (try / for the dashboard, /healthz, /readyz, /metrics, /policies, /upstreams, /stats, /reload)", "code": "not_found" })),
             )
         })
         .layer(axum::middleware::from_fn(same_machine_only))
@@ -193,6 +204,16 @@ async fn upstreams(State(admin): State<Arc<Admin>>) -> Response {
         return loading();
     };
     Json(json!({ "routes": sidecar.gateway().upstreams() })).into_response()
+}
+
+async fn stats(State(admin): State<Arc<Admin>>) -> Response {
+    let Some(sidecar) = admin.sidecar.get() else {
+        return loading();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Json(stats::summarise(&sidecar.metrics.render(), now)).into_response()
 }
 
 async fn policies(State(admin): State<Arc<Admin>>) -> Response {

@@ -21,7 +21,7 @@
 //! - [`config`]: the TOML config, validated with errors that name file and field;
 //! - [`gateway`]: config + runtime → the routes and chains that serve requests;
 //! - [`reload`], [`admin`]: drop-in policies (file watcher, SIGHUP, `POST /reload`)
-//!   and the admin listener (health, readiness, metrics);
+//!   and the admin listener (health, readiness, metrics, a dashboard);
 //! - [`metrics`]: the Prometheus metrics the request path records;
 //! - [`shipping`]: policy log lines to stdout, rotating files and collectors
 //!   (JSON lines or OTLP), off the request path;

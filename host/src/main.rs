@@ -206,7 +206,7 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("{}: admin.listen: cannot bind {addr}", file.display()))?;
             eprintln!(
-                "sidecar admin on http://{} (/healthz, /readyz, /metrics, /policies, /upstreams, POST /reload)",
+                "sidecar admin on http://{} (dashboard at /; /healthz, /readyz, /metrics, /policies, /upstreams, /stats, POST /reload)",
                 l.local_addr()?
             );
             let router = sidecar::admin::router(admin.clone());

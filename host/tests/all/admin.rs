@@ -303,3 +303,82 @@ async fn refuses_dns_rebound_hosts_and_cross_origin_requests() {
     assert_eq!(resp.status(), 422, "the admin's own origin");
     assert_eq!(get_json(&format!("{admin}/healthz")).await.0, 200);
 }
+
+#[tokio::test]
+async fn the_dashboard_and_its_own_fetches_are_served_while_other_sites_are_refused() {
+    let upstream = Upstream::start().await;
+    let (_, _, sidecar) = serve(&config(&upstream)).await;
+    let admin = admin_listener(Admin::serving(sidecar.clone())).await;
+    let origin = admin.clone();
+    let c = client();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = c.get(format!("{admin}{path}"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send()
+    };
+    // Typed in the address bar, or a bookmark: `none`.
+    let resp = get(
+        "/",
+        &[("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Its fetches: same-origin (Chromium adds `Origin` to a POST).
+    for path in ["/readyz", "/policies", "/upstreams", "/stats"] {
+        let resp = get(
+            path,
+            &[("sec-fetch-site", "same-origin"), ("origin", &origin)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let resp = c
+        .post(format!("{admin}/reload"))
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        422,
+        "reached the reload (no file to re-read)"
+    );
+    // Another site, or another port of this machine (same-site, another
+    // origin), may neither frame or open the page nor read what it reads.
+    for (site, from) in [
+        ("cross-site", "http://evil.example"),
+        ("same-site", "http://127.0.0.1:1"),
+    ] {
+        for path in ["/", "/stats", "/policies"] {
+            let resp = get(path, &[("sec-fetch-site", site), ("origin", from)])
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 403, "{path} from {site}");
+        }
+        let resp = get("/stats", &[("sec-fetch-site", site)]).await.unwrap();
+        assert_eq!(resp.status(), 403, "/stats from {site}, no Origin");
+    }
+    let resp = get("/", &[("host", "dashboard.attacker.test")])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403, "DNS rebinding");
+    assert_eq!(sidecar.reload_status().generation, 0);
+}
+
+#[tokio::test]
+async fn unknown_admin_paths_answer_with_every_endpoint_dashboard_and_stats_included() {
+    let admin = admin_listener(Admin::loading()).await;
+    let (status, body) = get_json(&format!("{admin}/nope")).await;
+    assert_eq!(status, 404);
+    let error = body["error"].as_str().unwrap();
+    for path in ["/ ", "/stats", "/policies", "/upstreams", "/reload"] {
+        assert!(error.contains(path), "{path} in {error}");
+    }
+    let (status, body) = get_json(&format!("{admin}/stats")).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("loading")));
+}

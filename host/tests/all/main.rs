@@ -5,6 +5,7 @@ mod admin;
 mod balancing;
 mod cache;
 mod chain;
+mod dashboard;
 mod idp;
 mod large_policies;
 mod limits;
