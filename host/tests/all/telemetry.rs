@@ -343,23 +343,38 @@ flush_ms = 50
 #[tokio::test]
 #[ignore = "needs the Python peers (scripts/test.sh installs them)"]
 async fn a_failing_collector_never_fails_or_holds_requests() {
-    // A collector that accepts connections and never answers: exports time
-    // out (send_failed) while the queue fills (queue_full).
+    // A collector that accepts connections and never answers: an export
+    // hangs until its timeout (send_failed) while the queue behind it fills
+    // (queue_full).
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", silent.local_addr().unwrap());
+    let (accepted, mut first) = tokio::sync::watch::channel(0usize);
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = silent.accept().await {
             held.push(stream);
+            accepted.send_modify(|n| *n += 1);
         }
     });
-    let s = Setup::exporting_to(Some(url), "max_queue_size = 4\nexport_timeout_ms = 500", "").await;
+    let s = Setup::exporting_to(
+        Some(url),
+        "max_queue_size = 4\nexport_timeout_ms = 3000",
+        "",
+    )
+    .await;
     let auth = bearer();
+    let (status, _) = s.get("/api/x", &[("authorization", &auth)]).await;
+    assert_eq!(status, 200);
+    // Its spans are being exported (and hang): what comes next queues.
+    tokio::time::timeout(Duration::from_secs(10), first.wait_for(|n| *n > 0))
+        .await
+        .expect("an export starts")
+        .unwrap();
     for _ in 0..40 {
         let (status, _) = s.get("/api/x", &[("authorization", &auth)]).await;
         assert_eq!(status, 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let metrics = s.sidecar.sidecar.metrics.render();
         let dropped = |reason: &str| {
@@ -408,4 +423,87 @@ async fn without_telemetry_trace_headers_pass_untouched() {
     assert_eq!(body["headers"]["traceparent"], parent.as_str());
     let (_, body) = get(&url, &[]).await;
     assert!(body["headers"].get("traceparent").is_none(), "{body}");
+}
+
+#[tokio::test]
+#[ignore = "needs the Python peers (scripts/test.sh installs them)"]
+async fn the_binary_takes_the_standard_variables_and_flushes_spans_on_shutdown() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let receiver = PyServer::start("otlp_receiver.py");
+    let upstream = Upstream::start().await;
+    let dir = std::env::temp_dir().join(format!("sidecar-otel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"off\"\n[[route]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"{}\"\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    // No [telemetry] table: the variables alone turn traces on. The
+    // default schedule (5 s) is longer than the test waits before the
+    // shutdown: the spans arrive because shutdown flushes them.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidecar"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .env("OTEL_SERVICE_NAME", "from-env")
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("sidecar listening on ") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the sidecar listens");
+    // parentbased_always_off: the caller's sampled trace is kept, a request
+    // without one is not recorded.
+    let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let (status, _) = get(&format!("{base}/api/a"), &[("traceparent", &parent)]).await;
+    assert_eq!(status, 200);
+    let (status, body) = get(&format!("{base}/api/b"), &[]).await;
+    assert_eq!(status, 200);
+    let (unsampled, _, flags) = traceparent(&body);
+    assert_eq!(flags, "00");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    let spans: Vec<Value> = client()
+        .get(format!("http://127.0.0.1:{}/spans", receiver.port))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let server = named(&spans, "GET api");
+    assert_eq!(server["service"], "from-env");
+    assert_eq!(server["trace_id"], TRACE);
+    assert!(
+        spans.iter().all(|s| s["trace_id"] != unsampled.as_str()),
+        "{spans:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
