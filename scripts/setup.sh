@@ -21,44 +21,45 @@ build_plugins() {
   env -u CARGO_TARGET_DIR cargo build --release --target wasm32-wasip2 --manifest-path "$ROOT/plugins/Cargo.toml"
 }
 
-# The kv store's Redis backend is tested against a real redis-server, which
-# those tests start themselves on free ports; only the binary is needed.
-install_redis_server() {
-  if command -v redis-server >/dev/null 2>&1; then
-    return
-  fi
-  echo "==> installing redis-server (the Redis backend's tests run it)"
+# Installs Debian package $1 with apt-get (as root, or with sudo), for the
+# reason $2; $3 says what to do where there is no apt-get. The package lists
+# are updated once per run.
+apt_updated=""
+apt_install() {
+  local package="$1" why="$2" otherwise="$3"
+  echo "==> installing $package ($why)"
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
     sudo="sudo"
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: redis-server not found and no apt-get to install it; install Redis (redis-server) first" >&2
+    echo "error: $package not found and no apt-get to install it; $otherwise" >&2
     exit 1
   fi
-  $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
-  # The package may start a system instance on 6379: the tests do not use it.
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package"
+}
+
+# The kv store's Redis backend is tested against a real redis-server, which
+# those tests start themselves on free ports; only the binary is needed.
+install_redis_server() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    # The package may start a system instance on 6379: the tests do not use it.
+    apt_install redis-server "the Redis backend's tests run it" "install Redis (redis-server) first"
+  fi
 }
 
 # The dashboard's test (host/tests/all/dashboard.rs) loads the admin page in
 # a real headless browser: Debian's chromium, at /usr/bin/chromium or at
 # $SIDECAR_TEST_CHROMIUM.
 install_chromium() {
-  if [ -n "${SIDECAR_TEST_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ]; then
-    return
+  if [ -z "${SIDECAR_TEST_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium "the dashboard's test renders the page in it" \
+      "install Chromium, or set SIDECAR_TEST_CHROMIUM to its binary"
   fi
-  echo "==> installing chromium (the dashboard's test renders the page in it)"
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-  fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: chromium not found and no apt-get to install it; install Chromium, or set SIDECAR_TEST_CHROMIUM to its binary" >&2
-    exit 1
-  fi
-  $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 }
 
 # The host's HTTP/2, gRPC and WebSocket tests spawn real clients and servers
