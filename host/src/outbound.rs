@@ -35,21 +35,32 @@ impl std::fmt::Debug for PolicyHttp {
 
 impl PolicyHttp {
     pub fn new(tls: rustls::ClientConfig, metrics: Arc<Metrics>) -> Self {
-        let mut plain = HttpConnector::new();
-        plain.set_nodelay(true);
-        plain.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(plain);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(8)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Self { client, metrics }
+        Self {
+            client: small_client(tls),
+            metrics,
+        }
     }
+}
+
+/// The HTTP(S) client of the sidecar's own calls (policies' `outbound`, the
+/// span exporter): apart from the upstream pools, a few idle connections
+/// per host.
+pub(crate) fn small_client(
+    tls: rustls::ClientConfig,
+) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut plain = HttpConnector::new();
+    plain.set_nodelay(true);
+    plain.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(plain);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(8)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 impl HttpClient for PolicyHttp {

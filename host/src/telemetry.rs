@@ -33,10 +33,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{
@@ -491,8 +490,8 @@ impl Deliver<SpanData> for Spans {
     }
 }
 
-/// The exporter's HTTP client: hyper with the system's roots, as for
-/// policies' outbound calls (no reqwest, no second runtime).
+/// The exporter's HTTP client: the one of policies' outbound calls, with
+/// the system's roots (no reqwest, no second runtime).
 #[derive(Clone)]
 struct OtlpHttp {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -507,18 +506,7 @@ impl std::fmt::Debug for OtlpHttp {
 
 impl OtlpHttp {
     fn new(timeout: Duration) -> Self {
-        let mut plain = HttpConnector::new();
-        plain.set_nodelay(true);
-        plain.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(crate::tls::system_client_config())
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(plain);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let client = crate::outbound::small_client(crate::tls::system_client_config());
         Self { client, timeout }
     }
 }

@@ -84,16 +84,11 @@ schedule_delay_ms = 50
     }
 
     async fn received(&self, what: &str) -> Vec<Value> {
-        let url = format!("http://127.0.0.1:{}/{what}", self.receiver.port);
-        let v: Value = client()
-            .get(url)
-            .send()
+        from_receiver(self.receiver.port, what)
             .await
+            .as_array()
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v.as_array().unwrap().clone()
+            .clone()
     }
 
     /// The spans of trace `trace` once `count` of them have arrived.
@@ -123,6 +118,11 @@ async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// What the receiver on `port` answers at `/{what}` (spans, logs, stats).
+async fn from_receiver(port: u16, what: &str) -> Value {
+    get(&format!("http://127.0.0.1:{port}/{what}"), &[]).await.1
 }
 
 fn named<'a>(spans: &'a [Value], name: &str) -> &'a Value {
@@ -322,14 +322,7 @@ flush_ms = 50
     );
     assert_eq!(access["service"], "edge");
     assert_eq!(access["attributes"]["http.route"], "api");
-    let stats: Value = client()
-        .get(format!("http://127.0.0.1:{}/stats", s.receiver.port))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = from_receiver(s.receiver.port, "stats").await;
     assert!(
         stats["content_types"]
             .as_array()
@@ -490,15 +483,9 @@ async fn the_binary_takes_the_standard_variables_and_flushes_spans_on_shutdown()
         .await
         .unwrap();
     assert!(exited.success(), "{exited:?}");
-    let spans: Vec<Value> = client()
-        .get(format!("http://127.0.0.1:{}/spans", receiver.port))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let server = named(&spans, "GET api");
+    let spans = from_receiver(receiver.port, "spans").await;
+    let spans = spans.as_array().unwrap();
+    let server = named(spans, "GET api");
     assert_eq!(server["service"], "from-env");
     assert_eq!(server["trace_id"], TRACE);
     assert!(
