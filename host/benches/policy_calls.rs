@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::Criterion;
+use sidecar::Metrics;
 use sidecar::capabilities::crypto::Verified;
 use sidecar::capabilities::{
     Clock, KvLimits, LogRecord, LogSink, MemoryKv, NoNetwork, Outbound, Services, SystemClock,
 };
 use sidecar::convert;
 use sidecar::message::{Body, BodyLimits, Completion, Exchange, Phase, Response};
-use sidecar::metrics::Metrics;
 use sidecar::wasm::{
     Contract, EngineSettings, FailureMode, Instances, Policy, PolicyLimits, PolicySpec, Runtime,
     Verdict,

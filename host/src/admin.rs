@@ -41,7 +41,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::server::Sidecar;
+use crate::lifecycle::Sidecar;
+use crate::routes::Superseded;
 
 /// What the admin endpoints serve: the sidecar once it is loaded.
 #[derive(Debug, Default)]
@@ -261,7 +262,7 @@ async fn reload(State(admin): State<Arc<Admin>>) -> Response {
         Ok(generation) => {
             Json(json!({ "status": "reloaded", "generation": generation })).into_response()
         }
-        Err(e) if e.is::<crate::reload::Superseded>() => (
+        Err(e) if e.is::<Superseded>() => (
             StatusCode::CONFLICT,
             Json(json!({ "error": "a newer reload was asked for and replaces this one", "code": "reload_superseded" })),
         )

@@ -1,6 +1,11 @@
 //! The sidecar's TOML config: parsed, then validated into [`Config`], with
 //! every error naming the file and the field (`sidecar.toml: route[1].upstream: …`).
 //!
+//! Config is on top: each layer owns its settings type (`listener`'s
+//! `ServerSettings`, `routes`' `RouteSettings`, `upstream`'s
+//! `BalanceSettings`, the capabilities' `KvSettings`, …) and this module
+//! fills them; only the lifecycle and `main` import it.
+//!
 //! ```toml
 //! listen = "127.0.0.1:4000"
 //!
@@ -33,18 +38,20 @@ use anyhow::{Context as _, anyhow, bail};
 use http::Uri;
 use serde::Deserialize;
 
-use crate::balancer::{BalanceSettings, HealthCheck, RetryBudgetSettings, Strategy};
 use crate::capabilities::redis::{RedisSettings, check_url};
 use crate::capabilities::{KvBackend, KvLimits, KvSettings};
 use crate::capabilities::{Origin, OutboundGrant};
+use crate::listener::ServerSettings;
+use crate::routes::{GatewaySettings, PolicySettings, ProxySettings, RouteSettings};
+use crate::shipping::LogSettings;
+use crate::telemetry::TelemetrySettings;
+use crate::tls::{ClientCert, ServerTls, UpstreamTls};
+use crate::upstream::{BalanceSettings, HealthCheck, RetryBudgetSettings, Strategy};
 use crate::wasm::{EngineSettings, FailureMode, Instances, PolicyLimits};
+use crate::watch::WatchSettings;
 
 mod logs;
 mod telemetry;
-pub use self::logs::{
-    FileSinkSettings, HttpSinkSettings, LogFormat, LogSettings, SinkKind, SinkSettings,
-};
-pub use self::telemetry::{Sampler, TelemetrySettings, TraceSettings};
 
 /// A validated config. Paths are absolute (resolved against the file's folder).
 #[derive(Debug, Clone)]
@@ -60,7 +67,8 @@ pub struct Config {
     /// The `kv` store: its backend (memory or Redis) and limits.
     pub kv: KvSettings,
     pub admin: AdminSettings,
-    pub reload: ReloadSettings,
+    /// `[reload]`: watching the config, policy and certificate files.
+    pub reload: WatchSettings,
     /// Where policy log lines go (`[[log.sink]]`).
     pub log: LogSettings,
     /// OpenTelemetry traces (`[telemetry]` and the `OTEL_*` variables).
@@ -70,8 +78,36 @@ pub struct Config {
     /// The most the compile cache directory may hold; the least recently
     /// used entries go first (`[wasm] compile_cache_max_mb`, 512).
     pub compile_cache_max_bytes: u64,
-    pub routes: Vec<RouteConfig>,
-    pub policies: BTreeMap<String, PolicyConfig>,
+    pub routes: Vec<RouteSettings>,
+    pub policies: BTreeMap<String, PolicySettings>,
+}
+
+impl Config {
+    /// What the routes are built from (see [`Gateway::build`](crate::routes::Gateway::build)).
+    pub fn gateway_settings(&self) -> GatewaySettings {
+        GatewaySettings {
+            source: self.source.clone(),
+            proxy: self.proxy,
+            routes: self.routes.clone(),
+            policies: self.policies.clone(),
+        }
+    }
+
+    /// Every file a policy loads from: its `.wasm` and what its config
+    /// reads with `${file:...}`.
+    pub fn policy_files(&self) -> Vec<PathBuf> {
+        self.policies
+            .values()
+            .flat_map(|p| std::iter::once(p.wasm.clone()).chain(p.files.iter().cloned()))
+            .collect()
+    }
+
+    /// The config file and every policy file: what a reload watches.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.source.clone())
+            .chain(self.policy_files())
+            .collect()
+    }
 }
 
 /// The admin listener: policies, reload status, `POST /reload`.
@@ -81,187 +117,8 @@ pub struct AdminSettings {
     pub listen: Option<SocketAddr>,
 }
 
-/// Watching the config and policy files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReloadSettings {
-    pub watch: bool,
-    /// How often files are checked; a change is applied once it has been
-    /// stable for one more interval (a copy in progress is not picked up).
-    pub interval: Duration,
-}
-
-/// Limits of the HTTP side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProxySettings {
-    /// On a route with a 0.1 policy (bodies buffered whole), larger request
-    /// bodies are refused with 413 before any policy runs.
-    pub max_body_bytes: usize,
-    /// On a route with a 0.1 policy, larger upstream responses become 502.
-    pub max_response_bytes: usize,
-    /// The most of one body a 0.2 policy may have buffered; beyond it the
-    /// policy is told the body is too large, and it streams on.
-    pub max_policy_body_bytes: usize,
-    /// Default upstream timeout (to the response head; the body then
-    /// streams without one), per route overridable.
-    pub upstream_timeout: Duration,
-    /// How many retries each route may make (see [`crate::balancer`]).
-    pub retry_budget: RetryBudgetSettings,
-}
-
-impl ProxySettings {
-    /// What the chain may buffer for policies.
-    pub fn body_limits(&self) -> crate::message::BodyLimits {
-        crate::message::BodyLimits {
-            policy_max: self.max_policy_body_bytes,
-            v01_request: self.max_body_bytes,
-            v01_response: self.max_response_bytes,
-            idle: self.upstream_timeout,
-        }
-    }
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 1024 * 1024,
-            max_response_bytes: 10 * 1024 * 1024,
-            max_policy_body_bytes: 16 * 1024 * 1024,
-            upstream_timeout: Duration::from_secs(30),
-            retry_budget: RetryBudgetSettings::default(),
-        }
-    }
-}
-
-/// The client-facing listener's limits (`[server]`); a change takes effect
-/// at the next restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerSettings {
-    /// A request head (request line and headers) larger than this gets 431.
-    pub max_header_bytes: usize,
-    /// A client that has not sent a whole request head within this time
-    /// (slow or stalled headers) is disconnected.
-    pub header_read_timeout: Duration,
-    /// Requests in progress at once; beyond it 503 with `retry-after`, at
-    /// once, never queued.
-    pub max_concurrent_requests: usize,
-    /// On SIGTERM: how long in-flight requests may take to finish before the
-    /// sidecar exits anyway.
-    pub shutdown_grace: Duration,
-    /// The longest a client may leave a request body waiting: from the head
-    /// to its first byte, and between any two reads. Beyond it, 408 and the
-    /// connection is closed. A request takes a concurrency slot only once
-    /// its body has started to arrive.
-    pub body_read_timeout: Duration,
-    /// Once a body has been waited on for `body_read_timeout`, it must have
-    /// come at this average pace at least (bytes per second of waiting), or
-    /// 408 (a drip of a byte now and then). 0 turns the check off.
-    pub body_min_bytes_per_sec: u64,
-    /// Client connections open at once; a new one beyond it is closed at once.
-    pub max_connections: usize,
-    /// Client connections open at once from one IP address.
-    pub max_connections_per_ip: usize,
-    /// Threads serving connections, each with its own event loop (as
-    /// Envoy's `--concurrency`); `None`: one per CPU the process may use.
-    pub workers: Option<usize>,
-    /// Whether clients may speak HTTP/2: with prior knowledge on a
-    /// cleartext listener (h2c), or by ALPN `h2` with `[server.tls]`.
-    pub http2: bool,
-    /// HTTP/2 streams one connection may have open at once (the
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` the sidecar announces).
-    pub max_concurrent_streams: u32,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            max_concurrent_requests: 1024,
-            shutdown_grace: Duration::from_secs(20),
-            body_read_timeout: Duration::from_secs(10),
-            // Apache's mod_reqtimeout default.
-            body_min_bytes_per_sec: 500,
-            max_connections: 10_000,
-            // A sidecar's callers are often all on one host: a quarter of
-            // the total still leaves room for everyone else.
-            max_connections_per_ip: 2_500,
-            workers: None,
-            http2: true,
-            // nginx's and the HTTP/2 RFC's recommended floor.
-            max_concurrent_streams: 128,
-        }
-    }
-}
-
-/// `[server.tls]`: the listener's certificate. The files are read at start
-/// and re-read when they change (see [`crate::tls`]); the paths themselves
-/// change only at a restart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerTls {
-    /// PEM: the leaf certificate first, then any intermediates.
-    pub cert: PathBuf,
-    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// PEM: if set, clients must present a certificate issued by one of these.
-    pub client_ca: Option<PathBuf>,
-}
-
-/// `[route.tls]`: how the sidecar speaks TLS to an `https://` upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UpstreamTls {
-    /// PEM: the only roots trusted for this upstream; `None` trusts the
-    /// system's roots.
-    pub ca: Option<PathBuf>,
-    /// Certificate and key the sidecar presents (mutual TLS).
-    pub client_cert: Option<ClientCert>,
-}
-
-/// A certificate chain and its key, both PEM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientCert {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 /// hyper's smallest read buffer: a head limit below it cannot be enforced.
 const MIN_HEADER_BYTES: usize = 8192;
-
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    pub name: String,
-    /// Path prefix, matched on whole segments; the longest match wins.
-    pub prefix: String,
-    /// `scheme://authority` of each endpoint of the service (`upstream` or
-    /// `upstreams`); empty for routes answered by policies alone (a request
-    /// that gets past them is a 404).
-    pub upstreams: Vec<Uri>,
-    /// Balancing, health and retries across `upstreams`.
-    pub balance: BalanceSettings,
-    /// Replaces `prefix` in the forwarded path (`/user-service/login` with
-    /// rewrite `/` → `/login`). `None` forwards the path unchanged.
-    pub rewrite: Option<String>,
-    pub timeout: Duration,
-    /// `[route.tls]`; `https://` upstreams without it trust the system roots.
-    pub tls: Option<UpstreamTls>,
-    /// Policy names, in request-hook order.
-    pub policies: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PolicyConfig {
-    pub wasm: PathBuf,
-    pub failure: FailureMode,
-    pub limits: PolicyLimits,
-    pub instances: Instances,
-    /// The policy's `config` table as a JSON object, env references expanded.
-    pub config_json: String,
-    /// If set, the file must have this sha256 (lower-case hex) to load.
-    pub sha256: Option<String>,
-    /// `allow_outbound` and the `outbound_*` bounds.
-    pub outbound: OutboundGrant,
-    /// Files its config reads with `${file:...}`: a change reloads it.
-    pub files: Vec<PathBuf>,
-}
 
 /// Reads and validates a config file.
 ///
@@ -644,7 +501,7 @@ fn validate(
         };
         policies.insert(
             name,
-            PolicyConfig {
+            PolicySettings {
                 wasm: base.join(&p.wasm),
                 failure: p.failure,
                 limits,
@@ -657,7 +514,7 @@ fn validate(
         );
     }
 
-    let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
+    let mut routes: Vec<RouteSettings> = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let field = format!("route[{i}]");
         let prefix = r.prefix;
@@ -733,7 +590,7 @@ fn validate(
             .tls
             .map(|t| upstream_tls(t, &upstreams, &format!("{field}.tls"), base))
             .transpose()?;
-        routes.push(RouteConfig {
+        routes.push(RouteSettings {
             name,
             prefix,
             upstreams,
@@ -760,7 +617,7 @@ fn validate(
             }
         },
     };
-    let reload = ReloadSettings {
+    let reload = WatchSettings {
         watch: raw.reload.watch.unwrap_or(true),
         interval: positive("reload.interval_ms", raw.reload.interval_ms)?
             .map_or(Duration::from_millis(200), Duration::from_millis),

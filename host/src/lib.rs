@@ -1,56 +1,64 @@
 //! The wasm policy sidecar: a reverse proxy that runs WebAssembly policies
 //! (WIT contract in `wit/policy.wit`) on every request it forwards.
 //!
-//! Layout, in the order a request meets it:
-//! - [`server`]: accept, limits, load shedding, the request's span;
-//! - [`connections`]: how many client connections, in all and per address;
-//! - `detect`: HTTP/1.1 or HTTP/2, by ALPN or the client's first bytes;
-//! - [`framing`]: strict HTTP/1 framing on the client's connection;
-//! - [`proxy`]: the request path top to bottom, bodies streamed;
-//! - [`chain`]: a route's policies, request hooks in order, response hooks in
-//!   reverse;
-//! - [`wasm`], [`capabilities`], [`bindings`]: the policy host, from the
-//!   `sidecar-runtime` crate (shared with the plugin test harness);
-//! - [`balancer`]: a route's upstream endpoints: balancing, health, retries;
-//! - [`upstream`]: the pooled HTTP client to the services behind the sidecar;
-//! - [`outbound`]: the HTTP client behind policies' `outbound` calls;
-//! - [`tls`]: rustls on the listener (certificate reloaded on change) and to
-//!   `https://` upstreams;
-//! - [`error`]: the one place errors become HTTP responses;
-//! - [`grpc`]: the sidecar's own answers to gRPC calls, in gRPC's terms;
-//! - [`config`]: the TOML config, validated with errors that name file and field;
-//! - [`gateway`]: config + runtime → the routes and chains that serve requests;
-//! - [`reload`], [`admin`]: drop-in policies (file watcher, SIGHUP, `POST /reload`)
-//!   and the admin listener (health, readiness, metrics, a dashboard);
-//! - [`metrics`]: the Prometheus metrics the request path records;
-//! - [`shipping`]: policy log lines to stdout, rotating files and collectors
-//!   (JSON lines or OTLP), off the request path;
-//! - [`telemetry`]: OpenTelemetry traces (W3C trace context in, spans for
-//!   the request, each policy hook and each upstream attempt, OTLP out);
-//! - [`policy_cli`]: `sidecar policy check|call|test|new`, on `policy-harness`.
+//! Layers, each importing only those below it (no cycle):
+//! - [`config`] (top): the TOML file, validated into each layer's settings;
+//!   read only by the lifecycle and `main`;
+//! - [`admin`]: the admin listener (health, readiness, metrics, reload, a
+//!   dashboard) over the lifecycle;
+//! - `lifecycle` ([`Sidecar`]): start, serve, reload (drop-in policies),
+//!   status;
+//! - `listener`: worker threads, accept, connection limits, TLS handshake,
+//!   HTTP/1.1 or HTTP/2, strict framing, drain;
+//! - `proxy`: the request path top to bottom (admission, route, request
+//!   hooks, upstream, response hooks in reverse, reply streamed, completion
+//!   hooks), with `convert` (HTTP ↔ the contract's messages) and `grpc`;
+//! - `routes` ([`Gateway`]): routes and their chains, built whole from
+//!   settings; the prefix rule;
+//! - `chain`: a route's policies run in order; `error`: the one place errors
+//!   become HTTP responses;
+//! - `upstream`: the pooled client, balancing, health, retry budget;
+//! - `outbound`, [`shipping`], `telemetry`: the network behind policies'
+//!   `outbound` calls, policy log lines to their sinks, OpenTelemetry
+//!   traces;
+//! - leaves: `tls`, `watch` (file watching for reloads and certificates),
+//!   `batch` (queues drained off the request path), `http_client`,
+//!   [`metrics`];
+//! - the policy host itself — [`wasm`], [`capabilities`], [`message`],
+//!   [`bindings`] — is the `sidecar-runtime` crate, shared with the plugin
+//!   test harness.
 
-pub mod admin;
-pub mod balancer;
-pub mod chain;
+mod admin;
+mod batch;
+mod chain;
 pub mod config;
-pub mod connections;
-pub mod convert;
-mod detect;
-pub mod error;
-pub mod framing;
+mod error;
+mod http_client;
+mod lifecycle;
+mod listener;
+mod metrics;
+mod outbound;
+mod proxy;
+mod routes;
+mod shipping;
+mod telemetry;
+mod tls;
+mod upstream;
+mod watch;
+
+pub use admin::{Admin, router as admin_router};
+pub use lifecycle::{ReloadStatus, Sidecar, watch_files};
+pub use listener::raise_fd_limit;
+pub use metrics::Metrics;
+/// HTTP ↔ the contract's messages; public for the fuzz targets.
+#[doc(hidden)]
+pub use proxy::convert;
+pub use routes::{Gateway, PolicyInfo, Route, Superseded};
+pub use shipping::Shipping;
+pub use sidecar_runtime::{bindings, capabilities, message, wasm};
+pub use tls::{UpstreamTls, client_config};
+pub use upstream::{UpstreamClient, UpstreamError};
+
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod gateway;
-pub mod grpc;
-pub mod metrics;
-pub mod outbound;
 pub mod policy_cli;
-pub mod proxy;
-pub mod reload;
-pub mod server;
-pub mod shipping;
-pub mod telemetry;
-pub mod tls;
-pub mod upstream;
-
-pub use sidecar_runtime::{bindings, capabilities, message, wasm};

@@ -9,12 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sidecar::admin::Admin;
 use sidecar::capabilities::{Level, Services, StdoutSink};
-use sidecar::metrics::Metrics;
-use sidecar::server::Sidecar;
-use sidecar::shipping::Shipping;
-use sidecar::{config, policy_cli};
+use sidecar::{Admin, Metrics, Shipping, Sidecar, config, policy_cli};
 
 /// Gives freed memory back to the system: glibc's allocator kept a large
 /// policy's compile scratch in fragmented arenas after every reload (+66 MB
@@ -209,7 +205,7 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
                 "sidecar admin on http://{} (dashboard at /; /healthz, /readyz, /metrics, /policies, /upstreams, /stats, POST /reload)",
                 l.local_addr()?
             );
-            let router = sidecar::admin::router(admin.clone());
+            let router = sidecar::admin_router(admin.clone());
             tokio::spawn(async move { axum::serve(l, router).await });
         }
         // The sinks record into the sidecar's metrics, so both exist first.
@@ -223,7 +219,7 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
         let mut services = Services::with_kv(&config.kv)?;
         services.log = shipping.sink();
         let sidecar = Arc::new(Sidecar::with_metrics(&config, services, metrics).await?);
-        let open_files = sidecar::connections::raise_fd_limit();
+        let open_files = sidecar::raise_fd_limit();
         if open_files.is_some_and(|n| n < config.server.max_connections as u64 * 2) {
             tracing::warn!(
                 open_files,
@@ -249,7 +245,7 @@ fn serve(file: PathBuf) -> anyhow::Result<()> {
         eprintln!("sidecar listening on {scheme}://{addr}");
         admin.set_ready(sidecar.clone());
         if config.reload.watch {
-            tokio::spawn(sidecar::reload::watch(sidecar.clone(), config.reload.interval));
+            tokio::spawn(sidecar::watch_files(sidecar.clone(), config.reload.interval));
         }
         tokio::spawn(reload_on_sighup(sidecar.clone()));
         let shutdown = async move {

@@ -31,7 +31,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::upstream::UpstreamError;
 use crate::wasm::PolicyError;
 
 /// The content type of [`Metrics::render`]'s output.
@@ -247,7 +246,7 @@ impl Metrics {
         let upstream_retries = Family::default();
         registry.register(
             "sidecar_upstream_retries",
-            "Retries of idempotent requests that got no answer, and those the retry budget refused",
+            "Retries of requests that got no answer (any method when no connection was made, idempotent ones when it closed before an answer), and those the retry budget refused",
             upstream_retries.clone(),
         );
         let upstream_ejections = Family::default();
@@ -391,11 +390,13 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_error(&self, route: &str, error: &UpstreamError) {
+    /// An upstream error answered to the client; `kind` is
+    /// `UpstreamError::kind`.
+    pub fn upstream_error(&self, route: &str, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 route: route.to_owned(),
-                kind: upstream_error_kind(error),
+                kind,
             })
             .inc();
     }
@@ -586,17 +587,6 @@ pub fn failure_reason(error: &PolicyError) -> &'static str {
         PolicyError::Unavailable { .. } => "unavailable",
     }
 }
-
-pub fn upstream_error_kind(error: &UpstreamError) -> &'static str {
-    match error {
-        UpstreamError::Unreachable(_) | UpstreamError::Unavailable(_) => "unavailable",
-        UpstreamError::Timeout(_) => "timeout",
-        UpstreamError::ResponseTooLarge { .. } => "too_large",
-        UpstreamError::BadResponse(_) => "bad_response",
-        UpstreamError::ClientBody(_) => "client_body",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -619,7 +609,7 @@ mod tests {
                 deadline: Duration::from_millis(50),
             },
         );
-        m.upstream_error("users", &UpstreamError::Timeout(Duration::from_secs(1)));
+        m.upstream_error("users", "timeout");
         m.reload(false);
         let sink = m.log_sink("collector");
         sink.shipped.inc_by(5);

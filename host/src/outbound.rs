@@ -10,16 +10,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::capabilities::{
     CallOutcome, HttpClient, OutboundRequest, OutboundResponse, SendError, SendFuture,
 };
+use crate::http_client::{causes, small_client};
 use crate::metrics::Metrics;
-use crate::upstream::causes;
 
 /// The sidecar's [`HttpClient`].
 pub struct PolicyHttp {
@@ -40,27 +39,6 @@ impl PolicyHttp {
             metrics,
         }
     }
-}
-
-/// The HTTP(S) client of the sidecar's own calls (policies' `outbound`, the
-/// span exporter): apart from the upstream pools, a few idle connections
-/// per host.
-pub(crate) fn small_client(
-    tls: rustls::ClientConfig,
-) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
-    let mut plain = HttpConnector::new();
-    plain.set_nodelay(true);
-    plain.enforce_http(false);
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(plain);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(8)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
 }
 
 impl HttpClient for PolicyHttp {

@@ -9,28 +9,232 @@
 //! Nothing is buffered unless a policy asked to read a body (or the chain
 //! has a 0.1 policy, whose contract takes whole bodies).
 
+pub mod convert;
+mod grpc;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse as _;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
 
 use crate::chain::Completing;
-use crate::convert;
 use crate::error::SidecarError;
-use crate::gateway::{Gateway, Route};
 use crate::message::{self, Body, BoxBody, BoxError, Completion, Exchange, Response};
 use crate::metrics::Metrics;
+use crate::routes::{Gateway, Route};
+use crate::telemetry::Telemetry;
 use crate::upstream::UpstreamClient;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every request handler shares.
+pub struct State {
+    /// The current routes and policies. A request reads it once and keeps
+    /// that version to the end, so a swap never mixes two configs.
+    pub(crate) gateway: watch::Receiver<Arc<Gateway>>,
+    pub(crate) upstream: UpstreamClient,
+    pub(crate) metrics: Arc<Metrics>,
+    /// One permit per request in progress (`[server] max_concurrent_requests`),
+    /// shared by the workers.
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) max_in_flight: usize,
+    /// `[server] body_read_timeout_ms` and `body_min_bytes_per_sec`.
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) body_min_rate: u64,
+    /// `[server] max_header_bytes`, checked exactly on every head.
+    pub(crate) max_head_bytes: usize,
+    /// Shared by the workers: what a shutdown waits for last.
+    pub(crate) completions: Arc<Completions>,
+    /// `Some` when traces are on (`[telemetry]`).
+    pub(crate) telemetry: Option<Arc<Telemetry>>,
+}
+
+impl State {
+    /// The state one worker serves with: everything shared but the
+    /// upstream connection pool, which is the worker's own.
+    pub(crate) fn for_worker(&self) -> Self {
+        Self {
+            gateway: self.gateway.clone(),
+            upstream: self.upstream.with_own_pool(),
+            metrics: self.metrics.clone(),
+            in_flight: self.in_flight.clone(),
+            max_in_flight: self.max_in_flight,
+            body_read_timeout: self.body_read_timeout,
+            body_min_rate: self.body_min_rate,
+            max_head_bytes: self.max_head_bytes,
+            completions: self.completions.clone(),
+            telemetry: self.telemetry.clone(),
+        }
+    }
+
+    /// Resolves once no completion hook is running or waiting to.
+    pub(crate) async fn completions_idle(&self) {
+        self.completions.idle().await;
+    }
+}
+
+/// Who sent a request: the client's address, and whether it came over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub client: SocketAddr,
+    pub tls: bool,
+}
+
+/// Route label of requests that matched no route (or were refused first).
+const NO_ROUTE: &str = "(none)";
+
+/// Serves one request from the listener: admission (the head's size and
+/// framing, the body's pace, load shedding), the request id, the server
+/// span and the metrics around [`proxy`]. `ambiguous` is why the
+/// connection's framing check found the head ambiguous, if it did.
+pub(crate) async fn handle(
+    state: &State,
+    peer: Peer,
+    ambiguous: Option<&'static str>,
+    req: http::Request<axum::body::Body>,
+) -> axum::response::Response {
+    let Peer { client, tls } = peer;
+    let started = Instant::now();
+    let request_id = request_id(&req);
+    // Every log line of this request, the sidecar's and its policies'
+    // failures alike, carries its id.
+    let span = tracing::info_span!("request", id = %request_id);
+    let mut route = None;
+    // A request takes a slot only once its body has started to come (or it
+    // has none): a client that sends a head and then nothing waits here, on
+    // a timer, holding no slot. HTTP/1 clients send the body right after the
+    // head (with `Expect: 100-continue`, once reading it asks for it).
+    let (parts, body) = req.into_parts();
+    // The server span, child of the caller's `traceparent` (traces on).
+    let trace = state
+        .telemetry
+        .as_ref()
+        .map(|t| t.server_span(&parts, client, tls, &request_id));
+    let grpc = grpc::is_grpc(&parts.headers);
+    let http1 = parts.version < http::Version::HTTP_2;
+    // hyper's own limit is on its read buffer, not the head: exact here.
+    let head_ok = match ambiguous {
+        Some(why) => Err(SidecarError::BadRequest(format!(
+            "ambiguous framing: {why}"
+        ))),
+        None => convert::check_head(&parts, state.max_head_bytes),
+    };
+    // A head refused for its size or framing: where it ends, or where the
+    // next request starts, is not known for sure.
+    let close = head_ok.is_err();
+    let (body, started_body) = match head_ok {
+        Err(e) => (body, Err(e)),
+        // No body (most GETs): nothing to pace.
+        Ok(()) if http_body::Body::is_end_stream(&body) => (body, Ok(())),
+        // A gRPC stream's client may rightly stay silent (a bidirectional
+        // call where the service speaks first, a subscription): no wait for
+        // its first message, no pace; the route's timeout bounds its
+        // silences instead, as it bounds the answer's (see `proxy`).
+        Ok(()) if grpc && !http1 => (body, Ok(())),
+        Ok(()) => {
+            let mut paced = crate::message::paced(
+                crate::message::BoxBody::new(body.map_err(crate::message::BoxError::from)),
+                state.body_read_timeout,
+                state.body_min_rate,
+            );
+            let started = paced
+                .started()
+                .instrument(span.clone())
+                .await
+                .map_err(SidecarError::RequestBody);
+            (axum::body::Body::new(paced), started)
+        }
+    };
+    let req = http::Request::from_parts(parts, body);
+    // Beyond the limit, shed at once: a queue would only add latency to
+    // requests whose clients have likely given up.
+    let result = match started_body.map(|()| state.in_flight.try_acquire()) {
+        Err(e) => Err(e),
+        Ok(Ok(_permit)) => {
+            let gateway = state.gateway.borrow().clone();
+            let shared = Shared {
+                gateway: &gateway,
+                upstream: &state.upstream,
+                metrics: &state.metrics,
+                client,
+                tls,
+                request_id: &request_id,
+                completions: &state.completions,
+            };
+            let proxied = crate::proxy::proxy(shared, req, &mut route).instrument(span.clone());
+            match &trace {
+                Some(trace) => {
+                    opentelemetry::context::FutureExt::with_context(
+                        proxied,
+                        trace.context().clone(),
+                    )
+                    .await
+                }
+                None => proxied.await,
+            }
+        }
+        Ok(Err(_)) => Err(SidecarError::Overloaded {
+            limit: state.max_in_flight,
+        }),
+    };
+    let mut refused = None;
+    let (mut resp, answered_here) = match result {
+        Ok(resp) => {
+            let here = resp.extensions().get::<AnsweredHere>().is_some();
+            (resp, here)
+        }
+        Err(error) => {
+            span.in_scope(|| tracing::warn!(%error, "request refused"));
+            if trace.is_some() {
+                refused = Some(error.to_string());
+            }
+            (error.into_response(), true)
+        }
+    };
+    if grpc && answered_here {
+        resp = grpc::answer(resp).await;
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    if http1 && (close || resp.status() == http::StatusCode::REQUEST_TIMEOUT) {
+        // The rest of a body that stalled cannot be told from the next
+        // request: the connection ends with this answer. (An HTTP/2 stream
+        // ends alone: its frames say where it stops.)
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(trace) = trace {
+        trace.answered(route.as_deref(), resp.status(), refused.as_deref());
+        resp = trace.end_with(resp);
+    }
+    let route = route.as_deref().unwrap_or(NO_ROUTE);
+    state
+        .metrics
+        .request(route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// The client's `x-request-id` if it is sane, else a new one.
+fn request_id(req: &http::Request<axum::body::Body>) -> Arc<str> {
+    req.headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string().into(), Into::into)
+}
 
 /// What one request needs from the sidecar.
 pub struct Shared<'a> {
@@ -114,7 +318,7 @@ pub async fn proxy(
     let completes = route.chain.policies().iter().any(|p| p.hooks().on_complete);
     let received = Arc::new(AtomicU64::new(0));
     let mut body = BoxBody::new(body.map_err(BoxError::from));
-    if parts.version >= http::Version::HTTP_2 && crate::grpc::is_grpc(&parts.headers) {
+    if parts.version >= http::Version::HTTP_2 && grpc::is_grpc(&parts.headers) {
         // Not paced by the server (a gRPC client may be silent a while):
         // a silence as long as the route's timeout still ends it.
         body = message::idle_timeout(body, route.timeout);
@@ -146,7 +350,7 @@ pub async fn proxy(
             Err(error) => {
                 tracing::warn!(route = %route.name, %error, "upstream failed");
                 if let SidecarError::Upstream(e) = &error {
-                    cx.metrics.upstream_error(&route.name, e);
+                    cx.metrics.upstream_error(&route.name, e.kind());
                 }
                 answered_here = true;
                 error.to_policy_response()

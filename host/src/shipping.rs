@@ -15,22 +15,133 @@
 
 mod file;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Uri};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::batch::{Deliver, Lane, past_deadline, ship, stopping};
 use crate::capabilities::{Level, LogRecord, LogSink};
-use crate::config::{FileSinkSettings, HttpSinkSettings, LogFormat, LogSettings, SinkKind};
-use crate::metrics::{Metrics, SinkCounters};
+use crate::metrics::Metrics;
 use crate::telemetry::logs;
 use crate::upstream::UpstreamClient;
 
 pub use self::file::RotatingFile;
+
+/// The sinks policy log lines are shipped to. Never empty: with no
+/// `[[log.sink]]` it is one stdout sink, the behaviour before sinks existed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    pub sinks: Vec<SinkSettings>,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            sinks: vec![SinkSettings {
+                name: "stdout".to_owned(),
+                level: Level::Info,
+                kind: SinkKind::Stdout,
+            }],
+        }
+    }
+}
+
+/// One `[[log.sink]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkSettings {
+    /// Its `sink` label in metrics and warnings; unique.
+    pub name: String,
+    /// Lines below this level are not sent to this sink.
+    pub level: Level,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    /// JSON lines on stdout, written as the policy logs (as before sinks).
+    Stdout,
+    File(FileSinkSettings),
+    Http(HttpSinkSettings),
+}
+
+/// A rotating file, written by a thread of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSinkSettings {
+    pub path: PathBuf,
+    /// The file is rotated before a line would take it past this size.
+    pub max_bytes: u64,
+    /// Rotated files kept: `path.1` (newest) to `path.{keep}`; 0 keeps none.
+    pub keep: usize,
+    /// Lines waiting to be written; beyond it new lines are dropped (counted).
+    pub buffer_lines: usize,
+    /// Buffered lines reach the file at least this often.
+    pub flush: Duration,
+}
+
+impl Default for FileSinkSettings {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::new(),
+            max_bytes: 100 * 1024 * 1024,
+            keep: 5,
+            buffer_lines: 10_000,
+            flush: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Batches POSTed to a collector: JSON lines (`type = "http"`) or OTLP
+/// (`type = "otlp"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSinkSettings {
+    pub url: Uri,
+    pub format: LogFormat,
+    /// Most lines in one request.
+    pub batch_lines: usize,
+    /// A partial batch is sent once its first line is this old.
+    pub flush: Duration,
+    /// Lines waiting to be sent; beyond it new lines are dropped (counted).
+    pub buffer_lines: usize,
+    /// Bound on one attempt (connect, send, answer).
+    pub timeout: Duration,
+    /// Further attempts for a batch that failed, with backoff, before it is
+    /// dropped (counted).
+    pub retries: u32,
+    /// Sent with every batch (e.g. an auth token), `${VAR}` expanded.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What a collector is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFormat {
+    /// `application/x-ndjson`: a line a record.
+    NdJson,
+    /// `application/x-protobuf`: an OTLP `ExportLogsServiceRequest`, each
+    /// record with the trace and span ids of the request that logged it.
+    Otlp { service_name: String },
+}
+
+impl HttpSinkSettings {
+    pub fn new(url: Uri) -> Self {
+        Self {
+            url,
+            format: LogFormat::NdJson,
+            batch_lines: 512,
+            flush: Duration::from_secs(1),
+            buffer_lines: 10_000,
+            timeout: Duration::from_secs(5),
+            retries: 3,
+            headers: Vec::new(),
+        }
+    }
+}
 
 /// How often, at most, drops are reported on stderr (per sink).
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
@@ -178,45 +289,6 @@ async fn join_all(workers: Vec<JoinHandle<()>>) {
 
 type Queue = mpsc::Receiver<String>;
 
-/// One queued sink (or the span exporter) as the request path and its
-/// task see it.
-#[derive(Clone, Debug)]
-pub(crate) struct Lane {
-    name: String,
-    counters: SinkCounters,
-    /// Why the last write or send failed, for the drop report.
-    last_error: Arc<Mutex<Option<String>>>,
-}
-
-impl Lane {
-    pub(crate) fn new(name: &str, counters: SinkCounters) -> Self {
-        Self {
-            name: name.to_owned(),
-            counters,
-            last_error: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    /// Counts what became of an item offered to the queue (`Err(true)`:
-    /// full, `Err(false)`: closed).
-    pub(crate) fn offered(&self, sent: Result<(), bool>) {
-        match sent {
-            Ok(()) => {}
-            Err(true) => {
-                self.counters.queue_full.inc();
-            }
-            Err(false) => {
-                self.counters.shutdown.inc();
-            }
-        }
-    }
-
-    fn failed(&self, lines: usize, error: String) {
-        self.counters.send_failed.inc_by(lines as u64);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
-    }
-}
-
 /// The [`LogSink`] policies log into: every configured sink at once.
 struct Fanout {
     /// Written as the policy logs (stdout).
@@ -311,29 +383,6 @@ impl Reporter {
     }
 }
 
-/// Resolves once shutdown has begun and its deadline has passed.
-async fn past_deadline(mut stop: watch::Receiver<Option<Instant>>) {
-    let deadline = loop {
-        if let Some(d) = *stop.borrow_and_update() {
-            break d;
-        }
-        if stop.changed().await.is_err() {
-            // The sender is gone without a shutdown: never.
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::time::sleep_until(deadline).await;
-}
-
-/// Resolves once shutdown has begun.
-async fn stopping(stop: &mut watch::Receiver<Option<Instant>>) {
-    while stop.borrow_and_update().is_none() {
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 /// A file sink's task: takes chunks of lines off the queue and writes them
 /// on a blocking thread (a slow disk must not stall the runtime), flushing
 /// every `flush`; on shutdown, writes what is queued and flushes.
@@ -401,74 +450,6 @@ async fn write_file(
         let flushed = tokio::task::spawn_blocking(move || f.flush()).await;
         if let Ok(Err(e)) = flushed {
             lane.failed(0, format!("flushing {}: {e}", settings.path.display()));
-        }
-    }
-}
-
-/// How a batching lane hands over one batch (see [`ship`]).
-pub(crate) trait Deliver<T>: Send + 'static {
-    /// Delivers `batch` (retrying as it sees fit); `Err` says why it was
-    /// given up.
-    fn deliver(&self, batch: Vec<T>) -> impl Future<Output = Result<(), String>> + Send;
-}
-
-/// A batching lane's task: a batch is delivered when it has `max` items or
-/// its first item is `flush` old; one batch at a time, so a slow collector
-/// fills the queue (and drops are counted) instead of piling up requests.
-/// Once `stop` has a deadline, what is queued is delivered until then.
-pub(crate) async fn ship<T: Send + 'static>(
-    max: usize,
-    flush: Duration,
-    lane: Lane,
-    mut queue: mpsc::Receiver<T>,
-    mut stop: watch::Receiver<Option<Instant>>,
-    delivery: impl Deliver<T>,
-) {
-    let mut batch: Vec<T> = Vec::with_capacity(max);
-    let mut draining = false;
-    loop {
-        if draining {
-            if queue.recv_many(&mut batch, max).await == 0 {
-                break;
-            }
-        } else {
-            // Wait for a first item, then fill until full or old enough.
-            tokio::select! {
-                n = queue.recv_many(&mut batch, max) => if n == 0 { break },
-                () = stopping(&mut stop) => {
-                    queue.close();
-                    draining = true;
-                    continue;
-                }
-            }
-            let due = Instant::now() + flush;
-            while batch.len() < max && !draining {
-                let room = max - batch.len();
-                tokio::select! {
-                    n = queue.recv_many(&mut batch, room) => if n == 0 { break },
-                    () = tokio::time::sleep_until(due) => break,
-                    () = stopping(&mut stop) => {
-                        queue.close();
-                        draining = true;
-                    }
-                }
-            }
-        }
-        let items = batch.len();
-        let full = std::mem::replace(&mut batch, Vec::with_capacity(max));
-        let sent = tokio::select! {
-            r = delivery.deliver(full) => Some(r),
-            () = past_deadline(stop.clone()) => None,
-        };
-        match sent {
-            Some(Ok(())) => {
-                lane.counters.shipped.inc_by(items as u64);
-            }
-            Some(Err(e)) => lane.failed(items, e),
-            None => {
-                lane.counters.shutdown.inc_by((items + queue.len()) as u64);
-                return;
-            }
         }
     }
 }

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Uri};
 use http_body_util::{BodyExt as _, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -54,10 +55,60 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Sampler, TelemetrySettings};
+use crate::batch::{Deliver, Lane, ship};
 use crate::metrics::Metrics;
-use crate::shipping::{Deliver, Lane, ship};
-use crate::upstream::UpstreamError;
+
+/// The resolved `[telemetry]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySettings {
+    /// `service.name` of what the sidecar exports (traces and OTLP logs).
+    pub service_name: String,
+    /// `None`: no traces (nothing is recorded, nothing is propagated).
+    pub traces: Option<TraceSettings>,
+    /// The base endpoint (`endpoint` / `OTEL_EXPORTER_OTLP_ENDPOINT`),
+    /// for an OTLP log sink without a `url`.
+    pub endpoint: Option<String>,
+    /// `headers` / `OTEL_EXPORTER_OTLP_HEADERS`, for every OTLP export.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            service_name: "sidecar".to_owned(),
+            traces: None,
+            endpoint: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Traces: where they go, which are kept, and the export queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// The full URL spans are POSTed to (`…/v1/traces`).
+    pub url: Uri,
+    pub sampler: Sampler,
+    /// Ended spans waiting for export; beyond it new ones are dropped
+    /// (counted), the request never waits.
+    pub max_queue_size: usize,
+    pub max_export_batch_size: usize,
+    /// A partial batch is sent once its first span has waited this long.
+    pub schedule_delay: Duration,
+    /// Bound on one export request.
+    pub export_timeout: Duration,
+}
+
+/// Which traces are recorded, as `OTEL_TRACES_SAMPLER` names them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    /// A share of trace ids (0.0 to 1.0).
+    Ratio(f64),
+    /// The caller's decision when its `traceparent` has one, else the inner.
+    ParentBased(Box<Sampler>),
+}
 
 /// Traces, running: the tracer requests start their spans with, and the
 /// export task behind it.
@@ -412,7 +463,9 @@ impl Attempt {
         Self(Some(cx))
     }
 
-    pub fn end(self, outcome: Result<http::StatusCode, &UpstreamError>) {
+    /// Ends the span with the answer's status, or the error's kind (as in
+    /// the metrics) and text.
+    pub fn end<E: std::fmt::Display>(self, outcome: Result<http::StatusCode, (&'static str, E)>) {
         let Some(cx) = self.0 else { return };
         let span = cx.span();
         if span.is_recording() {
@@ -430,11 +483,8 @@ impl Attempt {
                         span.set_status(Status::error(String::new()));
                     }
                 }
-                Err(error) => {
-                    span.set_attribute(KeyValue::new(
-                        "error.type",
-                        crate::metrics::upstream_error_kind(error),
-                    ));
+                Err((kind, error)) => {
+                    span.set_attribute(KeyValue::new("error.type", kind));
                     span.set_status(Status::error(error.to_string()));
                 }
             }
@@ -506,7 +556,7 @@ impl std::fmt::Debug for OtlpHttp {
 
 impl OtlpHttp {
     fn new(timeout: Duration) -> Self {
-        let client = crate::outbound::small_client(crate::tls::system_client_config());
+        let client = crate::http_client::small_client(crate::tls::system_client_config());
         Self { client, timeout }
     }
 }

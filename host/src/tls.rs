@@ -25,8 +25,37 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ServerTls, UpstreamTls};
-use crate::reload::{Fingerprint, fingerprint};
+use crate::watch::{Fingerprint, Settling, fingerprint};
+
+/// `[server.tls]`: the listener's certificate. The files are read at start
+/// and re-read when they change (see [`watch`]); the paths themselves
+/// change only at a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// PEM: the leaf certificate first, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM: if set, clients must present a certificate issued by one of these.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[route.tls]`: how the sidecar speaks TLS to an `https://` upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// PEM: the only roots trusted for this upstream; `None` trusts the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
+    /// Certificate and key the sidecar presents (mutual TLS).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A certificate chain and its key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -120,19 +149,15 @@ impl ListenerTls {
 /// were refused are not retried until they change again.
 pub async fn watch(tls: Arc<ListenerTls>, interval: Duration) {
     let mut refused: Option<Fingerprint> = None;
-    let mut settling: Option<Fingerprint> = None;
+    let mut settling = Settling::default();
     loop {
         tokio::time::sleep(interval).await;
         let now = fingerprint(&files(&tls.settings));
         let loaded = tls.loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if now == loaded || Some(&now) == refused.as_ref() {
-            settling = None;
+        let nothing_new = now == loaded || Some(&now) == refused.as_ref();
+        let Some(now) = settling.poll(now, nothing_new) else {
             continue;
-        }
-        if settling.as_ref() != Some(&now) {
-            settling = Some(now);
-            continue;
-        }
+        };
         if let Err(error) = tls.reload(now.clone()) {
             tracing::error!(
                 error = %format!("{error:#}"),
@@ -140,7 +165,6 @@ pub async fn watch(tls: Arc<ListenerTls>, interval: Duration) {
             );
             refused = Some(now);
         }
-        settling = None;
     }
 }
 

@@ -4,11 +4,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sidecar::Sidecar;
 use sidecar::capabilities::{
     FieldValue, KvLimits, KvStore, MemoryKv, MemorySink, NoNetwork, Outbound, RedisKv,
     RedisSettings, Services, SystemClock,
 };
-use sidecar::server::Sidecar;
 use test_policies::redis_server::RedisServer;
 use tokio::net::TcpListener;
 

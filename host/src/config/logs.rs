@@ -23,121 +23,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use http::{HeaderName, HeaderValue, Uri};
+use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use super::telemetry::{TelemetrySettings, header_list, signal_url};
+use super::telemetry::{header_list, signal_url};
 use super::{expand_str, parse_upstream_like, positive};
 use crate::capabilities::Level;
-
-/// The sinks policy log lines are shipped to. Never empty: with no
-/// `[[log.sink]]` it is one stdout sink, the behaviour before sinks existed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogSettings {
-    pub sinks: Vec<SinkSettings>,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            sinks: vec![SinkSettings {
-                name: "stdout".to_owned(),
-                level: Level::Info,
-                kind: SinkKind::Stdout,
-            }],
-        }
-    }
-}
-
-/// One `[[log.sink]]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SinkSettings {
-    /// Its `sink` label in metrics and warnings; unique.
-    pub name: String,
-    /// Lines below this level are not sent to this sink.
-    pub level: Level,
-    pub kind: SinkKind,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum SinkKind {
-    /// JSON lines on stdout, written as the policy logs (as before sinks).
-    Stdout,
-    File(FileSinkSettings),
-    Http(HttpSinkSettings),
-}
-
-/// A rotating file, written by a thread of its own.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileSinkSettings {
-    pub path: PathBuf,
-    /// The file is rotated before a line would take it past this size.
-    pub max_bytes: u64,
-    /// Rotated files kept: `path.1` (newest) to `path.{keep}`; 0 keeps none.
-    pub keep: usize,
-    /// Lines waiting to be written; beyond it new lines are dropped (counted).
-    pub buffer_lines: usize,
-    /// Buffered lines reach the file at least this often.
-    pub flush: Duration,
-}
-
-impl Default for FileSinkSettings {
-    fn default() -> Self {
-        Self {
-            path: PathBuf::new(),
-            max_bytes: 100 * 1024 * 1024,
-            keep: 5,
-            buffer_lines: 10_000,
-            flush: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Batches POSTed to a collector: JSON lines (`type = "http"`) or OTLP
-/// (`type = "otlp"`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpSinkSettings {
-    pub url: Uri,
-    pub format: LogFormat,
-    /// Most lines in one request.
-    pub batch_lines: usize,
-    /// A partial batch is sent once its first line is this old.
-    pub flush: Duration,
-    /// Lines waiting to be sent; beyond it new lines are dropped (counted).
-    pub buffer_lines: usize,
-    /// Bound on one attempt (connect, send, answer).
-    pub timeout: Duration,
-    /// Further attempts for a batch that failed, with backoff, before it is
-    /// dropped (counted).
-    pub retries: u32,
-    /// Sent with every batch (e.g. an auth token), `${VAR}` expanded.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-/// What a collector is sent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LogFormat {
-    /// `application/x-ndjson`: a line a record.
-    NdJson,
-    /// `application/x-protobuf`: an OTLP `ExportLogsServiceRequest`, each
-    /// record with the trace and span ids of the request that logged it.
-    Otlp { service_name: String },
-}
-
-impl HttpSinkSettings {
-    pub fn new(url: Uri) -> Self {
-        Self {
-            url,
-            format: LogFormat::NdJson,
-            batch_lines: 512,
-            flush: Duration::from_secs(1),
-            buffer_lines: 10_000,
-            timeout: Duration::from_secs(5),
-            retries: 3,
-            headers: Vec::new(),
-        }
-    }
-}
+use crate::shipping::{
+    FileSinkSettings, HttpSinkSettings, LogFormat, LogSettings, SinkKind, SinkSettings,
+};
+use crate::telemetry::TelemetrySettings;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -29,61 +29,10 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
 use super::{expand_str, parse_upstream_like, positive};
+use crate::telemetry::{Sampler, TelemetrySettings, TraceSettings};
 
 /// Where OTLP/HTTP collectors listen when no endpoint says otherwise.
 pub const DEFAULT_OTLP_ENDPOINT: &str = "http://localhost:4318";
-
-/// The resolved `[telemetry]` table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TelemetrySettings {
-    /// `service.name` of what the sidecar exports (traces and OTLP logs).
-    pub service_name: String,
-    /// `None`: no traces (nothing is recorded, nothing is propagated).
-    pub traces: Option<TraceSettings>,
-    /// The base endpoint (`endpoint` / `OTEL_EXPORTER_OTLP_ENDPOINT`),
-    /// for an OTLP log sink without a `url`.
-    pub endpoint: Option<String>,
-    /// `headers` / `OTEL_EXPORTER_OTLP_HEADERS`, for every OTLP export.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Default for TelemetrySettings {
-    fn default() -> Self {
-        Self {
-            service_name: "sidecar".to_owned(),
-            traces: None,
-            endpoint: None,
-            headers: Vec::new(),
-        }
-    }
-}
-
-/// Traces: where they go, which are kept, and the export queue.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TraceSettings {
-    /// The full URL spans are POSTed to (`…/v1/traces`).
-    pub url: Uri,
-    pub sampler: Sampler,
-    /// Ended spans waiting for export; beyond it new ones are dropped
-    /// (counted), the request never waits.
-    pub max_queue_size: usize,
-    pub max_export_batch_size: usize,
-    /// A partial batch is sent once its first span has waited this long.
-    pub schedule_delay: Duration,
-    /// Bound on one export request.
-    pub export_timeout: Duration,
-}
-
-/// Which traces are recorded, as `OTEL_TRACES_SAMPLER` names them.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Sampler {
-    AlwaysOn,
-    AlwaysOff,
-    /// A share of trace ids (0.0 to 1.0).
-    Ratio(f64),
-    /// The caller's decision when its `traceparent` has one, else the inner.
-    ParentBased(Box<Sampler>),
-}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

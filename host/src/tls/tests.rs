@@ -6,7 +6,6 @@ use rcgen::{
 };
 
 use super::*;
-use crate::config::ClientCert;
 
 /// A folder of its own per test, emptied first.
 fn dir(name: &str) -> PathBuf {

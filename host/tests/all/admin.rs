@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sidecar::admin::{self, Admin};
+use sidecar::{Admin, admin_router};
 use tokio::net::TcpListener;
 
 use crate::support::{Upstream, client, get_json, serve};
@@ -56,7 +56,7 @@ config = { mode = "trap" }
 async fn admin_listener(admin: Arc<Admin>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let router = admin::router(admin);
+    let router = admin_router(admin);
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     url
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sidecar::server::Sidecar;
+use sidecar::Sidecar;
 use tower::ServiceExt as _;
 
 use crate::support::{Blackhole, Replica, client, serve};
@@ -26,7 +26,7 @@ async fn sidecar(upstreams: &[String], route_extra: &str, top: &str) -> (String,
 
 /// `GET path` on the admin router.
 async fn admin(sidecar: &Arc<Sidecar>, path: &str) -> String {
-    let router = sidecar::admin::router(sidecar::admin::Admin::serving(sidecar.clone()));
+    let router = sidecar::admin_router(sidecar::Admin::serving(sidecar.clone()));
     let resp = router
         .oneshot(
             http::Request::get(path)

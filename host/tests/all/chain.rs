@@ -1,6 +1,6 @@
 //! Chain order and short-circuit, with the `tag` fixture policy.
 
-use crate::support::{Upstream, client, get_json, start};
+use crate::support::{Upstream, client, start};
 
 const THREE_TAGS: &str = r#"
 [[route]]
@@ -67,13 +67,25 @@ async fn short_circuit_skips_later_policies_and_upstream_but_earlier_response_ho
 
 #[tokio::test]
 async fn one_user_cannot_see_another_requests_state() {
-    // Every request gets a fresh instance: the tag policy's output depends
-    // only on its own request, however many came before.
+    // Every request gets a fresh instance: each tag policy counts the
+    // requests its instance has served, and that count is 1 every time,
+    // however many came before (with `instances = "reuse"` it grows, see
+    // `loading::reused_instances_keep_their_state_and_are_replaced_after_max_uses`).
     let upstream = Upstream::start().await;
     let sidecar = start(THREE_TAGS, &upstream).await;
     for _ in 0..20 {
-        let (status, body) = get_json(&format!("{}/api/x", sidecar.base)).await;
-        assert_eq!(status, 200);
-        assert_eq!(body["headers"]["x-chain"], "a,b,c");
+        let resp = client()
+            .get(format!("{}/api/x", sidecar.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let served: Vec<&str> = resp
+            .headers()
+            .get_all("x-instance-served")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(served, ["1", "1", "1"], "one count per policy in the chain");
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use sidecar::admin::{self, Admin};
-use sidecar::server::Sidecar;
+use sidecar::Sidecar;
+use sidecar::{Admin, admin_router};
 use tokio::net::TcpListener;
 
 use crate::support::{Blackhole, Upstream, client, get_json, serve};
@@ -75,7 +75,7 @@ async fn busy_sidecar(upstream: &Upstream, dead: &Blackhole) -> (Arc<Sidecar>, S
             c.get(format!("{base}{path}")).send().await.unwrap();
         }
     }
-    let admin = listen(admin::router(Admin::serving(sidecar.clone()))).await;
+    let admin = listen(admin_router(Admin::serving(sidecar.clone()))).await;
     (sidecar, base, admin)
 }
 
@@ -309,7 +309,7 @@ async fn dashboard_says_so_when_an_admin_endpoint_fails_or_policies_are_loading(
             "/stats",
             axum::routing::get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
         )
-        .fallback_service(admin::router(Admin::serving(sidecar)));
+        .fallback_service(admin_router(Admin::serving(sidecar)));
     let admin = listen(failing).await;
     let dom = rendered(&format!("{admin}/")).await;
     let banner = section(&dom, r#"id="banner""#, "</div>");
@@ -324,7 +324,7 @@ async fn dashboard_says_so_when_an_admin_endpoint_fails_or_policies_are_loading(
     );
 
     // Still loading: said plainly, no error.
-    let admin = listen(admin::router(Admin::loading())).await;
+    let admin = listen(admin_router(Admin::loading())).await;
     let dom = rendered(&format!("{admin}/")).await;
     assert!(
         tag_of(&dom, r#"id="state""#).contains(r#"data-state="loading""#),

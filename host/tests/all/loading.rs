@@ -127,7 +127,7 @@ async fn config_file_errors_name_the_policy_and_file() {
         test_policies::TAG
     );
     let config = sidecar::config::parse(&text, Path::new("/cfg/sidecar.toml"), &|_| None).unwrap();
-    let err = sidecar::server::Sidecar::new(&config, Services::production(KvLimits::default()))
+    let err = sidecar::Sidecar::new(&config, Services::production(KvLimits::default()))
         .await
         .unwrap_err();
     let msg = format!("{err:#}");
@@ -195,7 +195,7 @@ async fn a_sha256_pin_that_does_not_match_stops_the_load() {
     let load = |text: String| async move {
         let config =
             sidecar::config::parse(&text, Path::new("/cfg/sidecar.toml"), &|_| None).unwrap();
-        sidecar::server::Sidecar::new(&config, Services::production(KvLimits::default())).await
+        sidecar::Sidecar::new(&config, Services::production(KvLimits::default())).await
     };
     assert!(load(config(&good)).await.is_ok());
     let wrong = "0".repeat(64);

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sidecar::Sidecar;
 use sidecar::capabilities::{MemorySink, Services};
-use sidecar::server::Sidecar;
 use tokio::net::TcpListener;
 
 use test_policies::redis_server::RedisServer;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sidecar::server::Sidecar;
+use sidecar::Sidecar;
 use tokio::net::TcpListener;
 
 use crate::support::{Upstream, client};
@@ -52,10 +52,10 @@ async fn start(dir: PathBuf, config: &str, upstream: &Upstream, watch: bool) -> 
     let (base, _, sidecar) = crate::support::serve(&config).await;
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = format!("http://{}", admin_listener.local_addr().unwrap());
-    let router = sidecar::admin::router(sidecar::admin::Admin::serving(sidecar.clone()));
+    let router = sidecar::admin_router(sidecar::Admin::serving(sidecar.clone()));
     tokio::spawn(async move { axum::serve(admin_listener, router).await.unwrap() });
     if watch {
-        tokio::spawn(sidecar::reload::watch(
+        tokio::spawn(sidecar::watch_files(
             sidecar.clone(),
             Duration::from_millis(50),
         ));

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sidecar::server::Sidecar;
+use sidecar::Sidecar;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -181,7 +181,7 @@ async fn shutdown_stops_waiting_after_the_grace_period() {
 /// Opens `n` connections that each send a whole head announcing a 100-byte
 /// body, and then nothing.
 async fn slow_body_connections(base: &str, n: usize) -> Vec<TcpStream> {
-    sidecar::connections::raise_fd_limit();
+    sidecar::raise_fd_limit();
     let addr = base.trim_start_matches("http://").to_owned();
     let mut streams = Vec::with_capacity(n);
     for _ in 0..n {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use http::HeaderMap;
-use sidecar::server::Sidecar;
+use sidecar::Sidecar;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -13,10 +13,10 @@ use axum::Json;
 use axum::extract::Request;
 use axum::routing::any;
 use http_body_util::BodyExt;
+use sidecar::Metrics;
+use sidecar::Shipping;
+use sidecar::Sidecar;
 use sidecar::capabilities::{KvLimits, MemorySink, Services};
-use sidecar::metrics::Metrics;
-use sidecar::server::Sidecar;
-use sidecar::shipping::Shipping;
 use tokio::net::TcpListener;
 
 /// Counts the requests it gets and echoes them back as JSON.

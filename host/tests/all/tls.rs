@@ -534,25 +534,25 @@ client_key = "{key}"
     assert_eq!(rogue.hits.load(Ordering::SeqCst), 0);
 
     // What the log gets instead: the handshake's own reason.
-    let reason = |tls: &sidecar::config::UpstreamTls, url: String| {
-        let config = sidecar::tls::client_config(tls, "test").unwrap();
+    let reason = |tls: &sidecar::UpstreamTls, url: String| {
+        let config = sidecar::client_config(tls, "test").unwrap();
         async move {
             let req = http::Request::get(url)
                 .body(sidecar::message::Body::empty().into_stream())
                 .unwrap();
-            match sidecar::upstream::UpstreamClient::with_tls(config)
+            match sidecar::UpstreamClient::with_tls(config)
                 .send(req, Duration::from_secs(10))
                 .await
             {
                 Err(
-                    sidecar::upstream::UpstreamError::Unreachable(reason)
-                    | sidecar::upstream::UpstreamError::Unavailable(reason),
+                    sidecar::UpstreamError::Unreachable(reason)
+                    | sidecar::UpstreamError::Unavailable(reason),
                 ) => reason,
                 other => panic!("not unavailable: {other:?}"),
             }
         }
     };
-    let ca_only = sidecar::config::UpstreamTls {
+    let ca_only = sidecar::UpstreamTls {
         ca: Some(dir.join("ca.pem")),
         client_cert: None,
     };

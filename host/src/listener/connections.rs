@@ -54,6 +54,7 @@ impl ConnectionLimits {
     }
 
     /// Connections open now.
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }

@@ -26,9 +26,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::Sidecar;
 use crate::config::{self, Config};
-use crate::gateway::Gateway;
-use crate::server::Sidecar;
+use crate::routes::{Gateway, Superseded};
+use crate::watch::{Fingerprint, Settling, fingerprint};
 
 /// What the admin view reports about reloads.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -134,13 +135,13 @@ impl Sidecar {
             }
         }
         let mut print = config_print;
-        print.extend(fingerprint(&policy_files(&new)));
+        print.extend(fingerprint(&new.policy_files()));
         let mark = self.runtime.mark_loads();
         let asked = self.reloads_asked.clone();
         // A superseded build's error carries `Superseded`: `reload` tells it apart.
         let gateway = Arc::new(
             Gateway::build_apart(
-                new.clone(),
+                new.gateway_settings(),
                 self.runtime.clone(),
                 Some(self.gateway()),
                 move || asked.load(Ordering::SeqCst) > ticket,
@@ -175,10 +176,7 @@ impl Sidecar {
 
     /// The config file and every policy file it names.
     fn watched_files(&self) -> Vec<PathBuf> {
-        let config = self.current_config();
-        std::iter::once(config.source.clone())
-            .chain(policy_files(&config))
-            .collect()
+        self.current_config().watched_files()
     }
 
     fn loaded_fingerprint(&self) -> Fingerprint {
@@ -189,52 +187,20 @@ impl Sidecar {
     }
 }
 
-/// A reload that gave way to a newer one (not a failure).
-#[derive(Debug, thiserror::Error)]
-#[error("superseded by a newer reload")]
-pub struct Superseded;
-
-fn policy_files(config: &Config) -> Vec<PathBuf> {
-    config
-        .policies
-        .values()
-        .flat_map(|p| std::iter::once(p.wasm.clone()).chain(p.files.iter().cloned()))
-        .collect()
-}
-
-/// One file's identity and state: a rename into place changes the inode, a
-/// write the length or modification time.
-pub(crate) type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>;
-
 /// The fingerprint of a config and its policy files, taken before they are
 /// read for a load.
-pub(crate) fn fingerprint_of(config: &Config) -> Fingerprint {
-    let mut files = vec![config.source.clone()];
-    files.extend(policy_files(config));
-    fingerprint(&files)
-}
-
-pub(crate) fn fingerprint(files: &[PathBuf]) -> Fingerprint {
-    use std::os::unix::fs::MetadataExt as _;
-    files
-        .iter()
-        .map(|f| {
-            let state = std::fs::metadata(f)
-                .ok()
-                .map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len(), m.ino()));
-            (f.clone(), state)
-        })
-        .collect()
+pub(super) fn fingerprint_of(config: &Config) -> Fingerprint {
+    fingerprint(&config.watched_files())
 }
 
 /// Watches the config and policy files until the task is dropped, and
 /// reloads when they differ from what was loaded and have settled. A change
 /// seen while a reload runs starts another at once (the running one gives
 /// way to it).
-pub async fn watch(sidecar: Arc<Sidecar>, interval: Duration) {
+pub async fn watch_files(sidecar: Arc<Sidecar>, interval: Duration) {
     // Files whose reload failed: not retried until they change again.
     let mut refused: Option<Fingerprint> = None;
-    let mut settling: Option<Fingerprint> = None;
+    let mut settling = Settling::default();
     // The reload in progress, and the files it was started for.
     let mut running: Option<(Fingerprint, tokio::task::JoinHandle<anyhow::Result<u64>>)> = None;
     loop {
@@ -247,21 +213,14 @@ pub async fn watch(sidecar: Arc<Sidecar>, interval: Duration) {
         }
         let now = fingerprint(&sidecar.watched_files());
         let loading = running.as_ref().map(|(print, _)| print);
-        if now == sidecar.loaded_fingerprint()
+        let nothing_new = now == sidecar.loaded_fingerprint()
             || Some(&now) == refused.as_ref()
-            || Some(&now) == loading
-        {
-            settling = None;
+            || Some(&now) == loading;
+        let Some(now) = settling.poll(now, nothing_new) else {
             continue;
-        }
-        if settling.as_ref() != Some(&now) {
-            // Changed since the last look: wait one more interval.
-            settling = Some(now);
-            continue;
-        }
+        };
         tracing::info!("policy or config files changed; reloading");
         let reloading = sidecar.clone();
         running = Some((now, tokio::spawn(async move { reloading.reload().await })));
-        settling = None;
     }
 }

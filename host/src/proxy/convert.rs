@@ -179,7 +179,7 @@ pub fn request_to_upstream(
     prefix: &str,
     rewrite: Option<&str>,
 ) -> Result<http::Request<BoxBody>, String> {
-    let path = rewrite_path(&head.path_and_query(), prefix, rewrite);
+    let path = crate::routes::rewrite_path(&head.path_and_query(), prefix, rewrite);
     // Policies can only set paths that start with `/`; a rewrite keeps that.
     if !path.starts_with('/') || path.contains('#') {
         return Err(format!("path `{path}` (must start with `/`, without `#`)"));
@@ -231,25 +231,6 @@ pub fn request_to_upstream(
     Ok(out)
 }
 
-/// `/user-service/login?x=1` with prefix `/user-service` and rewrite `/`
-/// becomes `/login?x=1`. A path a policy moved outside the prefix is sent as is.
-fn rewrite_path(path: &str, prefix: &str, rewrite: Option<&str>) -> String {
-    let Some(rewrite) = rewrite else {
-        return path.to_owned();
-    };
-    let rest = match path.strip_prefix(prefix) {
-        Some(rest) if prefix == "/" => return format!("{}/{rest}", rewrite.trim_end_matches('/')),
-        Some(rest) if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') => rest,
-        _ => return path.to_owned(),
-    };
-    let base = rewrite.trim_end_matches('/');
-    match rest.chars().next() {
-        Some('/') => format!("{base}{rest}"),
-        _ if base.is_empty() => format!("/{rest}"),
-        _ => format!("{base}{rest}"),
-    }
-}
-
 /// An upstream response head as policies see it, and the protocol it
 /// switched to if it answered 101.
 pub fn response_head(parts: http::response::Parts) -> (ResponseHead, Option<HeaderValue>) {
@@ -284,19 +265,6 @@ pub fn response_to_http(
 mod tests {
     use super::*;
     use crate::message::Body;
-
-    #[test]
-    fn rewrites_prefix_on_segment_boundaries() {
-        let r = |p| rewrite_path(p, "/user-service", Some("/"));
-        assert_eq!(r("/user-service/login"), "/login");
-        assert_eq!(r("/user-service/login?x=1"), "/login?x=1");
-        assert_eq!(r("/user-service"), "/");
-        assert_eq!(r("/user-service?q"), "/?q");
-        assert_eq!(rewrite_path("/a/b", "/a", Some("/api")), "/api/b");
-        assert_eq!(rewrite_path("/a/b", "/a", None), "/a/b");
-        assert_eq!(rewrite_path("/x/b", "/", Some("/api")), "/api/x/b");
-        assert_eq!(rewrite_path("/elsewhere", "/a", Some("/api")), "/elsewhere");
-    }
 
     #[test]
     fn refuses_path_tricks() {

@@ -28,88 +28,24 @@
 //! healthy, and the retry budget starts fresh.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Uri};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::gateway::Gateway;
+use super::health::{Health, probe};
+use super::retry::RetryBudget;
+use super::{BalanceSettings, HealthCheck, RetryBudgetSettings, Strategy, lock};
+use super::{UpstreamClient, UpstreamError};
 use crate::message::{Body, BoxBody};
-use crate::metrics::{Metrics, upstream_error_kind};
+use crate::metrics::Metrics;
 use crate::telemetry::Attempt;
-use crate::upstream::{UpstreamClient, UpstreamError};
-
-/// How a route picks an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// Each endpoint in turn.
-    #[default]
-    RoundRobin,
-    /// The endpoint with the fewest requests in flight; ties in turn.
-    LeastRequests,
-}
 
 /// Request bodies up to this size, with a `content-length`, are buffered
 /// on routes that retry, so that they can be sent again.
 const REPLAY_BUFFER_BYTES: usize = 64 * 1024;
-
-/// A route's balancing, health and retry settings (`[[route]]`, `[route.health]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BalanceSettings {
-    pub strategy: Strategy,
-    /// Extra attempts for an idempotent request that got no answer.
-    pub retries: u32,
-    /// Failures in a row that eject an endpoint.
-    pub eject_after_failures: u32,
-    /// The first ejection's length; each ejection in a row doubles it.
-    pub eject: Duration,
-    pub max_eject: Duration,
-    pub health_check: Option<HealthCheck>,
-}
-
-impl Default for BalanceSettings {
-    fn default() -> Self {
-        Self {
-            strategy: Strategy::RoundRobin,
-            retries: 2,
-            eject_after_failures: 3,
-            eject: Duration::from_secs(10),
-            max_eject: Duration::from_secs(300),
-            health_check: None,
-        }
-    }
-}
-
-/// Active health checks: `GET {endpoint}{path}` every `interval`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthCheck {
-    pub path: String,
-    pub interval: Duration,
-    /// A probe without a 2xx answer within this time failed.
-    pub timeout: Duration,
-}
-
-/// Retries allowed per route: `percent` of the requests of the last
-/// [`BUDGET_WINDOW`], plus `min_per_sec` per second of it (so a quiet route
-/// can still retry). `[proxy]` settings, applied to each route on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryBudgetSettings {
-    pub percent: u32,
-    pub min_per_sec: u32,
-}
-
-impl Default for RetryBudgetSettings {
-    fn default() -> Self {
-        // Linkerd's defaults.
-        Self {
-            percent: 20,
-            min_per_sec: 10,
-        }
-    }
-}
 
 /// The endpoints of one route and what is known about them.
 #[derive(Debug)]
@@ -139,42 +75,6 @@ struct EndpointState {
     requests: AtomicU64,
     failures: AtomicU64,
     health: Mutex<Health>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Health {
-    consecutive_failures: u32,
-    ejected_until: Option<Instant>,
-    /// Ejections without a success in between: each doubles the next one.
-    ejections_in_a_row: u32,
-}
-
-impl Health {
-    fn is_ejected(&self, now: Instant) -> bool {
-        self.ejected_until.is_some_and(|until| now < until)
-    }
-
-    /// Counts one outcome; `Some(length)` if it ejected the endpoint.
-    fn record(&mut self, failed: bool, now: Instant, s: &BalanceSettings) -> Option<Duration> {
-        if !failed {
-            // An answer re-admits at once, even during an ejection (panic mode
-            // or a request that started before it).
-            *self = Self::default();
-            return None;
-        }
-        self.consecutive_failures += 1;
-        (self.consecutive_failures >= s.eject_after_failures && !self.is_ejected(now))
-            .then(|| self.eject(now, s))
-    }
-
-    fn eject(&mut self, now: Instant, s: &BalanceSettings) -> Duration {
-        let factor = 1u32 << self.ejections_in_a_row.min(20);
-        let length = s.eject.saturating_mul(factor).min(s.max_eject);
-        self.ejected_until = Some(now + length);
-        self.ejections_in_a_row += 1;
-        self.consecutive_failures = 0;
-        length
-    }
 }
 
 /// Decrements an endpoint's in-flight count when the attempt ends, however
@@ -297,7 +197,12 @@ impl Upstreams {
                 let _in_flight = InFlight::enter(&endpoint.state.in_flight);
                 client.send(request, left).await
             };
-            attempt.end(result.as_ref().map(http::Response::status));
+            attempt.end(
+                result
+                    .as_ref()
+                    .map(http::Response::status)
+                    .map_err(|e| (e.kind(), e)),
+            );
             let result = result.map_err(|e| match e {
                 UpstreamError::Timeout(_) => UpstreamError::Timeout(timeout),
                 other => other,
@@ -378,13 +283,15 @@ impl Upstreams {
         result: Result<http::StatusCode, &UpstreamError>,
         metrics: &Metrics,
     ) {
-        let outcome = match result {
-            Ok(status) if matches!(status.as_u16(), 502..=504) => "gateway_error",
-            Ok(_) => "ok",
-            Err(e) => upstream_error_kind(e),
+        let (outcome, failed) = match result {
+            Ok(status) if matches!(status.as_u16(), 502..=504) => ("gateway_error", true),
+            Ok(_) => ("ok", false),
+            // A response over the size limit is no sign of a sick endpoint.
+            Err(e) => (
+                e.kind(),
+                !matches!(e, UpstreamError::ResponseTooLarge { .. }),
+            ),
         };
-        // A response over the size limit is no sign of a sick endpoint.
-        let failed = !matches!(outcome, "ok" | "too_large");
         let state = &endpoint.state;
         state.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
@@ -490,45 +397,20 @@ pub struct EndpointView {
     pub failures: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `GET {uri}{path}`: `Ok` on a 2xx within the check's timeout.
-async fn probe(uri: &Uri, check: &HealthCheck, client: &UpstreamClient) -> Result<(), String> {
-    let target = Uri::builder()
-        .scheme(uri.scheme_str().unwrap_or("http"))
-        .authority(uri.authority().map_or("", |a| a.as_str()))
-        .path_and_query(check.path.as_str())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut request = http::Request::new(Body::empty().into_stream());
-    *request.uri_mut() = target;
-    request.headers_mut().insert(
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static("sidecar-health-check"),
-    );
-    // A health answer has no business being large.
-    match client.send(request, check.timeout).await {
-        Ok(resp) if resp.status().is_success() => Ok(()),
-        Ok(resp) => Err(format!("status {}", resp.status().as_u16())),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Starts the active health checks of `gateway`'s routes that have them.
-/// Each task ends by itself once the gateway is gone (replaced by a reload
-/// and no longer used by any request).
-pub fn spawn_health_checks(gateway: &Gateway, client: &UpstreamClient, metrics: &Arc<Metrics>) {
-    for route in &gateway.routes {
-        let Some(upstreams) = &route.upstreams else {
-            continue;
-        };
+/// Starts the active health checks of the routes that have them: each
+/// route's [`Upstreams`] with the client its requests use (probes trust
+/// what requests trust: the route's `[route.tls]`). Each task ends by
+/// itself once its `Upstreams` are gone (replaced by a reload and no longer
+/// used by any request).
+pub fn spawn_health_checks<'a>(
+    routes: impl IntoIterator<Item = (&'a Arc<Upstreams>, &'a UpstreamClient)>,
+    metrics: &Arc<Metrics>,
+) {
+    for (upstreams, client) in routes {
         if upstreams.settings.health_check.is_some() {
             tokio::spawn(check_forever(
                 Arc::downgrade(upstreams),
-                // Probes trust what requests trust: the route's `[route.tls]`.
-                route.client.as_ref().unwrap_or(client).clone(),
+                client.clone(),
                 metrics.clone(),
             ));
         }
@@ -547,75 +429,6 @@ async fn check_forever(upstreams: Weak<Upstreams>, client: UpstreamClient, metri
         // Not held while asleep: a replaced gateway can be dropped.
         drop(strong);
         tokio::time::sleep(check.interval).await;
-    }
-}
-
-/// Bounds retries: `percent` of the requests seen in the last
-/// [`BUDGET_WINDOW`] plus `min_per_sec` for each of its seconds.
-#[derive(Debug)]
-struct RetryBudget {
-    settings: RetryBudgetSettings,
-    window: Mutex<Window>,
-}
-
-/// The window the budget counts over, in one-second buckets.
-pub const BUDGET_WINDOW: Duration = Duration::from_secs(BUCKETS as u64);
-const BUCKETS: usize = 10;
-
-#[derive(Debug)]
-struct Window {
-    start: Instant,
-    /// Seconds since `start` of the newest bucket.
-    second: u64,
-    /// (requests, retries) per second, a ring indexed by `second % BUCKETS`.
-    buckets: [(u64, u64); BUCKETS],
-}
-
-impl Window {
-    /// Moves to `now`'s second, emptying the buckets that fell out.
-    fn advance(&mut self, now: Instant) -> &mut (u64, u64) {
-        let second = now.saturating_duration_since(self.start).as_secs();
-        let stale = second.saturating_sub(self.second).min(BUCKETS as u64);
-        for k in 1..=stale {
-            self.buckets[((self.second + k) % BUCKETS as u64) as usize] = (0, 0);
-        }
-        self.second = self.second.max(second);
-        &mut self.buckets[(self.second % BUCKETS as u64) as usize]
-    }
-}
-
-impl RetryBudget {
-    fn new(settings: RetryBudgetSettings, now: Instant) -> Self {
-        Self {
-            settings,
-            window: Mutex::new(Window {
-                start: now,
-                second: 0,
-                buckets: [(0, 0); BUCKETS],
-            }),
-        }
-    }
-
-    fn deposit(&self, now: Instant) {
-        lock(&self.window).advance(now).0 += 1;
-    }
-
-    /// Takes one retry if the budget has one.
-    fn withdraw(&self, now: Instant) -> bool {
-        let mut window = lock(&self.window);
-        window.advance(now);
-        let (requests, retries) = window
-            .buckets
-            .iter()
-            .fold((0, 0), |(q, r), (bq, br)| (q + bq, r + br));
-        let floor = u64::from(self.settings.min_per_sec) * BUCKETS as u64;
-        // retries < floor + requests × percent / 100, without rounding.
-        if retries * 100 < floor * 100 + requests * u64::from(self.settings.percent) {
-            window.advance(now).1 += 1;
-            true
-        } else {
-            false
-        }
     }
 }
 

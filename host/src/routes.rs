@@ -1,23 +1,120 @@
-//! Config + runtime → what serves requests: routes, each with its chain.
+//! Routes: settings + runtime → what serves requests, each route with its
+//! upstreams and its chain of policies; the prefix rule.
 //!
 //! A [`Gateway`] is immutable once built; a new config means building a new
 //! one off to the side and swapping it in whole, so a request always runs on
 //! one consistent set of routes and policies.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
+use http::Uri;
 
-use crate::balancer::{Upstreams, UpstreamsView};
+use crate::capabilities::OutboundGrant;
 use crate::chain::Chain;
-use crate::config::{Config, ProxySettings};
-use crate::upstream::UpstreamClient;
-use crate::wasm::{CompileSource, NotAComponent, Policy, PolicySpec, Runtime, sha256_hex};
+use crate::tls::UpstreamTls;
+use crate::upstream::{
+    BalanceSettings, RetryBudgetSettings, UpstreamClient, Upstreams, UpstreamsView,
+};
+use crate::wasm::{
+    CompileSource, FailureMode, Instances, NotAComponent, Policy, PolicyLimits, PolicySpec,
+    Runtime, sha256_hex,
+};
+
+/// What a [`Gateway`] is built from: one config's routes, policies and
+/// `[proxy]` limits.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// The config file, named in every message.
+    pub source: PathBuf,
+    pub proxy: ProxySettings,
+    pub routes: Vec<RouteSettings>,
+    pub policies: BTreeMap<String, PolicySettings>,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    pub name: String,
+    /// Path prefix, matched on whole segments; the longest match wins.
+    pub prefix: String,
+    /// `scheme://authority` of each endpoint of the service (`upstream` or
+    /// `upstreams`); empty for routes answered by policies alone (a request
+    /// that gets past them is a 404).
+    pub upstreams: Vec<Uri>,
+    /// Balancing, health and retries across `upstreams`.
+    pub balance: BalanceSettings,
+    /// Replaces `prefix` in the forwarded path (`/user-service/login` with
+    /// rewrite `/` → `/login`). `None` forwards the path unchanged.
+    pub rewrite: Option<String>,
+    pub timeout: Duration,
+    /// `[route.tls]`; `https://` upstreams without it trust the system roots.
+    pub tls: Option<UpstreamTls>,
+    /// Policy names, in request-hook order.
+    pub policies: Vec<String>,
+}
+
+/// `[policy.NAME]`.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    pub wasm: PathBuf,
+    pub failure: FailureMode,
+    pub limits: PolicyLimits,
+    pub instances: Instances,
+    /// The policy's `config` table as a JSON object, env references expanded.
+    pub config_json: String,
+    /// If set, the file must have this sha256 (lower-case hex) to load.
+    pub sha256: Option<String>,
+    /// `allow_outbound` and the `outbound_*` bounds.
+    pub outbound: OutboundGrant,
+    /// Files its config reads with `${file:...}`: a change reloads it.
+    pub files: Vec<PathBuf>,
+}
+
+/// Limits of the HTTP side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// On a route with a 0.1 policy (bodies buffered whole), larger request
+    /// bodies are refused with 413 before any policy runs.
+    pub max_body_bytes: usize,
+    /// On a route with a 0.1 policy, larger upstream responses become 502.
+    pub max_response_bytes: usize,
+    /// The most of one body a 0.2 policy may have buffered; beyond it the
+    /// policy is told the body is too large, and it streams on.
+    pub max_policy_body_bytes: usize,
+    /// Default upstream timeout (to the response head; the body then
+    /// streams without one), per route overridable.
+    pub upstream_timeout: Duration,
+    /// How many retries each route may make (see [`crate::upstream`]).
+    pub retry_budget: RetryBudgetSettings,
+}
+
+impl ProxySettings {
+    /// What the chain may buffer for policies.
+    pub fn body_limits(&self) -> crate::message::BodyLimits {
+        crate::message::BodyLimits {
+            policy_max: self.max_policy_body_bytes,
+            v01_request: self.max_body_bytes,
+            v01_response: self.max_response_bytes,
+            idle: self.upstream_timeout,
+        }
+    }
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_response_bytes: 10 * 1024 * 1024,
+            max_policy_body_bytes: 16 * 1024 * 1024,
+            upstream_timeout: Duration::from_secs(30),
+            retry_budget: RetryBudgetSettings::default(),
+        }
+    }
+}
 
 /// One route, ready to serve.
 #[derive(Debug)]
@@ -35,14 +132,37 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether `path` is under this route's prefix, on a segment boundary
-    /// (`/api` matches `/api`, `/api/x`, `/api?q`, not `/apix`).
     fn matches(&self, path: &str) -> bool {
-        if self.prefix == "/" {
-            return true;
-        }
-        path.strip_prefix(self.prefix.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+        self.prefix == "/" || under(&self.prefix, path).is_some()
+    }
+}
+
+/// The prefix rule, the one place it is written: `path` is under `prefix`
+/// on a segment boundary (`/api` matches `/api`, `/api/x`, `/api?q`, not
+/// `/apix`); returns what follows the prefix.
+fn under<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    (prefix == "/" || rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+        .then_some(rest)
+}
+
+/// `/user-service/login?x=1` with prefix `/user-service` and rewrite `/`
+/// becomes `/login?x=1`. A path a policy moved outside the prefix is sent as is.
+pub(crate) fn rewrite_path(path: &str, prefix: &str, rewrite: Option<&str>) -> String {
+    let Some(rewrite) = rewrite else {
+        return path.to_owned();
+    };
+    let Some(rest) = under(prefix, path) else {
+        return path.to_owned();
+    };
+    let base = rewrite.trim_end_matches('/');
+    if prefix == "/" {
+        return format!("{base}/{rest}");
+    }
+    match rest.chars().next() {
+        Some('/') => format!("{base}{rest}"),
+        _ if base.is_empty() => format!("/{rest}"),
+        _ => format!("{base}{rest}"),
     }
 }
 
@@ -54,7 +174,7 @@ pub struct PolicyInfo {
     pub sha256: String,
     /// The contract the component exports, e.g. `sidecar:policy@0.1.0`.
     pub contract: String,
-    pub failure: crate::wasm::FailureMode,
+    pub failure: FailureMode,
     /// Unix seconds.
     pub loaded_at: u64,
     /// The hooks it asked for besides the request hook.
@@ -64,6 +184,12 @@ pub struct PolicyInfo {
     /// `compiled`, or reused from the `memory` or `disk` compile cache.
     pub compiled_from: &'static str,
 }
+
+/// A build that gave way to a newer one (a reload asked for while it ran):
+/// not a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("superseded by a newer reload")]
+pub struct Superseded;
 
 /// All routes of one config, longest prefix first.
 #[derive(Debug)]
@@ -84,7 +210,7 @@ impl Gateway {
     /// # Errors
     /// A message naming the config file, the policy and the cause.
     pub async fn build(
-        config: &Config,
+        config: &GatewaySettings,
         runtime: &Arc<Runtime>,
         previous: Option<&Self>,
     ) -> anyhow::Result<Self> {
@@ -98,7 +224,7 @@ impl Gateway {
     /// # Errors
     /// As [`Gateway::build`]; also if the thread cannot start or dies.
     pub async fn build_apart(
-        config: Config,
+        config: GatewaySettings,
         runtime: Arc<Runtime>,
         previous: Option<Arc<Self>>,
         superseded: impl Fn() -> bool + Send + Sync + 'static,
@@ -122,7 +248,7 @@ impl Gateway {
     }
 
     async fn build_unless(
-        config: &Config,
+        config: &GatewaySettings,
         runtime: &Arc<Runtime>,
         previous: Option<&Self>,
         superseded: &(dyn Fn() -> bool + Send + Sync),
@@ -132,7 +258,7 @@ impl Gateway {
         let mut infos = Vec::with_capacity(config.policies.len());
         for (name, p) in &config.policies {
             if superseded() {
-                return Err(anyhow::Error::new(crate::reload::Superseded)
+                return Err(anyhow::Error::new(Superseded)
                     .context(format!("{file}: stopped before policy.{name}")));
             }
             let field = format!("{file}: policy.{name}.wasm");
@@ -243,5 +369,23 @@ impl Gateway {
     /// The route for `path`: the longest matching prefix.
     pub fn route(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_prefix_on_segment_boundaries() {
+        let r = |p| rewrite_path(p, "/user-service", Some("/"));
+        assert_eq!(r("/user-service/login"), "/login");
+        assert_eq!(r("/user-service/login?x=1"), "/login?x=1");
+        assert_eq!(r("/user-service"), "/");
+        assert_eq!(r("/user-service?q"), "/?q");
+        assert_eq!(rewrite_path("/a/b", "/a", Some("/api")), "/api/b");
+        assert_eq!(rewrite_path("/a/b", "/a", None), "/a/b");
+        assert_eq!(rewrite_path("/x/b", "/", Some("/api")), "/api/x/b");
+        assert_eq!(rewrite_path("/elsewhere", "/a", Some("/api")), "/elsewhere");
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::upstream::retry::BUDGET_WINDOW;
 
 fn uris(n: usize) -> Vec<Uri> {
     (0..n)
