@@ -26,8 +26,7 @@
 //! - [`shipping`]: policy log lines to stdout, rotating files and collectors
 //!   (JSON lines or OTLP), off the request path;
 //! - [`telemetry`]: OpenTelemetry traces (W3C trace context in, spans for
-//!   the request, each policy hook and each upstream attempt, OTLP out);
-//! - [`policy_cli`]: `sidecar policy check|call|test|new`, on `policy-harness`.
+//!   the request, each policy hook and each upstream attempt, OTLP out).
 
 pub mod admin;
 pub mod balancer;
@@ -38,13 +37,10 @@ pub mod convert;
 mod detect;
 pub mod error;
 pub mod framing;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod gateway;
 pub mod grpc;
 pub mod metrics;
 pub mod outbound;
-pub mod policy_cli;
 pub mod proxy;
 pub mod reload;
 pub mod server;
