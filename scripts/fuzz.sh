@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs each cargo-fuzz target in fuzz/ for SECONDS (default 300) under
 # libFuzzer, and fails if any of them finds a crash. The same entry points
-# (host/src/fuzzing.rs) run over the seed corpus and 20 000 generated inputs
+# (the sidecar-fuzzing crate, fuzzing/) run over the seed corpus and 20 000 generated inputs
 # in scripts/test.sh; this is the long run, see fuzz/README.md.
 #
 #   scripts/fuzz.sh [SECONDS]

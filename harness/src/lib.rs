@@ -19,10 +19,13 @@
 //!
 //! Layout: [`Harness`] (loading, clock, store, logs) and [`Configured`]
 //! (calling hooks) here; request/response builders and assertion helpers in
-//! [`builders`] and [`ext`]; building a crate's component in [`cargo`].
+//! [`builders`] and [`ext`]; building a crate's component in [`cargo`];
+//! with the `cli` feature, the `sidecar policy …` commands in `cli`.
 
 pub mod builders;
 pub mod cargo;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod ext;
 mod stubs;
 mod types;

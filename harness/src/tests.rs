@@ -83,8 +83,7 @@ fn clock_and_store_are_under_the_tests_control() {
 
 #[test]
 fn a_file_that_is_not_a_component_is_a_load_error_naming_it() {
-    let dir = std::env::temp_dir().join(format!("harness-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = sidecar_testkit::TempDir::new("harness-junk");
     let path = dir.join("junk.wasm");
     std::fs::write(&path, b"junk").unwrap();
     let err = Harness::load(&path).unwrap_err();

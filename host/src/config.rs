@@ -835,19 +835,10 @@ fn kv_settings(raw: RawKv) -> anyhow::Result<KvSettings> {
     Ok(KvSettings { limits, backend })
 }
 
-/// `$XDG_CACHE_HOME/wasm-policy-sidecar`, else `~/.cache/wasm-policy-sidecar`.
-/// The compile cache's folder when the config names none:
-/// `$XDG_CACHE_HOME/wasm-policy-sidecar`, else `~/.cache/wasm-policy-sidecar`.
-pub(crate) fn default_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    let base = env("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            env("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| Path::new(&h).join(".cache"))
-        })?;
-    Some(base.join("wasm-policy-sidecar"))
+/// The compile cache's folder when the config names none (shared with
+/// `sidecar policy …`, hence in the runtime).
+fn default_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    sidecar_runtime::wasm::default_cache_dir(env)
 }
 
 /// More worker threads than this is a typo, not a machine.

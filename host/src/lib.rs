@@ -58,7 +58,3 @@ pub use shipping::Shipping;
 pub use sidecar_runtime::{bindings, capabilities, message, wasm};
 pub use tls::{UpstreamTls, client_config};
 pub use upstream::{UpstreamClient, UpstreamError};
-
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod policy_cli;

@@ -1,6 +1,7 @@
 //! `sidecar`: the binary. Parses arguments and dispatches: `run` serves,
-//! `config check` validates, `policy …` works on components.
-//! Everything else lives in the library.
+//! `config check` validates, `policy …` works on components (the
+//! commands live in `policy_harness::cli`). Everything else lives in the
+//! library.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use policy_harness::cli as policy_cli;
 use sidecar::capabilities::{Level, Services, StdoutSink};
-use sidecar::{Admin, Metrics, Shipping, Sidecar, config, policy_cli};
+use sidecar::{Admin, Metrics, Shipping, Sidecar, config};
 
 /// Gives freed memory back to the system: glibc's allocator kept a large
 /// policy's compile scratch in fragmented arenas after every reload (+66 MB

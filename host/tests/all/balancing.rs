@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sidecar::Sidecar;
 use tower::ServiceExt as _;
 
-use crate::support::{Blackhole, Replica, client, serve};
+use crate::support::{Blackhole, Replica, TempDir, client, eventually, refused_addr, serve};
 
 /// A sidecar with one route, `/api` → `upstreams` (rewritten to `/`).
 async fn sidecar(upstreams: &[String], route_extra: &str, top: &str) -> (String, Arc<Sidecar>) {
@@ -55,14 +55,8 @@ async fn endpoint(sidecar: &Arc<Sidecar>, url: &str) -> serde_json::Value {
         .clone()
 }
 
-/// Waits (generously: not what is tested) until `cond` holds.
-async fn eventually<F: Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long a wait may take: generous, it is not what is tested.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// Which replica answered a GET of `url`.
 async fn replica_of(url: &str) -> String {
@@ -121,7 +115,7 @@ async fn least_requests_sends_new_requests_away_from_a_busy_replica() {
         let url = format!("{base}/api/hold");
         async move { replica_of(&url).await }
     });
-    eventually("a request is held", || async {
+    eventually("a request is held", WAIT, || async {
         replicas.iter().map(Replica::holding).sum::<usize>() == 1
     })
     .await;
@@ -186,17 +180,20 @@ async fn killed_endpoint_is_ejected_with_no_failed_request_and_used_again_once_b
         })
         .collect();
 
-    eventually("some load went to c", || async { replicas[2].hits() > 20 }).await;
+    eventually("some load went to c", WAIT, || async {
+        replicas[2].hits() > 20
+    })
+    .await;
     let c_url = replicas[2].url();
     replicas[2].stop();
     let before = sent.load(Ordering::SeqCst);
     // Seen ejected in the admin view (it comes back briefly between
     // ejections while it is dead, so poll).
-    eventually("c is shown ejected", || async {
+    eventually("c is shown ejected", WAIT, || async {
         endpoint(&sidecar, &c_url).await["healthy"] == false
     })
     .await;
-    eventually("load goes on while c is dead", || async {
+    eventually("load goes on while c is dead", WAIT, || async {
         sent.load(Ordering::SeqCst) > before + 200
     })
     .await;
@@ -218,7 +215,7 @@ async fn killed_endpoint_is_ejected_with_no_failed_request_and_used_again_once_b
     // Back on the same port: used again once its ejection is over.
     let c_hits = replicas[2].hits();
     replicas[2].restart().await;
-    eventually("c gets traffic again", || async {
+    eventually("c gets traffic again", WAIT, || async {
         replicas[2].hits() > c_hits + 20
     })
     .await;
@@ -319,14 +316,14 @@ async fn active_health_check_ejects_a_dead_endpoint_and_readmits_it_when_it_answ
         "",
     )
     .await;
-    eventually("both are probed", || async {
+    eventually("both are probed", WAIT, || async {
         replicas.iter().all(|r| r.health_hits() > 0)
     })
     .await;
     let b_url = replicas[1].url();
     replicas[1].stop();
     // No traffic at all: the check alone finds out.
-    eventually("b is ejected", || async {
+    eventually("b is ejected", WAIT, || async {
         endpoint(&sidecar, &b_url).await["healthy"] == false
     })
     .await;
@@ -342,7 +339,7 @@ async fn active_health_check_ejects_a_dead_endpoint_and_readmits_it_when_it_answ
     )));
 
     replicas[1].restart().await;
-    eventually("b is back", || async {
+    eventually("b is back", WAIT, || async {
         endpoint(&sidecar, &b_url).await["healthy"] == true
     })
     .await;
@@ -361,8 +358,7 @@ async fn active_health_check_ejects_a_dead_endpoint_and_readmits_it_when_it_answ
 async fn reload_applies_new_endpoints_and_ends_the_old_health_checks() {
     let old = Replica::start("old").await;
     let new = [Replica::start("b").await, Replica::start("c").await];
-    let dir = std::env::temp_dir().join(format!("sidecar-balancing-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("balancing");
     let file = dir.join("sidecar.toml");
     let route = |upstreams: &str, extra: &str| {
         format!(
@@ -380,7 +376,7 @@ async fn reload_applies_new_endpoints_and_ends_the_old_health_checks() {
     let config = sidecar::config::load(&file).unwrap();
     let (base, _, sidecar) = serve(&config).await;
     assert_eq!(replica_of(&format!("{base}/api/x")).await, "old");
-    eventually("the old endpoint is probed", || async {
+    eventually("the old endpoint is probed", WAIT, || async {
         old.health_hits() > 0
     })
     .await;
@@ -413,17 +409,13 @@ async fn reload_applies_new_endpoints_and_ends_the_old_health_checks() {
     let probes = old.health_hits();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(old.health_hits(), probes, "the old health checks go on");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_post_is_retried_when_no_connection_could_be_made() {
     // A port nothing listens on: the connection is refused, so the POST was
     // never sent and another endpoint may take it.
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
+    let refused = format!("http://{}", refused_addr());
     let alive = Replica::start("alive").await;
     let (base, _sidecar) = sidecar(&[refused, alive.url()], "retries = 1", "").await;
     for _ in 0..4 {

@@ -16,7 +16,7 @@ use sidecar::Sidecar;
 use sidecar::{Admin, admin_router};
 use tokio::net::TcpListener;
 
-use crate::support::{Blackhole, Upstream, client, get_json, serve};
+use crate::support::{Blackhole, TempDir, Upstream, client, get_json, serve};
 
 const CONFIG: &str = r#"
 [[route]]
@@ -106,11 +106,7 @@ fn artifacts() -> PathBuf {
 /// script (a poll every 2 s of it); its stdout. Off the runtime's thread:
 /// the sidecar keeps answering.
 async fn chromium_on(url: &str, virtual_ms: u32, args: &[&str]) -> String {
-    let profile = std::env::temp_dir().join(format!(
-        "sidecar-dashboard-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
+    let profile = TempDir::new("dashboard");
     let mut command = Command::new(chromium());
     command
         .args([
@@ -149,7 +145,7 @@ async fn chromium_on(url: &str, virtual_ms: u32, args: &[&str]) -> String {
     })
     .await
     .unwrap();
-    let _ = std::fs::remove_dir_all(&profile);
+    drop(profile);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),

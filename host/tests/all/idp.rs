@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{PyServer, Running, Upstream, client, start};
+use crate::support::{PyServer, Running, TempDir, Upstream, client, start};
 
 const ALGS: [&str; 9] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
@@ -268,8 +268,7 @@ async fn keeps_the_last_good_keys_when_the_jwks_turns_to_garbage() {
 async fn reads_a_jwks_file_and_takes_a_new_one_on_reload() {
     let idp = PyServer::start_with("idp.py", &[]);
     let origin = format!("http://127.0.0.1:{}", idp.port);
-    let dir = std::env::temp_dir().join(format!("sidecar-jwks-file-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("jwks-file");
     std::fs::write(
         dir.join("jwks.json"),
         get_text(&format!("{origin}/jwks")).await,
@@ -315,5 +314,4 @@ config = {{ issuer = "{origin}", audience = "api", jwks = "${{file:jwks.json}}" 
     .unwrap();
     sidecar.reload().await.unwrap();
     assert_eq!(call_api(&base, &rotated).await.0, 200);
-    let _ = std::fs::remove_dir_all(dir);
 }

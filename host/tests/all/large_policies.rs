@@ -4,12 +4,11 @@
 //! bounded across many reloads. Needs the Python policy built, so these run
 //! from `scripts/test.sh` (`--include-ignored`).
 
-use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Upstream, client};
+use crate::support::{SidecarProcess, TempDir, Upstream, client, eventually, sidecar_binary};
 
 fn acl_wasm() -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins-py/target/acl.wasm");
@@ -34,29 +33,17 @@ fn variant(wasm: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The sidecar binary with a config in a folder of its own.
 struct Running {
-    child: Child,
+    process: SidecarProcess,
     base: String,
     admin: String,
 }
 
 impl Running {
     async fn start(dir: &Path, upstream: &Upstream) -> Self {
-        let (port, admin_port) = (free_port(), free_port());
         let config = format!(
             r#"
-listen = "127.0.0.1:{port}"
-[admin]
-listen = "127.0.0.1:{admin_port}"
 [reload]
 interval_ms = 100
 [wasm]
@@ -83,34 +70,26 @@ rules = [{{ path_prefix = "/guarded/admin", require_header = "x-role", allow = [
 "#,
             upstream = upstream.url()
         );
-        std::fs::write(dir.join("sidecar.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.join(format!("sidecar-{port}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sidecar"))
-            .args(["run", "--config"])
-            .arg(dir.join("sidecar.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        // A cold start compiles the policy (minutes on a busy 2-core box)
+        // before it listens.
+        let process = sidecar_binary().admin().start(dir, &config);
         let running = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
+            base: process.base.clone(),
+            admin: process.admin().to_owned(),
+            process,
         };
-        // A cold start compiles the policy: minutes on a busy 2-core box.
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            if let Ok(resp) = client()
-                .get(format!("{}/readyz", running.admin))
-                .send()
-                .await
-                && resp.status() == 200
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the sidecar never got ready");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually(
+            "the sidecar is ready",
+            Duration::from_secs(600),
+            async || {
+                client()
+                    .get(format!("{}/readyz", running.admin))
+                    .send()
+                    .await
+                    .is_ok_and(|resp| resp.status() == 200)
+            },
+        )
+        .await;
         running
     }
 
@@ -132,16 +111,18 @@ rules = [{{ path_prefix = "/guarded/admin", require_header = "x-role", allow = [
 
     /// Waits until the policy with `sha` serves.
     async fn wait_for(&self, sha: &str) {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while self.serving_sha().await != sha {
-            assert!(Instant::now() < deadline, "the reload never happened");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            "the reload happened",
+            Duration::from_secs(600),
+            async || self.serving_sha().await == sha,
+        )
+        .await;
     }
 
     /// Resident memory, in KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -169,13 +150,6 @@ rules = [{{ path_prefix = "/guarded/admin", require_header = "x-role", allow = [
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The disk cache's bound in this test: it holds the two variants'
 /// snapshots (about 40 MB each), not every entry ever written.
 const CACHE_MB: u64 = 150;
@@ -198,18 +172,11 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sidecar-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Python policy built: scripts/test.sh builds it and runs this"]
 async fn reloading_large_policies_stalls_no_route_and_keeps_memory_and_cache_bounded() {
     let upstream = Upstream::start().await;
-    let dir = temp_dir("large-reloads");
+    let dir = TempDir::new("large-reloads");
     let a = acl_wasm();
     // Two large components that the cache has never seen.
     let b = variant(&a, &format!("b-{}", std::process::id()));
@@ -290,13 +257,12 @@ async fn reloading_large_policies_stalls_no_route_and_keeps_memory_and_cache_bou
         cache <= CACHE_MB * 1024 * 1024,
         "the compile cache holds {cache} bytes, over its {CACHE_MB} MiB bound"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 #[ignore = "needs the Python policy built: scripts/test.sh builds it and runs this"]
 fn a_second_policy_check_of_a_large_policy_compiles_nothing() {
-    let dir = temp_dir("check-cache");
+    let dir = TempDir::new("check-cache");
     let wasm = dir.join("acl.wasm");
     std::fs::write(
         &wasm,
@@ -319,5 +285,4 @@ fn a_second_policy_check_of_a_large_policy_compiles_nothing() {
     let (second, warm) = check();
     assert!(second.contains("code: from the compile cache"), "{second}");
     eprintln!("policy check: {cold:?} cold, {warm:?} from the cache");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,6 +14,8 @@ use sidecar::wasm::{
     PolicySpec, REUSE_MAX_USES, Runtime, Verdict,
 };
 
+use crate::support::TempDir;
+
 fn compile(rt: &Runtime, path: &str) -> (Component, Vec<u8>) {
     let wasm = std::fs::read(path).unwrap();
     (rt.compile_file(Path::new(path)).unwrap(), wasm)
@@ -104,8 +106,7 @@ async fn refused_config_stops_the_load_with_the_policy_message() {
 
 #[test]
 fn a_file_that_is_not_a_component_is_named_in_the_error() {
-    let dir = std::env::temp_dir().join(format!("sidecar-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("not-a-component");
     let bad = dir.join("garbage.wasm");
     std::fs::write(&bad, b"not wasm at all").unwrap();
     let err = runtime().compile_file(&bad).unwrap_err();
@@ -204,12 +205,6 @@ async fn a_sha256_pin_that_does_not_match_stops_the_load() {
     assert!(msg.contains(&good), "{msg}");
 }
 
-fn empty_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 /// A runtime as a sidecar (re)started with its compile cache in `dir`.
 fn runtime_caching_in(dir: &Path) -> Arc<Runtime> {
     Runtime::with_compile_cache(
@@ -224,7 +219,7 @@ fn runtime_caching_in(dir: &Path) -> Arc<Runtime> {
 #[test]
 fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored() {
     use sidecar::wasm::CompileSource;
-    let dir = empty_dir("sidecar-cache-test");
+    let dir = TempDir::new("cache-test");
     let bytes = std::fs::read(test_policies::TAG).unwrap();
     let fresh_runtime = || runtime_caching_in(&dir);
     // First start: compiled, and written to the cache.
@@ -264,13 +259,12 @@ fn compiled_policies_are_reused_from_the_disk_cache_and_bad_entries_are_ignored(
     assert_eq!(rt.compile_cached(&bytes).unwrap().1, CompileSource::Memory);
     rt.forget_compiled_unused_since(mark);
     assert_eq!(rt.compile_cached(&bytes).unwrap().1, CompileSource::Memory);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_configured_snapshot_is_reused_across_restarts_for_the_same_config_only() {
     use sidecar::wasm::CompileSource;
-    let dir = empty_dir("sidecar-snapshot-test");
+    let dir = TempDir::new("snapshot-test");
     let bytes = std::fs::read(test_policies::TAG).unwrap();
     let fresh_runtime = || runtime_caching_in(&dir);
     let load = |rt: Arc<Runtime>, name: &'static str| {
@@ -308,7 +302,6 @@ async fn a_configured_snapshot_is_reused_across_restarts_for_the_same_config_onl
     };
     assert_eq!(chain(&ex).as_deref(), Some("a"));
     assert_eq!(chain(&ex_b).as_deref(), Some("b"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An empty 200, as the upstream's answer for the response hooks.

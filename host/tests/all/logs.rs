@@ -1,23 +1,15 @@
 //! The `sidecar` binary's own log lines: human or JSON, and the request id
 //! on every line about a request.
 
-use std::io::Read as _;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::client;
+use crate::support::{TempDir, client, sidecar_binary};
 
 /// A config with a route whose upstream is down and one whose policy traps:
 /// each request logs a line of its own.
-fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    let path = dir.join("sidecar.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-listen = "127.0.0.1:{port}"
-[admin]
-listen = "off"
+fn config() -> String {
+    format!(
+        r#"
 [wasm]
 compile_cache = "off"
 [reload]
@@ -35,39 +27,20 @@ policies = ["boom"]
 wasm = "{}"
 config = {{ mode = "trap" }}
 "#,
-            test_policies::HOSTILE
-        ),
+        test_policies::HOSTILE
     )
-    .unwrap();
-    path
 }
 
 /// Runs the binary with `format`, sends one request to each route with its
 /// own `x-request-id`, stops it, and returns its stderr.
 async fn stderr_of_two_requests(format: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("sidecar-logs-{}-{format}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidecar"))
-        .args(["--log-format", format, "run", "--config"])
-        .arg(config(&dir, port))
+    let dir = TempDir::new(&format!("logs-{format}"));
+    let mut sidecar = sidecar_binary()
+        .arg("--log-format")
+        .arg(format)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while client().get(format!("{base}/")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "sidecar did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .start(dir.path(), &config());
+    let base = sidecar.base.clone();
     for (path, id) in [
         ("/down/x", "id-of-the-down-request"),
         ("/boom/x", "id-of-the-trap-request"),
@@ -82,19 +55,8 @@ async fn stderr_of_two_requests(format: &str) -> String {
         assert_eq!(resp.headers()["x-request-id"], id);
     }
     // SIGTERM: a graceful stop flushes stderr.
-    Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    err
+    sidecar.terminate(Duration::from_secs(60)).await;
+    sidecar.stderr()
 }
 
 #[tokio::test]

@@ -17,9 +17,9 @@ use tokio::net::TcpListener;
 use sidecar::capabilities::FieldValue;
 
 use crate::support::{
-    PyServer, Upstream, assert_stall_closed, client, python, script, start, token,
+    PyServer, TempDir, Upstream, assert_stall_closed, client, python, script, start, token,
 };
-use crate::tls::{dir, provider, root_ca, server_leaf};
+use crate::tls::{provider, root_ca, server_leaf};
 
 // --- the Python peers --------------------------------------------------
 
@@ -83,9 +83,9 @@ fn addr(base: &str) -> &str {
 }
 
 /// A CA and a listener certificate for `localhost` / `127.0.0.1`, written
-/// to files: (CA file, `[server.tls]` TOML).
-fn listener_tls(name: &str) -> (PathBuf, String) {
-    let dir = dir(name);
+/// to files: (their folder, CA file, `[server.tls]` TOML).
+fn listener_tls(name: &str) -> (TempDir, PathBuf, String) {
+    let dir = TempDir::new(name);
     let ca = root_ca("protocols test CA");
     let (cert, key) = server_leaf(&ca);
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
@@ -96,7 +96,8 @@ fn listener_tls(name: &str) -> (PathBuf, String) {
         dir.join("cert.pem").display(),
         dir.join("key.pem").display()
     );
-    (dir.join("ca.pem"), toml)
+    let ca = dir.join("ca.pem");
+    (dir, ca, toml)
 }
 
 // --- gRPC ----------------------------------------------------------------
@@ -203,7 +204,7 @@ async fn a_grpc_call_auth_refuses_is_unauthenticated_and_a_stuck_policy_is_unava
 async fn grpc_over_tls_negotiates_http2_by_alpn() {
     let server = PyServer::start("grpc_server.py");
     let upstream = format!("h2c://127.0.0.1:{}", server.port);
-    let (ca, tls) = listener_tls("grpc-tls");
+    let (_dir, ca, tls) = listener_tls("grpc-tls");
     let toml = grpc_config(&upstream, r#""auth""#, &tls);
     let sidecar = start(&toml, &Upstream::start().await).await;
     let token = token();
@@ -226,7 +227,7 @@ async fn grpc_over_tls_negotiates_http2_by_alpn() {
 #[ignore = "needs the protocol clients: bash scripts/test.sh installs them"]
 async fn a_websocket_over_tls_passes_auth_then_echoes_both_ways() {
     let server = PyServer::start("ws_server.py");
-    let (ca, tls) = listener_tls("ws-tls");
+    let (_dir, ca, tls) = listener_tls("ws-tls");
     let toml = format!(
         r#"
 {tls}
@@ -315,7 +316,7 @@ async fn curl_speaks_http2_with_prior_knowledge_and_over_tls_and_http1_still_wor
     assert_eq!(curl(&["--http2-prior-knowledge", &url]).await, "2 200");
     assert_eq!(curl(&["--http1.1", &url]).await, "1.1 200");
 
-    let (ca, tls) = listener_tls("curl-tls");
+    let (_dir, ca, tls) = listener_tls("curl-tls");
     let secure = start(&format!("{tls}\n{route}"), &upstream).await;
     let url = format!("{}/api/x", secure.base);
     let ca = ca.display().to_string();
@@ -396,7 +397,7 @@ async fn h2c_upstreams_get_http2_and_https_upstreams_get_it_when_alpn_agrees() {
         )
         .unwrap();
     let https = versioned_upstream(Some(server_config)).await;
-    let dir = dir("h2-upstreams");
+    let dir = TempDir::new("h2-upstreams");
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     let toml = format!(
         r#"

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sidecar::Sidecar;
 use tokio::net::TcpListener;
 
-use crate::support::{Upstream, client};
+use crate::support::{TempDir, Upstream, client};
 
 /// A sidecar serving from a config file in a scratch folder.
 struct Live {
@@ -17,13 +17,6 @@ struct Live {
     base: String,
     admin: String,
     sidecar: Arc<Sidecar>,
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sidecar-reload-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Writes `bytes` to `dir/name` the documented way: a temporary file, then
@@ -121,13 +114,13 @@ config = { name = "a", mode = "none" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replacing_a_policy_file_under_load_switches_within_two_seconds_without_failures() {
     let upstream = Upstream::start().await;
-    let dir = scratch("swap");
+    let dir = TempDir::new("reload-swap");
     drop_in(
         &dir,
         "policy.wasm",
         &std::fs::read(test_policies::TAG).unwrap(),
     );
-    let live = start(dir, ONE_POLICY, &upstream, true).await;
+    let live = start(dir.to_path_buf(), ONE_POLICY, &upstream, true).await;
     assert_eq!(tagged(&live.base).await, (200, Some(true)));
 
     // Bounded load: 8 clients for about 3 seconds.
@@ -192,13 +185,13 @@ async fn replacing_a_policy_file_under_load_switches_within_two_seconds_without_
 #[tokio::test]
 async fn broken_files_are_refused_the_old_policy_keeps_serving_and_a_fix_recovers() {
     let upstream = Upstream::start().await;
-    let dir = scratch("broken");
+    let dir = TempDir::new("reload-broken");
     drop_in(
         &dir,
         "policy.wasm",
         &std::fs::read(test_policies::TAG).unwrap(),
     );
-    let live = start(dir, ONE_POLICY, &upstream, true).await;
+    let live = start(dir.to_path_buf(), ONE_POLICY, &upstream, true).await;
 
     for (what, bytes) in [
         ("corrupt", b"this is not wasm".to_vec()),
@@ -251,7 +244,7 @@ async fn broken_files_are_refused_the_old_policy_keeps_serving_and_a_fix_recover
 #[tokio::test]
 async fn config_edits_apply_on_reload_and_invalid_edits_are_refused_naming_the_field() {
     let upstream = Upstream::start().await;
-    let dir = scratch("edit");
+    let dir = TempDir::new("reload-edit");
     let tag = test_policies::TAG;
     let config = |policies: &str, b_name: &str, extra: &str| {
         format!(
@@ -261,7 +254,13 @@ async fn config_edits_apply_on_reload_and_invalid_edits_are_refused_naming_the_f
         )
         .replace("{UPSTREAM}", &upstream.url())
     };
-    let live = start(dir, &config(r#"["a"]"#, "b", ""), &upstream, false).await;
+    let live = start(
+        dir.to_path_buf(),
+        &config(r#"["a"]"#, "b", ""),
+        &upstream,
+        false,
+    )
+    .await;
     let chain = || async {
         let body: serde_json::Value = client()
             .get(format!("{}/api/x", live.base))

@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{Upstream, client, serve_with_sinks};
+use crate::support::{
+    TempDir, Upstream, client, eventually, refused_addr, serve_with_sinks, sidecar_binary,
+};
 
 /// What a collector received.
 #[derive(Default)]
@@ -194,14 +196,6 @@ fn metric(sidecar: &Sidecar, series: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
 }
 
-async fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -241,7 +235,7 @@ type = "stdout"
     eventually(
         "every access line at the collector",
         Duration::from_secs(30),
-        || collector.access_ids().len() >= sent.len(),
+        async || collector.access_ids().len() >= sent.len(),
     )
     .await;
     assert_eq!(
@@ -299,7 +293,7 @@ retries = 1
 
     let before = ids("before", 20);
     send_all(&s.base, &before).await;
-    eventually("the first lines", Duration::from_secs(30), || {
+    eventually("the first lines", Duration::from_secs(30), async || {
         collector.access_ids().len() == before.len()
     })
     .await;
@@ -311,7 +305,7 @@ retries = 1
     eventually(
         "the outage's lines counted",
         Duration::from_secs(30),
-        || metric(&s.sidecar, SEND_FAILED) >= during.len() as u64,
+        async || metric(&s.sidecar, SEND_FAILED) >= during.len() as u64,
     )
     .await;
     assert_eq!(metric(&s.sidecar, SEND_FAILED), during.len() as u64);
@@ -321,9 +315,11 @@ retries = 1
     let collector = Collector::on(addr).await;
     let after = ids("after", 20);
     send_all(&s.base, &after).await;
-    eventually("lines after the outage", Duration::from_secs(30), || {
-        collector.access_ids().len() >= after.len()
-    })
+    eventually(
+        "lines after the outage",
+        Duration::from_secs(30),
+        async || collector.access_ids().len() >= after.len(),
+    )
     .await;
     assert_eq!(sorted(collector.access_ids()), sorted(after.clone()));
     assert_eq!(
@@ -383,9 +379,11 @@ retries = 0
     // One batch (5 lines) hangs in flight, the queue holds 20: the rest is
     // dropped, and counted, once every completion hook has logged.
     let completed = r#"sidecar_policy_calls_total{policy="logging",hook="complete"}"#;
-    eventually("every completion hook ran", Duration::from_secs(10), || {
-        metric(&s.sidecar, completed) >= n as u64
-    })
+    eventually(
+        "every completion hook ran",
+        Duration::from_secs(10),
+        async || metric(&s.sidecar, completed) >= n as u64,
+    )
     .await;
     let dropped = metric(&s.sidecar, QUEUE_FULL);
     assert!(dropped >= (n - 5 - 20) as u64, "dropped {dropped}");
@@ -405,9 +403,7 @@ retries = 0
 #[tokio::test]
 async fn file_sink_rotates_without_losing_lines() {
     let upstream = Upstream::start().await;
-    let dir = std::env::temp_dir().join(format!("sidecar-file-sink-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("file-sink");
     let log = dir.join("access.log");
     // An access line is a few hundred bytes: a handful per file.
     let config = config(
@@ -424,9 +420,11 @@ async fn file_sink_rotates_without_losing_lines() {
     // response went out, on the worker that served it: once they all ran,
     // what shutdown flushes must be every line.
     let completed = r#"sidecar_policy_calls_total{policy="logging",hook="complete"}"#;
-    eventually("every completion hook ran", Duration::from_secs(10), || {
-        metric(&s.sidecar, completed) >= sent.len() as u64
-    })
+    eventually(
+        "every completion hook ran",
+        Duration::from_secs(10),
+        async || metric(&s.sidecar, completed) >= sent.len() as u64,
+    )
     .await;
     s.shipping.shutdown(Duration::from_secs(2)).await;
 
@@ -469,26 +467,13 @@ async fn file_sink_rotates_without_losing_lines() {
 /// writes it here) and the drops are reported on stderr.
 #[tokio::test]
 async fn binary_flushes_file_sink_and_reports_drops_on_sigterm() {
-    use std::io::Read as _;
-    use std::process::{Command, Stdio};
-
     let upstream = Upstream::start().await;
-    let dir = std::env::temp_dir().join(format!("sidecar-shipping-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let free_port = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let (port, refused) = (free_port(), free_port());
-    let path = dir.join("sidecar.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let dir = TempDir::new("shipping");
+    let refused = refused_addr();
+    let mut sidecar = sidecar_binary().start(
+        dir.path(),
+        &format!(
             r#"
-listen = "127.0.0.1:{port}"
-[admin]
-listen = "off"
 [wasm]
 compile_cache = "off"
 [reload]
@@ -507,31 +492,15 @@ flush_ms = 600000
 [[log.sink]]
 type = "http"
 name = "collector"
-url = "http://127.0.0.1:{refused}/v1/logs"
+url = "http://{refused}/v1/logs"
 flush_ms = 10
 retries = 0
 "#,
             upstream.url(),
             test_policies::LOGGING
         ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidecar"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while client().get(format!("{base}/")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "sidecar did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    );
+    let base = sidecar.base.clone();
     let sent = ids("bin", 3);
     send_all(&base, &sent).await;
     let log = dir.join("access.log");
@@ -541,18 +510,8 @@ retries = 0
         "buffered until the flush"
     );
 
-    Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let status = sidecar.terminate(Duration::from_secs(60)).await;
+    let err = sidecar.stderr();
     assert!(status.success(), "{err}");
 
     let written: Vec<String> = std::fs::read_to_string(&log)

@@ -8,14 +8,12 @@
 //! pausing between requests) so it can share a 2-core CI machine with the
 //! rest of the suite; correctness never depends on speed.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::support::{Upstream, client};
+use crate::support::{SidecarProcess, TempDir, Upstream, client, sidecar_binary};
 
 const SECRET: &str = "soak-secret";
 const USERS: [&str; 4] = ["ana", "ben", "cy", "dee"];
@@ -36,11 +34,6 @@ fn config(upstream: &str, generation: usize) -> String {
     let mode_b = HOSTILE_MODES[(generation + 2) % 4];
     format!(
         r#"
-listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-
 [reload]
 watch = true
 interval_ms = 200
@@ -139,105 +132,25 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The sidecar process; killed if the test ends without stopping it.
-struct Sidecar {
-    child: Child,
-    base: String,
-    admin: String,
-    /// The last lines of its stderr, and how many panics it reported.
-    stderr_tail: Arc<Mutex<Vec<String>>>,
-    /// Its first log lines about a healthy policy failing (why a healthy
-    /// request got a 503).
-    healthy_errors: Arc<Mutex<Vec<String>>>,
-    panics: Arc<AtomicU64>,
+/// The first lines (at most 20) about a healthy policy failing: why a
+/// healthy request got a 503.
+fn healthy_errors(sidecar: &SidecarProcess) -> Vec<String> {
+    sidecar
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("policy failed") && !l.contains("hostile_"))
+        .take(20)
+        .collect()
 }
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Sidecar {
-    /// Starts the binary and reads its two addresses from stderr, which a
-    /// thread keeps draining (every hostile request logs a line there).
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sidecar"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
-        let panics = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = mpsc::channel();
-        let healthy_errors = Arc::new(Mutex::new(Vec::new()));
-        let (tail, panicked, errors) =
-            (stderr_tail.clone(), panics.clone(), healthy_errors.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                for (prefix, which) in [
-                    ("sidecar listening on ", "base"),
-                    ("sidecar admin on ", "admin"),
-                ] {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        let url = rest.split_whitespace().next().unwrap_or("").to_owned();
-                        let _ = tx.send((which, url));
-                    }
-                }
-                // The sidecar's own panics; a trapping guest's panic text
-                // only appears inside a log line.
-                if line.starts_with("thread '") && line.contains("panicked at") {
-                    panicked.fetch_add(1, Ordering::Relaxed);
-                }
-                if line.contains("policy failed") && !line.contains("hostile_") {
-                    let mut errors = errors.lock().unwrap();
-                    if errors.len() < 20 {
-                        errors.push(line.clone());
-                    }
-                }
-                let mut tail = tail.lock().unwrap();
-                if tail.len() == 50 {
-                    tail.remove(0);
-                }
-                tail.push(line);
-            }
-        });
-        let (mut base, mut admin) = (None, None);
-        while base.is_none() || admin.is_none() {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(("base", url)) => base = Some(url),
-                Ok((_, url)) => admin = Some(url),
-                Err(_) => panic!(
-                    "sidecar did not start: {:?}",
-                    stderr_tail.lock().unwrap().join("\n")
-                ),
-            }
-        }
-        Self {
-            child,
-            base: base.unwrap(),
-            admin: admin.unwrap(),
-            stderr_tail,
-            healthy_errors,
-            panics,
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn tail(&self) -> String {
-        self.stderr_tail.lock().unwrap().join("\n")
-    }
+/// How many panics of its own the sidecar reported; a trapping guest's
+/// panic text only appears inside a log line.
+fn panics(sidecar: &SidecarProcess) -> usize {
+    sidecar
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.starts_with("thread '") && l.contains("panicked at"))
+        .count()
 }
 
 /// What the load clients saw.
@@ -325,15 +238,17 @@ async fn soak_under_load_and_reloads_fails_no_healthy_request_and_keeps_memory_b
     let clients = env_number("SOAK_CLIENTS", 16);
     let duration = Duration::from_secs(seconds);
     let upstream = Upstream::start().await;
-    let dir = std::env::temp_dir().join(format!("sidecar-soak-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("soak");
     let tag_wasm = std::fs::read(test_policies::TAG).unwrap();
     let noop_wasm = std::fs::read(test_policies::NOOP).unwrap();
     drop_in(&dir, "swap.wasm", &tag_wasm);
-    drop_in(&dir, "sidecar.toml", config(&upstream.url(), 0).as_bytes());
-    let mut sidecar = Sidecar::start(&dir.join("sidecar.toml"));
-    let pid = sidecar.child.id();
+    // Its stderr is drained all along: every hostile request logs a line.
+    let mut sidecar = sidecar_binary()
+        .admin()
+        .env("RUST_LOG", "info")
+        .start(dir.path(), &config(&upstream.url(), 0));
+    let admin = sidecar.admin().to_owned();
+    let pid = sidecar.pid();
     let rss_start = rss_kib(pid).expect("VmRSS of the sidecar");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -396,7 +311,7 @@ async fn soak_under_load_and_reloads_fails_no_healthy_request_and_keeps_memory_b
         assert!(
             sidecar.alive(),
             "sidecar exited during the soak:\n{}",
-            sidecar.tail()
+            sidecar.tail(50)
         );
         let rss = rss_kib(pid).unwrap();
         rss_peak = rss_peak.max(rss);
@@ -417,13 +332,15 @@ async fn soak_under_load_and_reloads_fails_no_healthy_request_and_keeps_memory_b
                 drop_in(
                     &dir,
                     "sidecar.toml",
-                    config(&upstream.url(), rewrites).as_bytes(),
+                    sidecar
+                        .config(&config(&upstream.url(), rewrites))
+                        .as_bytes(),
                 );
             }
             1 => {
                 posts += 1;
                 let resp = client()
-                    .post(format!("{}/reload", sidecar.admin))
+                    .post(format!("{admin}/reload"))
                     .send()
                     .await
                     .unwrap();
@@ -475,7 +392,7 @@ async fn soak_under_load_and_reloads_fails_no_healthy_request_and_keeps_memory_b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let view: serde_json::Value = client()
-        .get(format!("{}/policies", sidecar.admin))
+        .get(format!("{admin}/policies"))
         .send()
         .await
         .unwrap()
@@ -508,7 +425,7 @@ async fn soak_under_load_and_reloads_fails_no_healthy_request_and_keeps_memory_b
         tally.failed.load(Ordering::Relaxed),
         0,
         "healthy requests failed, first ones: {failures:#?}\nthe sidecar's reasons: {:#?}",
-        sidecar.healthy_errors.lock().unwrap()
+        healthy_errors(&sidecar)
     );
     assert!(tally.ok.load(Ordering::Relaxed) > 0);
     let wrong = hostile_failures.lock().unwrap().clone();
@@ -533,31 +450,18 @@ async fn soak_under_load_and_reloads_fails_no_healthy_request_and_keeps_memory_b
         mib(rss_end)
     );
     assert_eq!(
-        sidecar.panics.load(Ordering::Relaxed),
+        panics(&sidecar),
         0,
         "sidecar panicked:\n{}",
-        sidecar.tail()
+        sidecar.tail(50)
     );
 
     // SIGTERM: a clean stop, exit status 0.
-    assert!(sidecar.alive(), "sidecar exited:\n{}", sidecar.tail());
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = sidecar.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit 30 s after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    assert!(sidecar.alive(), "sidecar exited:\n{}", sidecar.tail(50));
+    let status = sidecar.terminate(Duration::from_secs(30)).await;
     assert!(
         status.success(),
         "exit after SIGTERM: {status}\n{}",
-        sidecar.tail()
+        sidecar.tail(50)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,6 +19,21 @@ use sidecar::Sidecar;
 use sidecar::capabilities::{KvLimits, MemorySink, Services};
 use tokio::net::TcpListener;
 
+pub use sidecar_testkit::{SidecarOptions, SidecarProcess, TempDir, eventually};
+
+/// The `sidecar` binary of this build, to start with a config; see
+/// [`SidecarProcess`].
+pub fn sidecar_binary() -> SidecarOptions {
+    SidecarProcess::builder(env!("CARGO_BIN_EXE_sidecar"))
+}
+
+/// An address nothing listens on, so a connection to it is refused: bound
+/// by the system, then released.
+pub fn refused_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
 /// Counts the requests it gets and echoes them back as JSON.
 pub struct Upstream {
     pub addr: SocketAddr,

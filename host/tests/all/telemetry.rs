@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{PyServer, Shipped, Upstream, client, serve_with_sinks, token};
+use crate::support::{
+    PyServer, Shipped, TempDir, Upstream, client, refused_addr, serve_with_sinks, sidecar_binary,
+    token,
+};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
@@ -237,10 +240,7 @@ async fn a_denial_shows_on_the_policy_span() {
 async fn each_upstream_attempt_is_a_client_span_retries_included() {
     // A port nobody listens on first: the first attempt is refused, the
     // retry goes to the live upstream.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = refused_addr();
     let receiver = PyServer::start("otlp_receiver.py");
     let upstream = Upstream::start().await;
     let text = format!(
@@ -421,50 +421,27 @@ async fn without_telemetry_trace_headers_pass_untouched() {
 #[tokio::test]
 #[ignore = "needs the Python peers (scripts/test.sh installs them)"]
 async fn the_binary_takes_the_standard_variables_and_flushes_spans_on_shutdown() {
-    use std::io::{BufRead as _, BufReader};
-    use std::process::{Command, Stdio};
-
     let receiver = PyServer::start("otlp_receiver.py");
     let upstream = Upstream::start().await;
-    let dir = std::env::temp_dir().join(format!("sidecar-otel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("sidecar.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"off\"\n[[route]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"{}\"\n",
-            upstream.url()
-        ),
-    )
-    .unwrap();
+    let dir = TempDir::new("otel");
     // No [telemetry] table: the variables alone turn traces on. The
     // default schedule (5 s) is longer than the test waits before the
     // shutdown: the spans arrive because shutdown flushes them.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidecar"))
-        .args(["run", "--config"])
-        .arg(&config)
+    let mut sidecar = sidecar_binary()
         .env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://127.0.0.1:{}", receiver.port),
         )
         .env("OTEL_SERVICE_NAME", "from-env")
         .env("OTEL_TRACES_SAMPLER", "parentbased_always_off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("sidecar listening on ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the sidecar listens");
+        .start(
+            dir.path(),
+            &format!(
+                "[[route]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"{}\"\n",
+                upstream.url()
+            ),
+        );
+    let base = sidecar.base.clone();
     // parentbased_always_off: the caller's sampled trace is kept, a request
     // without one is not recorded.
     let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
@@ -474,14 +451,7 @@ async fn the_binary_takes_the_standard_variables_and_flushes_spans_on_shutdown()
     assert_eq!(status, 200);
     let (unsampled, _, flags) = traceparent(&body);
     assert_eq!(flags, "00");
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let exited = sidecar.terminate(Duration::from_secs(60)).await;
     assert!(exited.success(), "{exited:?}");
     let spans = from_receiver(receiver.port, "spans").await;
     let spans = spans.as_array().unwrap();
@@ -492,5 +462,4 @@ async fn the_binary_takes_the_standard_variables_and_flushes_spans_on_shutdown()
         spans.iter().all(|s| s["trace_id"] != unsampled.as_str()),
         "{spans:#?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

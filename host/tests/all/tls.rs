@@ -3,7 +3,7 @@
 //! files change) and mutual TLS to an upstream.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,17 +21,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{self, Upstream};
+use crate::support::{self, TempDir, Upstream};
 
 pub(crate) type Ca = CertifiedIssuer<'static, KeyPair>;
-
-/// A folder of its own per test, emptied first.
-pub(crate) fn dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sidecar-tls-it-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -167,7 +159,7 @@ rewrite = "/"
 
 #[tokio::test]
 async fn serves_https_with_configured_certificate() {
-    let dir = dir("serves");
+    let dir = TempDir::new("tls-serves");
     let root = root_ca("sidecar test root CA");
     let intermediate = intermediate_ca("sidecar test intermediate CA", &root);
     let (cert, key) = server_leaf(&intermediate);
@@ -222,7 +214,7 @@ async fn serves_https_with_configured_certificate() {
 
 #[tokio::test]
 async fn plain_http_and_untrusting_clients_fail_and_https_keeps_serving() {
-    let dir = dir("refuses");
+    let dir = TempDir::new("tls-refuses");
     let root = root_ca("sidecar test root CA");
     let (cert, key) = server_leaf(&root);
     let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -281,7 +273,7 @@ async fn plain_http_and_untrusting_clients_fail_and_https_keeps_serving() {
 
 #[tokio::test]
 async fn requires_client_certificates_when_client_ca_is_set() {
-    let dir = dir("client-ca");
+    let dir = TempDir::new("tls-client-ca");
     let root = root_ca("sidecar test root CA");
     let clients = root_ca("clients CA");
     let (cert, key) = server_leaf(&root);
@@ -348,7 +340,7 @@ async fn wait_for_leaf(addr: &str, ca: &Ca, want: &CertificateDer<'_>) {
 
 #[tokio::test]
 async fn reloads_certificate_on_change() {
-    let dir = dir("reloads");
+    let dir = TempDir::new("tls-reloads");
     let root = root_ca("sidecar test root CA");
     let (first, first_key) = server_leaf(&root);
     let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -449,7 +441,7 @@ impl TlsUpstream {
 
 #[tokio::test]
 async fn proxies_to_tls_upstream_with_mutual_tls() {
-    let dir = dir("mtls");
+    let dir = TempDir::new("tls-mtls");
     let root = root_ca("upstream test CA");
     let (upstream_cert, upstream_key) = server_leaf(&root);
     let upstream = TlsUpstream::start(&upstream_cert, &upstream_key, &root).await;

@@ -32,6 +32,23 @@ const MAGIC: &[u8; 8] = b"SIDECAR2";
 /// The disk cache's default size bound.
 pub const DEFAULT_MAX_DISK_BYTES: u64 = 512 * 1024 * 1024;
 
+/// The compile cache's folder when a config names none, shared by the
+/// sidecar and `sidecar policy check|call|test` so that each reuses what the
+/// other compiled: `$XDG_CACHE_HOME/wasm-policy-sidecar`, else
+/// `~/.cache/wasm-policy-sidecar`; `None` without either variable. `env`
+/// reads a variable (the process's, or a test's).
+pub fn default_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = env("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            env("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| Path::new(&h).join(".cache"))
+        })?;
+    Some(base.join("wasm-policy-sidecar"))
+}
+
 /// Where a compiled component came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

@@ -23,7 +23,9 @@ use anyhow::Context as _;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use self::cache::{DEFAULT_MAX_DISK_BYTES, Source as CompileSource, sha256_hex};
+pub use self::cache::{
+    DEFAULT_MAX_DISK_BYTES, Source as CompileSource, default_cache_dir, sha256_hex,
+};
 pub use self::policy::{
     Configured, Contract, FailureMode, HookError, Hooks, Instances, MessageError, NotAComponent,
     Policy, PolicyError, PolicyInstance, PolicyLimits, PolicySpec, REUSE_MAX_USES, Verdict,

@@ -1,13 +1,8 @@
 use std::path::{Path, PathBuf};
 
-use super::*;
+use sidecar_testkit::TempDir;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("policy-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use super::*;
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
@@ -15,9 +10,8 @@ fn repo(rel: &str) -> PathBuf {
 
 fn check_err(bytes: &[u8]) -> String {
     // Tests run in parallel: each call gets its own folder.
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = scratch(&format!("check-{n}")).join("p.wasm");
+    let dir = TempDir::new("policy-cli-check");
+    let path = dir.join("p.wasm");
     std::fs::write(&path, bytes).unwrap();
     let msg = format!("{:#}", check(&path).unwrap_err());
     assert_eq!(msg.lines().count(), 1, "one line: {msg}");
@@ -205,7 +199,7 @@ fn python_case_file_passes_when_the_component_is_built() {
 
 #[test]
 fn failing_cases_are_counted_with_the_reason() {
-    let dir = scratch("cases");
+    let dir = TempDir::new("policy-cli-cases");
     let cases = dir.join("cases.toml");
     std::fs::write(
         &cases,
@@ -233,7 +227,7 @@ expect = { decision = "continue", request_headers = { x-chain = "a" } }
 
 #[test]
 fn malformed_case_file_names_the_file() {
-    let dir = scratch("bad-cases");
+    let dir = TempDir::new("policy-cli-bad-cases");
     let cases = dir.join("cases.toml");
     std::fs::write(&cases, "[[case]]\nname = \"x\"\n").unwrap();
     let msg = format!(
@@ -245,7 +239,8 @@ fn malformed_case_file_names_the_file() {
 
 #[test]
 fn new_writes_a_crate_from_the_template() {
-    let dir = scratch("new").join("my-policy");
+    let scratch = TempDir::new("policy-cli-new");
+    let dir = scratch.join("my-policy");
     let next = new_policy("my-policy", &dir).unwrap();
     assert!(next.contains("cargo test"));
     let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
@@ -278,7 +273,8 @@ fn new_writes_a_crate_from_the_template() {
 #[test]
 #[ignore = "slow: builds the new crate and its harness (wasmtime) and runs its tests; run with --ignored"]
 fn new_crate_builds_and_passes_its_tests() {
-    let dir = scratch("new-build").join("fresh-policy");
+    let scratch = TempDir::new("policy-cli-new-build");
+    let dir = scratch.join("fresh-policy");
     new_policy("fresh-policy", &dir).unwrap();
     // The shipped policies' build: the same lock file and target folder
     // (the test command has just built and tested them) reuse their

@@ -1,40 +1,9 @@
-//! Fuzz entry points, shared by the libFuzzer targets in `fuzz/` and by the
-//! bounded run in this module's tests, so both run exactly the same checks.
-//!
-//! Each function takes arbitrary bytes and asserts properties, panicking on
-//! a violation:
-//! - [`config_parse`]: a config that parses satisfies every invariant the
-//!   rest of the sidecar relies on; one that does not names the file.
-//! - [`request_roundtrip`]: an HTTP request becomes the [`RequestHead`]
-//!   policies see with method, path, query and header values byte-for-byte
-//!   (minus hop-by-hop and `connection`-named headers); a policy's edits
-//!   (method, path, headers, through the same checks its setters use)
-//!   either apply or give an error naming what is invalid; the head, as
-//!   the client sent it and as the policy left it, becomes the upstream
-//!   request with its path rewritten (still starting with `/`),
-//!   `x-forwarded-*` set and no hop-by-hop header but an upgrade's pair.
-//! - [`response_roundtrip`]: the same for responses, upstream →
-//!   [`ResponseHead`] → client, status included (a policy may only set
-//!   200–999).
-//!
-//! Requests and responses are read from a text-like format, so seeds are
-//! real messages and libFuzzer's mutations stay meaningful:
-//!
-//! ```text
-//! GET /svc/a?b=1            (response: the status, e.g. `200`)
-//! host: example.com
-//! *1100 x-many: v           (`*N ` repeats the header line N times)
-//! x-gone                    (no `:`: a policy removes the header)
-//!                           (an empty line, then the body)
-//! body bytes
-//! ```
-//!
-//! Parts that no HTTP parser would hand the sidecar (an invalid method,
-//! header name or value) are skipped on the HTTP side but kept on the
-//! policy side, where a policy may try to set them.
+//! The properties checked on every input: what must hold of a parsed
+//! config, and of a request or response converted from HTTP to what
+//! policies see and back, before and after a policy's edits. Each check
+//! panics, naming what broke.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,36 +12,23 @@ use std::task::{Context, Poll, Waker};
 use bytes::Buf;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
+use sidecar::config::Config;
+use sidecar::convert::{self, MAX_HEADERS};
+use sidecar::message::{self, Body, HeaderEdit, HeaderEditError, RequestHead, ResponseHead};
 
-use crate::config::{self, Config};
-use crate::convert::{self, MAX_HEADERS};
-use crate::message::{self, Body, HeaderEdit, HeaderEditError, RequestHead, ResponseHead};
+use crate::inputs::{
+    CONFIG_PATH, REQUEST_ID, RequestInput, ResponseInput, client, parse_config, request_target,
+};
 
-/// The file name every config error must start with.
-const CONFIG_PATH: &str = "/etc/sidecar/fuzz.toml";
-
-fn config_env(name: &str) -> Option<String> {
-    match name {
-        "JWT_SECRET" => Some("s3cret".into()),
-        "HOME" => Some("/home/fuzz".into()),
-        "EMPTY" => Some(String::new()),
-        _ => None,
-    }
-}
-
-/// Parses `data` (lossily decoded) as a config file.
-///
-/// # Panics
-/// If a parsed config breaks an invariant, an error does not start with
-/// the file name, or parsing the same text twice gives different results.
-pub fn config_parse(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
-    let path = Path::new(CONFIG_PATH);
+/// A config that parses satisfies every invariant the rest of the sidecar
+/// relies on; one that does not names the file; the same text parses the
+/// same way twice.
+pub(crate) fn config_parses_consistently(text: &str) {
     let outcome = |r: anyhow::Result<Config>| match r {
         Ok(c) => Ok(format!("{c:?}")),
         Err(e) => Err(format!("{e:#}")),
     };
-    let first = config::parse(&text, path, &config_env);
+    let first = parse_config(text);
     match &first {
         Ok(c) => check_config(c),
         Err(e) => {
@@ -85,7 +41,7 @@ pub fn config_parse(data: &[u8]) {
     }
     assert_eq!(
         outcome(first),
-        outcome(config::parse(&text, path, &config_env)),
+        outcome(parse_config(text)),
         "same text, different result"
     );
 }
@@ -104,7 +60,7 @@ fn check_config(c: &Config) {
     assert!(c.kv.limits.max_entries > 0, "{:?}", c.kv);
     assert!(c.kv.limits.max_key_bytes > 0, "{:?}", c.kv);
     assert!(c.kv.limits.max_value_bytes > 0, "{:?}", c.kv);
-    if let crate::capabilities::KvBackend::Redis(r) = &c.kv.backend {
+    if let sidecar::capabilities::KvBackend::Redis(r) = &c.kv.backend {
         assert!(!r.timeout.is_zero(), "{r:?}");
     }
     assert!(!c.reload.interval.is_zero(), "{:?}", c.reload);
@@ -181,101 +137,6 @@ fn check_config(c: &Config) {
             );
         }
         assert!(!r.timeout.is_zero(), "route {}", r.name);
-    }
-}
-
-/// One request or response in the format of the module docs.
-struct Message {
-    start: Vec<u8>,
-    /// Name, value, and whether the line had a `:` (without one, a policy
-    /// removes the header instead of appending it).
-    headers: Vec<(Vec<u8>, Vec<u8>, bool)>,
-    body: Vec<u8>,
-}
-
-/// Header lines beyond this are ignored: enough to cross [`MAX_HEADERS`]
-/// with room to spare, few enough that every input runs fast.
-const MAX_PARSED_HEADERS: usize = 4096;
-
-impl Message {
-    fn parse(data: &[u8]) -> Self {
-        let mut rest = data;
-        let next_line = |rest: &mut &[u8]| -> Option<Vec<u8>> {
-            if rest.is_empty() {
-                return None;
-            }
-            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-            let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
-            let line = line.to_vec();
-            *rest = rest.get(end + 1..).unwrap_or_default();
-            Some(line)
-        };
-        let start = next_line(&mut rest).unwrap_or_default();
-        let mut headers = Vec::new();
-        while let Some(line) = next_line(&mut rest) {
-            if line.is_empty() {
-                break;
-            }
-            let (times, line) = repeat_count(&line);
-            let colon = line.iter().position(|&b| b == b':');
-            let name = line[..colon.unwrap_or(line.len())].to_vec();
-            let value = colon.map_or(&[][..], |c| &line[c + 1..]);
-            let skip = value
-                .iter()
-                .take_while(|&&b| b == b' ' || b == b'\t')
-                .count();
-            let value = value[skip..].to_vec();
-            for _ in 0..times.min(MAX_PARSED_HEADERS - headers.len()) {
-                headers.push((name.clone(), value.clone(), colon.is_some()));
-            }
-        }
-        Self {
-            start,
-            headers,
-            body: rest.to_vec(),
-        }
-    }
-
-    /// Headers as an HTTP parser would hand them over: invalid ones skipped.
-    fn http_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        self.headers
-            .iter()
-            .filter_map(|(n, v, _)| {
-                Some((
-                    HeaderName::from_bytes(n).ok()?,
-                    HeaderValue::from_bytes(v).ok()?,
-                ))
-            })
-            .collect()
-    }
-
-    /// Header edits as a policy might make them: any name (a guest string),
-    /// any value bytes.
-    fn policy_edits(&self) -> impl Iterator<Item = (String, Option<&[u8]>)> {
-        self.headers.iter().map(|(n, v, colon)| {
-            (
-                String::from_utf8_lossy(n).into_owned(),
-                colon.then_some(v.as_slice()),
-            )
-        })
-    }
-}
-
-/// `*N rest` → (N, rest), N at most 2048; anything else → (1, line).
-fn repeat_count(line: &[u8]) -> (usize, &[u8]) {
-    let Some(after) = line.strip_prefix(b"*") else {
-        return (1, line);
-    };
-    let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
-    match after.get(digits) {
-        Some(b' ') if (1..=4).contains(&digits) => {
-            let n: usize = std::str::from_utf8(&after[..digits])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(1);
-            (n.min(2048), &after[digits + 1..])
-        }
-        _ => (1, line),
     }
 }
 
@@ -369,7 +230,7 @@ fn check_hop_by_hop(
 /// The whole body, which is in memory: one poll per frame, never pending.
 fn body_bytes<B>(mut body: B) -> Vec<u8>
 where
-    B: hyper::body::Body + Unpin,
+    B: http_body::Body + Unpin,
     B::Error: std::fmt::Debug,
 {
     let mut cx = Context::from_waker(Waker::noop());
@@ -391,22 +252,6 @@ where
         }
     }
 }
-
-fn client() -> SocketAddr {
-    SocketAddr::from(([192, 0, 2, 7], 4242))
-}
-
-/// The request id the sidecar settled on.
-const REQUEST_ID: &str = "fuzz-id-1";
-
-/// Route shapes a config can produce: (prefix, rewrite).
-const ROUTES: [(&str, Option<&str>); 5] = [
-    ("/", None),
-    ("/svc", Some("/")),
-    ("/user-service", Some("/api/")),
-    ("/svc", None),
-    ("/", Some("/v1")),
-];
 
 /// Applies a policy's edit of header `name` through the host's rules
 /// (`message::edit_header`: `Some` appends, `None` removes) and checks the
@@ -475,22 +320,21 @@ fn check_header_edit(headers: &mut HeaderMap, name: &str, value: Option<&[u8]>) 
     );
 }
 
-/// Converts `data`, read as a request, from HTTP to the head policies see
-/// and on to the upstream request; then applies it, read as a policy's
-/// edits, to that head and converts the result too.
-///
-/// # Panics
-/// If a conversion loses or alters a method, path, header or body byte,
-/// forwards a hop-by-hop header, or an edit is refused (or accepted) when
-/// it should not be.
-pub fn request_roundtrip(data: &[u8]) {
-    let msg = Message::parse(data);
-    let (method, target) = match msg.start.iter().position(|&b| b == b' ') {
-        Some(i) => (&msg.start[..i], &msg.start[i + 1..]),
-        None => (&msg.start[..], &b"/"[..]),
-    };
-    let (prefix, rewrite) = ROUTES[data.len() % ROUTES.len()];
-    let tls = data.len() % 2 == 1;
+/// HTTP → the head policies see → the upstream request keeps what it must
+/// (see the crate docs); the same bytes as a policy's edits of that head
+/// apply or are refused as the host's setters must, and the edited head
+/// converts as well.
+pub(crate) fn request_roundtrip(input: &RequestInput) {
+    let RequestInput {
+        msg,
+        method,
+        target,
+        prefix,
+        rewrite,
+        tls,
+    } = input;
+    let (method, target, prefix, rewrite, tls) =
+        (&method[..], &target[..], *prefix, *rewrite, *tls);
 
     // What the client sent, as hyper would hand it over.
     let http_method = Method::from_bytes(method).unwrap_or(Method::GET);
@@ -587,42 +431,6 @@ pub fn request_roundtrip(data: &[u8]) {
         check_header_edit(&mut head.headers, &name, value);
     }
     check_to_upstream(&head, &msg.body, prefix, rewrite);
-}
-
-/// The URI hyper would hand over for request-target `target`, and the path
-/// and query policies must see. Targets no parser accepts are
-/// percent-encoded.
-fn request_target(target: &[u8]) -> (Uri, String) {
-    if let Ok(uri) = Uri::try_from(target) {
-        if target.starts_with(b"/") {
-            // A fragment never reaches the server's handler.
-            let end = target.iter().position(|&b| b == b'#');
-            let path = std::str::from_utf8(&target[..end.unwrap_or(target.len())])
-                .expect("a valid URI path is UTF-8");
-            return (uri.clone(), path.to_owned());
-        }
-        if uri.scheme().is_some() && uri.authority().is_some() {
-            let path = match uri.query() {
-                Some(q) => format!("{}?{q}", uri.path()),
-                None => uri.path().to_owned(),
-            };
-            assert!(
-                path.starts_with('/'),
-                "absolute-form {uri} has path `{path}`"
-            );
-            return (uri, path);
-        }
-    }
-    let mut path = String::from(if target.starts_with(b"/") { "" } else { "/" });
-    for &b in target {
-        if b.is_ascii_alphanumeric() || b"-._~/?=&".contains(&b) {
-            path.push(char::from(b));
-        } else {
-            path.push_str(&format!("%{b:02X}"));
-        }
-    }
-    let uri = Uri::try_from(path.as_str()).expect("percent-encoded path is a valid URI");
-    (uri, path)
 }
 
 /// `request_to_upstream` turns `head` into the upstream request (or blames
@@ -740,21 +548,11 @@ fn check_rewrite(path: &str, prefix: &str, rewrite: Option<&str>, sent: &str) {
     }
 }
 
-/// Converts `data`, read as a response, from the upstream's HTTP to the
-/// head policies see and on to the client's; then applies it, read as a
-/// policy's edits (status, headers), to that head and converts the result.
-///
-/// # Panics
-/// As [`request_roundtrip`].
-pub fn response_roundtrip(data: &[u8]) {
-    let msg = Message::parse(data);
-    let digits = msg.start.iter().take_while(|b| b.is_ascii_digit()).count();
-    let number = std::str::from_utf8(&msg.start[..digits.min(5)])
-        .ok()
-        .and_then(|s| s.parse::<u32>().ok())
-        .and_then(|n| u16::try_from(n % 65536).ok())
-        .unwrap_or(200);
-
+/// The same for responses: upstream HTTP → the head policies see → the
+/// client's response, status included (a policy may set 200–999 only).
+pub(crate) fn response_roundtrip(input: &ResponseInput) {
+    let ResponseInput { msg, number } = input;
+    let number = *number;
     let status = StatusCode::from_u16(number).unwrap_or(StatusCode::OK);
     let pairs = msg.http_headers();
     let mut builder = http::Response::builder().status(status);
@@ -817,243 +615,4 @@ fn check_to_client(head: &ResponseHead, upgrade: Option<HeaderValue>, body: &[u8
         "headers changed on the way to the client"
     );
     assert_eq!(body_bytes(out.into_body()), body);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// xorshift64*: deterministic, so a failure here fails every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            usize::try_from(self.next() % n as u64).expect("below n")
-        }
-    }
-
-    fn seeds(target: &str) -> Vec<Vec<u8>> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.expect("corpus entry").path())
-            .collect();
-        files.sort();
-        let seeds: Vec<Vec<u8>> = files
-            .iter()
-            .map(|f| std::fs::read(f).expect("corpus file"))
-            .collect();
-        assert!(seeds.len() >= 3, "{}: too few seeds", dir.display());
-        seeds
-    }
-
-    /// A seed changed by a few of libFuzzer's kinds of mutation, with
-    /// `dict` tokens for the ones that reach deep into the parsers.
-    fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], dict: &[&[u8]]) -> Vec<u8> {
-        let mut data = seeds[rng.below(seeds.len())].clone();
-        for _ in 0..1 + rng.below(6) {
-            let at = rng.below(data.len() + 1);
-            match rng.below(8) {
-                0 if !data.is_empty() => {
-                    let i = at.min(data.len() - 1);
-                    data[i] ^= 1 << rng.below(8);
-                }
-                1 if !data.is_empty() => {
-                    let i = at.min(data.len() - 1);
-                    data[i] = u8::try_from(rng.below(256)).expect("a byte");
-                }
-                2 => {
-                    let end = (at + rng.below(16)).min(data.len());
-                    data.drain(at..end);
-                }
-                3 => {
-                    let end = (at + rng.below(64)).min(data.len());
-                    let copy = data[at..end].to_vec();
-                    data.splice(at..at, copy);
-                }
-                4 => {
-                    let other = &seeds[rng.below(seeds.len())];
-                    let from = rng.below(other.len() + 1);
-                    data.truncate(at);
-                    data.extend_from_slice(&other[from..]);
-                }
-                5 => {
-                    // A line's value (after `=`, `:` or a space) replaced.
-                    let token = dict[rng.below(dict.len())];
-                    let line_end = data[at..]
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .map_or(data.len(), |i| at + i);
-                    let line_start = data[..at]
-                        .iter()
-                        .rposition(|&b| b == b'\n')
-                        .map_or(0, |i| i + 1);
-                    let sep = data[line_start..line_end]
-                        .iter()
-                        .position(|&b| matches!(b, b'=' | b':' | b' '))
-                        .map_or(line_end, |i| line_start + i + 1);
-                    data.splice(sep..line_end, token.iter().copied());
-                }
-                _ => {
-                    let token = dict[rng.below(dict.len())];
-                    data.splice(at..at, token.iter().copied());
-                }
-            }
-        }
-        data
-    }
-
-    fn random_bytes(rng: &mut Rng) -> Vec<u8> {
-        let len = rng.below(300);
-        (0..len)
-            .map(|_| u8::try_from(rng.below(256)).expect("a byte"))
-            .collect()
-    }
-
-    const CONFIG_DICT: &[&[u8]] = &[
-        b" 0",
-        b" 1",
-        b" -1",
-        b" 8191",
-        b" 17592186044416",
-        b" 18446744073709551615",
-        b" \"\"",
-        b" \"/\"",
-        b" \"/x/\"",
-        b" \"off\"",
-        b" \"redis\"",
-        b" \"redis://127.0.0.1:1\"",
-        b" \"http://127.0.0.1:1\"",
-        b" \"http://h/p?q\"",
-        b" \"https://h\"",
-        b" \"${JWT_SECRET}\"",
-        b" \"${MISSING}\"",
-        b" \"${A:-${B}\"",
-        b" \"${EMPTY:-x}\"",
-        b" []",
-        b" [\"nope\"]",
-        b" { a = [1, { b = \"${HOME}\" }] }",
-        b" true",
-        b" 1979-05-27T07:32:00Z",
-        b" \"0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef\"",
-        b"\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n",
-        b"\n[[route]]\nname = \"r\"\nprefix = \"/\"\npolicies = [\"p\"]\n",
-        b"\n[policy.p]\nwasm = \"/abs/p.wasm\"\n",
-        b"\n[policy.\"bad name\"]\nwasm = \"p.wasm\"\n",
-        b"\n[wasm]\nmax_memory_mb = 17592186044416\n",
-        b"\n[kv]\nbackend = \"redis\"\n",
-        b"\n[server]\nmax_header_bytes = 8192\n",
-    ];
-
-    const MESSAGE_DICT: &[&[u8]] = &[
-        b"\n",
-        b"\r\n",
-        b": ",
-        b", ",
-        b"\xff",
-        b"\xc3\xa9",
-        b"\x7f",
-        b"\0",
-        b"*1025 x-many: v\n",
-        b"*1024 x-many: v\n",
-        b"*3 x-dup: d\n",
-        b"connection: x-hop, \xff\n",
-        b"connection: close, X-Hop\n",
-        b"x-hop: 1\n",
-        b"host: a\n",
-        b"host: b\n",
-        b"x-forwarded-for: 10.0.0.1\n",
-        b"x-forwarded-host: fwd\n",
-        b"content-length: 5\n",
-        b"transfer-encoding: chunked\n",
-        b"Upper-Case: V\n",
-        b"bad name: v\n",
-        b" ",
-        b"?",
-        b"?q=1",
-        b"%2e%2e",
-        b"//",
-        b"/svc",
-        b"/user-service/",
-        b"http://h:1/x?y",
-        b"*",
-        b"GET ",
-        b"M\xc3\xa9THOD ",
-        b"0",
-        b"101",
-        b"199",
-        b"204",
-        b"65535",
-        b"70000",
-    ];
-
-    fn run(target: &str, f: fn(&[u8]), dict: &[&[u8]], inputs: usize) {
-        let seeds = seeds(target);
-        for s in &seeds {
-            f(s);
-        }
-        let mut rng = Rng(0x5eed_f022_u64 ^ target.len() as u64);
-        for _ in 0..inputs {
-            let data = if rng.below(8) == 0 {
-                random_bytes(&mut rng)
-            } else {
-                mutate(&mut rng, &seeds, dict)
-            };
-            f(&data);
-        }
-    }
-
-    #[test]
-    fn fuzz_targets_hold_on_corpus_and_random_inputs() {
-        run("config_parse", config_parse, CONFIG_DICT, 20_000);
-        run("request_roundtrip", request_roundtrip, MESSAGE_DICT, 20_000);
-        run(
-            "response_roundtrip",
-            response_roundtrip,
-            MESSAGE_DICT,
-            20_000,
-        );
-    }
-
-    #[test]
-    fn memory_sizes_that_overflow_are_refused() {
-        for section in [
-            "[wasm]\nmax_memory_mb = 17592186044416",
-            "[wasm]\nmemory_mb = 17592186044417",
-            "[policy.p]\nwasm = \"p.wasm\"\nmemory_mb = 18446744073709551615",
-        ] {
-            let text = format!("{section}\n[[route]]\nprefix = \"/\"\nupstream = \"http://h:1\"\n");
-            config_parse(text.as_bytes());
-            let err = config::parse(&text, Path::new(CONFIG_PATH), &config_env)
-                .expect_err(section)
-                .to_string();
-            assert!(err.contains("memory_mb"), "{err}");
-        }
-    }
-
-    #[test]
-    fn seeds_parse_and_convert() {
-        // The committed seeds reach past the parsers, so mutations start deep.
-        for s in seeds("config_parse") {
-            let text = std::str::from_utf8(&s).expect("UTF-8 seed");
-            config::parse(text, Path::new(CONFIG_PATH), &config_env).expect("seed config parses");
-        }
-        let many = Message::parse(b"GET /\n*1100 x: v\n\nbody");
-        assert_eq!(many.headers.len(), 1100);
-        assert_eq!(many.body, b"body");
-        let req = seeds("request_roundtrip")
-            .iter()
-            .filter(|s| Message::parse(s).headers.len() > MAX_HEADERS)
-            .count();
-        assert!(req > 0, "no request seed crosses MAX_HEADERS");
-    }
 }

@@ -45,11 +45,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use policy_harness::{
+use crate::{
     Configured, Decision, DecisionExt, Harness, HarnessError, HeadersExt, HookError, LogsExt,
     MessageError, Origin, PolicyError, Request, Response, ResponseExt, Stub,
 };
+use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use super::wire::{RequestSpec, ResponseSpec};

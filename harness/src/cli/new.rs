@@ -24,9 +24,10 @@ fn profiles() -> &'static str {
         .map_or("", |start| &WORKSPACE_TOML[start..])
 }
 
-/// Where this repository's harness is: the generated crate depends on it by path.
+/// Where this repository's harness is (this crate): the generated crate
+/// depends on it by path.
 fn harness_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../harness")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Writes a new policy crate called `name` into `dir` and returns what to do next.

@@ -1,6 +1,8 @@
 //! `sidecar policy …`: check, call and test a policy component without
 //! running the sidecar, and start a new one from the template. Built on
-//! `policy-harness`, so a call here behaves exactly as in the sidecar.
+//! this harness, so a call here behaves exactly as in the sidecar; here
+//! rather than in the sidecar's library, which then needs no harness. The
+//! `sidecar` binary parses the arguments and calls these.
 
 mod cases;
 mod new;
@@ -9,8 +11,8 @@ mod wire;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::{Harness, PolicyLimits};
 use anyhow::{Context as _, anyhow, bail};
-use policy_harness::{Harness, PolicyLimits};
 use sidecar_runtime::bindings::{v01, v02};
 use sidecar_runtime::capabilities::{
     Clock, KvLimits, MemoryKv, MemorySink, NoNetwork, Outbound, Services, SystemClock,
@@ -25,13 +27,13 @@ pub use self::new::new_policy;
 /// The sidecar's compile cache directory (as `run` uses by default), so
 /// that checking or calling an unchanged policy again compiles nothing.
 fn compile_cache_dir() -> Option<std::path::PathBuf> {
-    crate::config::default_cache_dir(&|name| std::env::var(name).ok())
+    sidecar_runtime::wasm::default_cache_dir(&|name| std::env::var(name).ok())
 }
 
 /// Points the plugin harness at [`compile_cache_dir`].
-pub(crate) fn use_compile_cache() {
+fn use_compile_cache() {
     if let Some(dir) = compile_cache_dir() {
-        policy_harness::use_compile_cache(dir);
+        crate::use_compile_cache(dir);
     }
 }
 

@@ -3,10 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::{Decision, Hooks, Request, Response, ResponseBuilder, ResponseExt, request, response};
 use anyhow::Context as _;
-use policy_harness::{
-    Decision, Hooks, Request, Response, ResponseBuilder, ResponseExt, request, response,
-};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sidecar_runtime::message::Completion;
@@ -90,7 +88,7 @@ impl ResponseSpec {
 }
 
 /// `["name: value", ...]`: readable, ordered, and keeps repeated headers.
-fn headers_json(headers: &[policy_harness::Header]) -> Value {
+fn headers_json(headers: &[crate::Header]) -> Value {
     Value::Array(
         headers
             .iter()
