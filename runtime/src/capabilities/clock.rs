@@ -11,7 +11,6 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::v01::clock as wit01;
 use crate::bindings::v02::clock::{self as wit};
-use crate::wasm::HostState;
 
 /// A source of wall-clock time.
 pub trait Clock: Send + Sync + 'static {
@@ -57,7 +56,13 @@ impl Clock for ManualClock {
 
 /// Per-instance state of the capability.
 pub struct ClockState {
-    pub(crate) clock: Arc<dyn Clock>,
+    clock: Arc<dyn Clock>,
+}
+
+impl ClockState {
+    pub(crate) fn new(clock: Arc<dyn Clock>) -> Self {
+        Self { clock }
+    }
 }
 
 impl wit::Host for ClockState {
@@ -72,10 +77,14 @@ impl wit01::Host for ClockState {
     }
 }
 
-/// Links both contracts' `clock`.
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<HostState, HasSelf<ClockState>>(linker, |s| &mut s.clock)?;
-    wit01::add_to_linker::<HostState, HasSelf<ClockState>>(linker, |s| &mut s.clock)
+/// Links both contracts' `clock`, on the context `get` finds in a store's
+/// data.
+pub(crate) fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut ClockState,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<ClockState>>(linker, get)?;
+    wit01::add_to_linker::<T, HasSelf<ClockState>>(linker, get)
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey, Verificat
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::v02::crypto::{self as wit, PublicKey, SignatureAlgorithm};
-use crate::wasm::HostState;
 
 /// Per-instance state of the capability: none.
 #[derive(Debug, Default)]
@@ -177,9 +176,13 @@ fn check(alg: &'static dyn VerificationAlgorithm, key: &[u8], message: &[u8], si
         .is_ok()
 }
 
-/// Links `crypto` (0.2.1; a 0.1 component cannot import it).
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<HostState, HasSelf<CryptoState>>(linker, |s| &mut s.crypto)
+/// Links `crypto` (0.2.1; a 0.1 component cannot import it), on the
+/// context `get` finds in a store's data.
+pub(crate) fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut CryptoState,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<CryptoState>>(linker, get)
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use wasmtime::component::{HasSelf, Linker};
 use super::{Caller, Clock};
 use crate::bindings::v01::log as wit01;
 use crate::bindings::v02::log::{self as wit};
-use crate::wasm::HostState;
 
 /// Longest message or string field kept; longer ones are cut (and marked).
 const MAX_TEXT_BYTES: usize = 8 * 1024;
@@ -191,9 +190,25 @@ impl LogSink for MemorySink {
 
 /// Per-instance state of the capability.
 pub struct LogState {
-    pub(crate) sink: Arc<dyn LogSink>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) caller: Caller,
+    sink: Arc<dyn LogSink>,
+    clock: Arc<dyn Clock>,
+    caller: Caller,
+}
+
+impl LogState {
+    pub(crate) fn new(sink: Arc<dyn LogSink>, clock: Arc<dyn Clock>, caller: Caller) -> Self {
+        Self {
+            sink,
+            clock,
+            caller,
+        }
+    }
+
+    /// A reused instance serves another request: its lines carry that
+    /// request's id.
+    pub(crate) fn set_caller(&mut self, caller: Caller) {
+        self.caller = caller;
+    }
 }
 
 impl wit::Host for LogState {
@@ -291,10 +306,14 @@ impl wit01::Host for LogState {
     }
 }
 
-/// Links both contracts' `log`.
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<HostState, HasSelf<LogState>>(linker, |s| &mut s.log)?;
-    wit01::add_to_linker::<HostState, HasSelf<LogState>>(linker, |s| &mut s.log)
+/// Links both contracts' `log`, on the context `get` finds in a store's
+/// data.
+pub(crate) fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut LogState,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<LogState>>(linker, get)?;
+    wit01::add_to_linker::<T, HasSelf<LogState>>(linker, get)
 }
 
 #[cfg(test)]

@@ -1,35 +1,46 @@
 //! Host capabilities a policy may import: `log`, `kv`, `clock`, `crypto`
 //! and `outbound`.
 //!
-//! Each capability is one module with its own state, its own
-//! `add_to_linker` and its own tests. The services behind them (a log sink,
-//! a key-value store, a clock) are traits so that the sidecar, the plugin test
-//! harness and tests can each plug in what they need. Adding a capability
-//! means: the WIT, one module here, and one line in [`add_to_linker`].
+//! The services behind them (a log sink, a key-value store, a clock, a
+//! network) are traits so that the sidecar, the plugin test harness and
+//! tests can each plug in what they need.
+//!
+//! A capability is one module here, self-contained (it never sees the
+//! store's data type, `wasm::HostState`):
+//! - its settings and the backends behind it (shared, in [`Services`]);
+//! - its per-instance context (`KvState`, `LogState`, ...): what one policy
+//!   instance has during a call, built from the services and the policy's
+//!   spec;
+//! - its `add_to_linker`, generic over the store's data, given a function
+//!   that finds the context in it (wasmtime's `HasData`: the context, or a
+//!   view borrowing it, implements the generated `Host` traits);
+//! - its tests.
+//!
+//! Adding one touches: its WIT, its module, one field (and its initial
+//! value) in `wasm/state.rs`'s `HostState` and one line in
+//! `HostState::add_capabilities_to_linker` there, and a field of
+//! [`Services`] if it has a shared backend.
 
 pub mod clock;
 pub mod crypto;
 pub mod kv;
 pub mod log;
 pub mod outbound;
-pub mod redis;
 
 use std::sync::Arc;
 
-use wasmtime::component::Linker;
-
-use crate::wasm::HostState;
-
 pub use self::clock::{Clock, ManualClock, SystemClock};
+/// Where the Redis backend has always been: `capabilities::redis`.
+pub use self::kv::redis;
 pub use self::kv::{
-    KvBackend, KvError, KvFuture, KvLimits, KvQuotaExceeded, KvSettings, KvStore, MemoryKv,
+    InvalidKvUrl, KvBackend, KvError, KvFuture, KvLimits, KvQuotaExceeded, KvSettings, KvStore,
+    MemoryKv, RedisKv, RedisSettings,
 };
 pub use self::log::{FieldValue, Level, LogRecord, LogSink, MemorySink, StdoutSink};
 pub use self::outbound::{
     CallOutcome, HttpClient, NoNetwork, Origin, Outbound, OutboundGrant, OutboundRequest,
     OutboundResponse, SendError, SendFuture,
 };
-pub use self::redis::{RedisKv, RedisSettings};
 
 /// The long-lived services behind the capabilities, shared by every policy
 /// instance of a sidecar (cheap to clone).
@@ -64,11 +75,7 @@ impl Services {
     /// The Redis URL is invalid.
     pub fn with_kv(kv: &KvSettings) -> anyhow::Result<Self> {
         let mut services = Self::production(kv.limits);
-        if let KvBackend::Redis(settings) = &kv.backend {
-            let store = RedisKv::new(settings.clone(), kv.limits)
-                .map_err(|e| anyhow::anyhow!("kv.url: `{}`: {e}", settings.url))?;
-            services.kv = Arc::new(store);
-        }
+        services.kv = kv.open(services.clock.clone())?;
         Ok(services)
     }
 }
@@ -85,18 +92,4 @@ pub struct Caller {
     pub policy: Arc<str>,
     pub route: Arc<str>,
     pub request_id: Arc<str>,
-}
-
-/// Links every capability into `linker`. A component that does not import a
-/// capability never sees it: linking only makes it available.
-///
-/// # Errors
-/// Fails if an interface is linked twice (a programming error).
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    log::add_to_linker(linker)?;
-    kv::add_to_linker(linker)?;
-    clock::add_to_linker(linker)?;
-    crypto::add_to_linker(linker)?;
-    outbound::add_to_linker(linker)?;
-    Ok(())
 }

@@ -20,12 +20,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{HasData, Linker};
 
 use super::{Caller, Clock};
 use crate::bindings::v02::outbound::{self as wit, IncomingResponse, OutgoingRequest};
 use crate::bindings::v02::types::Header;
-use crate::wasm::{EPOCH_TICK, HostState};
 
 /// Redirects followed for one call.
 const MAX_REDIRECTS: usize = 5;
@@ -310,19 +309,42 @@ impl Default for OutboundGrant {
 
 /// Per-instance state of the capability.
 pub struct OutboundState {
-    pub(crate) outbound: Outbound,
-    pub(crate) grant: Arc<OutboundGrant>,
-    pub(crate) caller: Caller,
+    outbound: Outbound,
+    grant: Arc<OutboundGrant>,
+    caller: Caller,
     /// Calls made in this request.
-    pub(crate) calls: u32,
+    calls: u32,
     /// When the current hook call started, and its deadline.
-    pub(crate) call_started: Instant,
-    pub(crate) deadline: Duration,
+    call_started: Instant,
+    deadline: Duration,
 }
 
 impl OutboundState {
+    /// A new instance's context: the policy's `grant`, and the `deadline`
+    /// of each of its hook calls (a call out is cut to what is left of it).
+    pub(crate) fn new(
+        outbound: Outbound,
+        grant: Arc<OutboundGrant>,
+        caller: Caller,
+        deadline: Duration,
+    ) -> Self {
+        Self {
+            outbound,
+            grant,
+            caller,
+            calls: 0,
+            call_started: Instant::now(),
+            deadline,
+        }
+    }
+
+    /// A reused instance serves another request.
+    pub(crate) fn set_caller(&mut self, caller: Caller) {
+        self.caller = caller;
+    }
+
     /// A new request: the whole quota again.
-    pub(crate) fn reset_quota(&mut self) {
+    pub(crate) fn start_request(&mut self) {
         self.calls = 0;
     }
 
@@ -332,14 +354,35 @@ impl OutboundState {
     }
 }
 
-impl wit::Host for HostState {
+/// What `send` works on: the instance's context, and how long the current
+/// hook call has waited on host I/O (a body) so far. That wait is given back
+/// at the hook's deadline, so it does not shorten a call out either; the
+/// call's own wait is not given back. The store's data lends both (see
+/// [`add_to_linker`]).
+pub struct OutboundView<'a> {
+    state: &'a mut OutboundState,
+    io_credit: Duration,
+}
+
+impl<'a> OutboundView<'a> {
+    pub(crate) fn new(state: &'a mut OutboundState, io_credit: Duration) -> Self {
+        Self { state, io_credit }
+    }
+}
+
+/// The [`HasData`] of the capability: its host functions see an
+/// [`OutboundView`].
+struct HasOutbound;
+
+impl HasData for HasOutbound {
+    type Data<'a> = OutboundView<'a>;
+}
+
+impl wit::Host for OutboundView<'_> {
     async fn send(&mut self, req: OutgoingRequest) -> Result<IncomingResponse, wit::Error> {
         let started = Instant::now();
-        // Time the hook spent waiting for a body is given back at its
-        // deadline; this call's own wait is not.
-        let credit = EPOCH_TICK * u32::try_from(self.message.io_credit_ticks).unwrap_or(u32::MAX);
-        let state = &mut self.outbound;
-        let used = state.call_started.elapsed().saturating_sub(credit);
+        let state = &mut *self.state;
+        let used = state.call_started.elapsed().saturating_sub(self.io_credit);
         let left = state.deadline.saturating_sub(used);
         let (target, result) = send(state, req, left).await;
         let outcome = match &result {
@@ -568,9 +611,13 @@ fn incoming(response: OutboundResponse) -> IncomingResponse {
     }
 }
 
-/// Links `outbound` (0.2.1; a 0.1 component cannot import it).
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+/// Links `outbound` (0.2.1; a 0.1 component cannot import it), on the view
+/// `get` makes of a store's data.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> OutboundView<'_>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasOutbound>(linker, get)
 }
 
 #[cfg(test)]

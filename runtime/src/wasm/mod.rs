@@ -31,7 +31,7 @@ pub use self::policy::{
     Policy, PolicyError, PolicyInstance, PolicyLimits, PolicySpec, REUSE_MAX_USES, Verdict,
 };
 pub use self::state::HostState;
-use crate::capabilities::{self, Services};
+use crate::capabilities::Services;
 /// A compiled component, as returned by [`Runtime::compile`].
 pub use wasmtime::component::Component;
 
@@ -226,7 +226,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
-        capabilities::add_to_linker(&mut linker)
+        HostState::add_capabilities_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking host capabilities")?;
         v02::add_to_linker(&mut linker)

@@ -6,24 +6,19 @@
 //! store, the limits, failure classification, reuse — is the same for both.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::component::{Component, ResourceTable};
+use wasmtime::component::Component;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::cache::Keep;
-use super::state::{HostState, LazyWasi, MemoryCap};
-use super::v02::MessageState;
+use super::state::HostState;
 use super::{CompileSource, EPOCH_TICK, Runtime, snapshot, v01, v02};
 use crate::bindings;
-use crate::capabilities::Caller;
-use crate::capabilities::clock::ClockState;
-use crate::capabilities::crypto::CryptoState;
-use crate::capabilities::kv::{KvQuota, KvQuotaExceeded, KvState};
-use crate::capabilities::log::LogState;
-use crate::capabilities::outbound::{OutboundGrant, OutboundState};
+use crate::capabilities::kv::KvQuotaExceeded;
+use crate::capabilities::{Caller, OutboundGrant};
 use crate::message::{BodyError, Completion, Exchange, Response};
 
 /// What happens to a request when its policy fails (traps, times out, hits
@@ -504,7 +499,7 @@ impl Policy {
             .and_then(|idle| idle.lock().unwrap_or_else(|e| e.into_inner()).pop());
         if let Some(mut warm) = reused {
             // Log lines of this request carry this request's id.
-            warm.store.data_mut().log.caller = caller;
+            warm.store.data_mut().set_caller(caller);
             return Ok(self.instance(warm));
         }
         self.fresh(caller).await
@@ -580,40 +575,9 @@ pub(super) fn new_store(
     caller: Caller,
     deadline_ticks: u64,
 ) -> (Store<HostState>, MemoryOutputPipe) {
-    let services = runtime.services();
     // Panic messages land here, to be logged with the trap.
     let stderr = MemoryOutputPipe::new(4096);
-    let state = HostState {
-        wasi: LazyWasi::new(stderr.clone()),
-        table: ResourceTable::new(),
-        limiter: MemoryCap {
-            max_bytes: spec.limits.memory_bytes,
-            hit: false,
-        },
-        log: LogState {
-            sink: services.log.clone(),
-            clock: services.clock.clone(),
-            caller: caller.clone(),
-        },
-        kv: KvState {
-            store: services.kv.clone(),
-            namespace: spec.name.as_str().into(),
-            quota: KvQuota::new(spec.limits.kv_ops, spec.limits.kv_bytes),
-        },
-        clock: ClockState {
-            clock: services.clock.clone(),
-        },
-        crypto: CryptoState,
-        outbound: OutboundState {
-            outbound: services.outbound.clone(),
-            grant: spec.outbound.clone(),
-            caller: caller.clone(),
-            calls: 0,
-            call_started: Instant::now(),
-            deadline: spec.limits.deadline,
-        },
-        message: MessageState::default(),
-    };
+    let state = HostState::new(runtime.services(), spec, caller, stderr.clone());
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(deadline_ticks);
@@ -773,8 +737,7 @@ impl PolicyInstance {
         let warm = self.enter()?;
         warm.uses += 1;
         // Each request gets the whole quota (on a reused instance too).
-        warm.store.data_mut().kv.quota.reset();
-        warm.store.data_mut().outbound.reset_quota();
+        warm.store.data_mut().start_request();
         match &warm.bindings {
             Bindings::V01(b) => {
                 let request = v01::request_record(exchange)?;
@@ -862,8 +825,7 @@ impl PolicyInstance {
         match &mut self.warm {
             Some(warm) if !self.poisoned => {
                 warm.store.set_epoch_deadline(self.deadline_ticks);
-                warm.store.data_mut().message.io_credit_ticks = 0;
-                warm.store.data_mut().outbound.start_call();
+                warm.store.data_mut().start_call();
                 Ok(warm)
             }
             _ => Err(PolicyError::Trapped {

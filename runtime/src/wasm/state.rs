@@ -1,30 +1,108 @@
-//! What each per-request store holds: WASI (nothing granted), the host
-//! capabilities' state, and the memory cap.
+//! What each per-request store holds: WASI (nothing granted), each host
+//! capability's per-instance context, the exchange of a 0.2 hook call, and
+//! the memory cap.
+//!
+//! The one place the capabilities meet the store: a new capability adds its
+//! context here (a field, its initial value in [`HostState::new`]) and one
+//! line to [`HostState::add_capabilities_to_linker`].
 
 use wasmtime::ResourceLimiter;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::capabilities::clock::ClockState;
-use crate::capabilities::crypto::CryptoState;
-use crate::capabilities::kv::KvState;
-use crate::capabilities::log::LogState;
-use crate::capabilities::outbound::OutboundState;
-use crate::wasm::v02::MessageState;
+use super::policy::PolicySpec;
+use super::v02::MessageState;
+use crate::capabilities::clock::{self, ClockState};
+use crate::capabilities::crypto::{self, CryptoState};
+use crate::capabilities::kv::{self, KvState};
+use crate::capabilities::log::{self, LogState};
+use crate::capabilities::outbound::{self, OutboundState, OutboundView};
+use crate::capabilities::{Caller, Services};
 
 /// The data of one policy instance's `Store`.
 pub struct HostState {
     pub(crate) wasi: LazyWasi,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryCap,
-    pub(crate) log: LogState,
-    pub(crate) kv: KvState,
-    pub(crate) clock: ClockState,
-    pub(crate) crypto: CryptoState,
-    pub(crate) outbound: OutboundState,
+    log: LogState,
+    kv: KvState,
+    clock: ClockState,
+    crypto: CryptoState,
+    outbound: OutboundState,
     /// The exchange, while a 0.2 hook is being called.
     pub(crate) message: MessageState,
+}
+
+impl HostState {
+    /// A new instance's data: the capabilities on `services`, as `spec`
+    /// grants and bounds them; the guest's stderr goes to `stderr`.
+    pub(crate) fn new(
+        services: &Services,
+        spec: &PolicySpec,
+        caller: Caller,
+        stderr: MemoryOutputPipe,
+    ) -> Self {
+        Self {
+            wasi: LazyWasi::new(stderr),
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                max_bytes: spec.limits.memory_bytes,
+                hit: false,
+            },
+            log: LogState::new(services.log.clone(), services.clock.clone(), caller.clone()),
+            kv: KvState::new(
+                services.kv.clone(),
+                &spec.name,
+                spec.limits.kv_ops,
+                spec.limits.kv_bytes,
+            ),
+            clock: ClockState::new(services.clock.clone()),
+            crypto: CryptoState,
+            outbound: OutboundState::new(
+                services.outbound.clone(),
+                spec.outbound.clone(),
+                caller,
+                spec.limits.deadline,
+            ),
+            message: MessageState::default(),
+        }
+    }
+
+    /// Links every capability, each on its context in this data. A
+    /// component that does not import a capability never sees it: linking
+    /// only makes it available.
+    ///
+    /// # Errors
+    /// Fails if an interface is linked twice (a programming error).
+    pub(crate) fn add_capabilities_to_linker(linker: &mut Linker<Self>) -> wasmtime::Result<()> {
+        log::add_to_linker(linker, |s| &mut s.log)?;
+        kv::add_to_linker(linker, |s| &mut s.kv)?;
+        clock::add_to_linker(linker, |s| &mut s.clock)?;
+        crypto::add_to_linker(linker, |s| &mut s.crypto)?;
+        outbound::add_to_linker(linker, |s| {
+            OutboundView::new(&mut s.outbound, s.message.io_credit())
+        })
+    }
+
+    /// A reused instance serves another request, for `caller`.
+    pub(crate) fn set_caller(&mut self, caller: Caller) {
+        self.log.set_caller(caller.clone());
+        self.outbound.set_caller(caller);
+    }
+
+    /// A request starts: each per-request quota is whole again (on a reused
+    /// instance too).
+    pub(crate) fn start_request(&mut self) {
+        self.kv.start_request();
+        self.outbound.start_request();
+    }
+
+    /// A hook call starts now, with its whole deadline.
+    pub(crate) fn start_call(&mut self) {
+        self.message.io_credit_ticks = 0;
+        self.outbound.start_call();
+    }
 }
 
 impl WasiView for HostState {

@@ -7,7 +7,7 @@
 //! asked for; setters check their input and the phase (the request is
 //! read-only once it went upstream, everything once the exchange is over).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -28,6 +28,13 @@ pub struct MessageState {
     /// Epoch ticks this call spent waiting for a body: time the policy did
     /// not use, given back at its deadline.
     pub(crate) io_credit_ticks: u64,
+}
+
+impl MessageState {
+    /// The time this call spent waiting for a body so far.
+    pub(crate) fn io_credit(&self) -> Duration {
+        EPOCH_TICK * u32::try_from(self.io_credit_ticks).unwrap_or(u32::MAX)
+    }
 }
 
 const REQUEST: u32 = 0;

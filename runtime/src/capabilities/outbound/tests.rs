@@ -219,7 +219,7 @@ fn counts_calls_against_the_request_quota() {
         Err(wit::Error::Denied(m)) => assert!(m.contains("outbound_calls_per_request"), "{m}"),
         other => panic!("{other:?}"),
     }
-    st.reset_quota();
+    st.start_request();
     assert!(call(&mut st, get(url)).is_ok());
 }
 

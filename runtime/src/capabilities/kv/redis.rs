@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::kv::{KvError, KvFuture, KvLimits, KvStore};
+use super::{KvError, KvFuture, KvLimits, KvStore};
 
 /// After a connection error or a timeout, operations answer "unavailable" at
 /// once for this long instead of waiting on Redis again.
