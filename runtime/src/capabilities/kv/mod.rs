@@ -27,8 +27,8 @@ use crate::bindings::v01::kv as wit01;
 use crate::bindings::v02::kv::{self as wit};
 
 pub use self::memory::MemoryKv;
-pub use self::quota::{KvLimits, KvQuotaExceeded};
 use self::quota::KvQuota;
+pub use self::quota::{KvLimits, KvQuotaExceeded};
 pub use self::redis::{RedisKv, RedisSettings};
 
 /// Why a write was refused.
@@ -231,7 +231,6 @@ impl wit01::Host for KvState {
         wit::Host::delete(self, key).await
     }
 }
-
 
 /// Links both contracts' `kv`, on the context `get` finds in a store's data.
 pub(crate) fn add_to_linker<T: Send + 'static>(
