@@ -8,6 +8,11 @@
 //!
 //! Nothing is buffered unless a policy asked to read a body (or the chain
 //! has a 0.1 policy, whose contract takes whole bodies).
+//!
+//! [`handle`] is the entry the listener calls for each request: admission
+//! (the concurrency limit, load shedding), the request id and span, then the
+//! path above. [`convert`] turns HTTP into the contract's messages and back;
+//! `grpc` answers gRPC callers in gRPC's terms (status in trailers).
 
 pub mod convert;
 mod grpc;
