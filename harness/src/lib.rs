@@ -46,7 +46,7 @@ pub use self::stubs::Stub;
 use self::stubs::Stubs;
 pub use self::types::{Decision, Header, Request, Response};
 pub use sidecar_runtime::capabilities::{
-    FieldValue, Level, ManualClock, MemoryKv, MemorySink, Origin, OutboundGrant,
+    FieldValue, KvError, Level, ManualClock, MemoryKv, MemorySink, Origin, OutboundGrant,
 };
 pub use sidecar_runtime::message::BodyLimits;
 pub use sidecar_runtime::wasm::{
@@ -310,9 +310,21 @@ impl Harness {
     /// # Panics
     /// If the store refuses the entry (over its size limits).
     pub fn kv_set(&self, key: &str, value: impl Into<Vec<u8>>, ttl: Option<Duration>) {
-        self.kv
-            .set(&self.name, key, value.into(), ttl)
+        self.try_kv_set(key, value, ttl)
             .expect("kv_set: entry refused");
+    }
+
+    /// Preloads the policy's store, or says why the store refused the entry.
+    ///
+    /// # Errors
+    /// The key or value is over the store's size limits, or the store is full.
+    pub fn try_kv_set(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        ttl: Option<Duration>,
+    ) -> Result<(), KvError> {
+        self.kv.set(&self.name, key, value.into(), ttl)
     }
 
     /// Live entries in the store, all namespaces.

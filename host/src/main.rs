@@ -89,16 +89,49 @@ enum PolicyCommand {
         /// An upstream response (same forms): also run the response hook.
         #[arg(long)]
         upstream: Option<String>,
+        /// Preload the policy's store: KEY=VALUE (repeatable; split at the
+        /// first `=`), as a case file's `kv`.
+        #[arg(long, value_name = "KEY=VALUE")]
+        kv: Vec<String>,
+        /// The clock during the call: RFC 3339 (2024-01-01T00:00:00Z) or Unix
+        /// seconds (default: now), as a case file's `start_unix`.
+        #[arg(long, value_name = "TIME")]
+        now: Option<String>,
+        /// Let the policy call this origin (scheme://host[:port]; repeatable),
+        /// as `allow_outbound` in the sidecar's config. Calls reach only
+        /// --outbound-stub answers, never the network.
+        #[arg(long, value_name = "ORIGIN")]
+        allow_outbound: Vec<String>,
+        /// What a call answers (repeatable), as a case file's `outbound`
+        /// entry: inline JSON, a file, or `-` for stdin
+        /// ({"url":"https://idp.example/jwks","status":200,"headers":{},"body":"..."};
+        /// "method" defaults to GET; "fail":"reason" or "timeout":true instead).
+        #[arg(long, value_name = "JSON")]
+        outbound_stub: Vec<String>,
     },
     /// Run table-driven cases (TOML or JSON) against a policy.
     Test { file: PathBuf, cases: PathBuf },
-    /// Create a new policy crate from the template, with a passing test.
+    /// Create a new policy project from a template, with a passing test.
     New {
         name: String,
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The policy's language: a Rust crate (`cargo test`), an npm package
+        /// built with componentize-js (`npm test`), or Python built with
+        /// componentize-py (`python3 -m unittest`).
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Lang {
+    Rust,
+    #[value(alias = "javascript")]
+    Js,
+    #[value(alias = "py")]
+    Python,
 }
 
 fn main() -> ExitCode {
@@ -137,12 +170,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             request,
             upstream,
+            kv,
+            now,
+            allow_outbound,
+            outbound_stub,
         }) => {
             let request = read_input("--request", &request)?;
             let upstream = upstream.map(|u| read_input("--upstream", &u)).transpose()?;
+            let setup = policy_cli::CallSetup {
+                kv,
+                now,
+                allow_outbound,
+                outbound_stubs: outbound_stub
+                    .iter()
+                    .map(|s| read_input("--outbound-stub", s))
+                    .collect::<anyhow::Result<_>>()?,
+            };
             println!(
                 "{}",
-                policy_cli::call(&file, &config, &request, upstream.as_deref())?
+                policy_cli::call(&file, &config, &request, upstream.as_deref(), &setup)?
             );
         }
         Command::Policy(PolicyCommand::Test { file, cases }) => {
@@ -155,9 +201,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Policy(PolicyCommand::New { name, dir }) => {
+        Command::Policy(PolicyCommand::New { name, dir, lang }) => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            println!("{}", policy_cli::new_policy(&name, &dir)?);
+            let lang = match lang {
+                Lang::Rust => policy_cli::Lang::Rust,
+                Lang::Js => policy_cli::Lang::Js,
+                Lang::Python => policy_cli::Lang::Python,
+            };
+            // A JS or Python project runs its cases with this very binary.
+            let exe = std::env::current_exe().ok();
+            println!(
+                "{}",
+                policy_cli::new_policy(&name, &dir, lang, exe.as_deref())?
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -47,11 +47,12 @@ use std::time::Duration;
 
 use crate::{
     Configured, Decision, DecisionExt, Harness, HarnessError, HeadersExt, HookError, LogsExt,
-    MessageError, Origin, PolicyError, Request, Response, ResponseExt, Stub,
+    MessageError, PolicyError, Request, Response, ResponseExt,
 };
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use super::setup::{self, StubSpec};
 use super::wire::{RequestSpec, ResponseSpec};
 
 #[derive(Debug, Deserialize)]
@@ -116,53 +117,6 @@ struct Expect {
     error: Option<String>,
 }
 
-/// An `outbound` stub in a case file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StubSpec {
-    #[serde(default = "get")]
-    method: String,
-    url: String,
-    #[serde(default = "ok")]
-    status: u16,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default)]
-    body: String,
-    /// The call fails with this reason instead.
-    fail: Option<String>,
-    /// The call times out instead.
-    #[serde(default)]
-    timeout: bool,
-}
-
-fn get() -> String {
-    "GET".into()
-}
-
-fn ok() -> u16 {
-    200
-}
-
-impl StubSpec {
-    fn stub(&self) -> Stub {
-        if self.timeout {
-            Stub::Timeout
-        } else if let Some(reason) = &self.fail {
-            Stub::Fail(reason.clone())
-        } else {
-            Stub::reply(
-                self.status,
-                self.headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                self.body.as_bytes(),
-            )
-        }
-    }
-}
-
 /// What a run printed, and its counts.
 #[derive(Debug)]
 pub struct Report {
@@ -188,16 +142,9 @@ pub fn run_cases(wasm: &Path, cases: &Path) -> anyhow::Result<Report> {
     if file.cases.is_empty() {
         bail!("{}: no cases (add [[case]] tables)", cases.display());
     }
-    super::use_compile_cache();
-    let origins: Vec<&str> = file.allow_outbound.iter().map(String::as_str).collect();
-    for (i, origin) in origins.iter().enumerate() {
-        origin
-            .parse::<Origin>()
-            .map_err(|e| anyhow::anyhow!("{}: allow_outbound[{i}]: {e}", cases.display()))?;
-    }
-    let harness = Harness::load(wasm)?
-        .named(super::policy_name(wasm))
-        .allow_outbound(&origins);
+    let harness = setup::load(wasm, &file.allow_outbound, &|i| {
+        format!("{}: allow_outbound[{i}]", cases.display())
+    })?;
     if let Some(start) = file.start_unix {
         harness.clock().set_micros(start.saturating_mul(1_000_000));
     }
@@ -209,12 +156,12 @@ pub fn run_cases(wasm: &Path, cases: &Path) -> anyhow::Result<Report> {
     let mut loaded: HashMap<String, Result<Configured<'_>, HarnessError>> = HashMap::new();
     for case in &file.cases {
         harness.advance(Duration::from_secs(case.advance_secs));
-        for (k, v) in &case.kv {
-            harness.kv_set(k, v.as_bytes(), None);
-        }
-        for stub in &case.outbound {
-            harness.stub(&stub.method, &stub.url, stub.stub());
-        }
+        setup::prepare(
+            &harness,
+            case.kv.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &case.outbound,
+        )
+        .with_context(|| format!("{}: case `{}`: kv", cases.display(), case.name))?;
         let sent_before = harness.outbound_requests().len();
         harness.take_logs();
         let config = case

@@ -6,6 +6,7 @@
 
 mod cases;
 mod new;
+mod setup;
 mod wire;
 
 use std::path::Path;
@@ -22,7 +23,7 @@ use sidecar_runtime::wasm::{
 };
 
 pub use self::cases::{Report, run_cases};
-pub use self::new::new_policy;
+pub use self::new::{Lang, new_policy};
 
 /// The sidecar's compile cache directory (as `run` uses by default), so
 /// that checking or calling an unchanged policy again compiles nothing.
@@ -262,33 +263,71 @@ fn list(names: &[String]) -> String {
     }
 }
 
-/// `sidecar policy call FILE --config JSON --request FILE [--upstream FILE]`:
-/// runs one request through the policy (with an upstream response, the
-/// response and completion hooks too, as far as the policy asked for them);
-/// returns the outcome as JSON and the log lines it emitted.
+/// What `sidecar policy call` sets up before the request, as a case file
+/// can (see `setup`): each field as given on the command line, checked by
+/// [`call`], whose errors name the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CallSetup {
+    /// `--kv KEY=VALUE`: entries in the policy's store before the call.
+    pub kv: Vec<String>,
+    /// `--now TIME`: the clock, RFC 3339 or Unix seconds (default: now).
+    pub now: Option<String>,
+    /// `--allow-outbound ORIGIN`: origins the policy may call, as its
+    /// `allow_outbound` in the sidecar's config.
+    pub allow_outbound: Vec<String>,
+    /// `--outbound-stub JSON`: what a call to a URL answers (a case file's
+    /// `outbound` entry). The network is never reached.
+    pub outbound_stubs: Vec<String>,
+}
+
+/// `sidecar policy call FILE --config JSON --request FILE [--upstream FILE]`
+/// (and [`CallSetup`]'s flags): runs one request through the policy (with
+/// an upstream response, the response and completion hooks too, as far as
+/// the policy asked for them); returns the outcome as JSON, the log lines
+/// it emitted and the `outbound` calls it made.
 ///
 /// # Errors
-/// The file cannot be loaded, the config is refused, an input file is
-/// unreadable or malformed, the policy fails (trap, deadline, memory cap),
+/// The file cannot be loaded, the config is refused, an input or a flag is
+/// malformed (naming it), the policy fails (trap, deadline, memory cap),
 /// or its answer is not valid HTTP.
 pub fn call(
     path: &Path,
     config: &str,
     request: &str,
     upstream: Option<&str>,
+    setup: &CallSetup,
 ) -> anyhow::Result<String> {
     let config: serde_json::Value = serde_json::from_str(config)
         .context("--config: not JSON (example: '{\"secret\":\"s\"}')")?;
     let request = wire::RequestSpec::parse_json(request).context("--request")?;
-    use_compile_cache();
-    let harness = Harness::load(path)?
-        .named(policy_name(path))
-        .with_limits(PolicyLimits::default());
-    // One real request: real time (tokens carry real expiry dates).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    harness.clock().set_micros(now.as_micros() as u64);
+    let upstream = upstream
+        .map(|text| wire::ResponseSpec::parse_json(text).context("--upstream"))
+        .transpose()?;
+    let kv = setup
+        .kv
+        .iter()
+        .map(|pair| setup::parse_kv(pair).context("--kv"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let now = match &setup.now {
+        Some(text) => setup::parse_time(text).context("--now")?,
+        // One real request: real time (tokens carry real expiry dates).
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64,
+    };
+    let stubs = setup
+        .outbound_stubs
+        .iter()
+        .map(|text| setup::StubSpec::parse_json(text).context("--outbound-stub"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let harness = setup::load(path, &setup.allow_outbound, &|i| {
+        format!("--allow-outbound `{}`", setup.allow_outbound[i])
+    })?
+    .with_limits(PolicyLimits::default());
+    harness.clock().set_micros(now);
+    // In place before `configure`, which may read the store or call out.
+    setup::prepare(&harness, kv, &stubs).context("--kv")?;
     let policy = harness.configure(config)?;
     let mut out = serde_json::Map::new();
     out.insert("contract".into(), harness.contract().name().into());
@@ -298,8 +337,7 @@ pub fn call(
             let decision = policy.on_request(request.build())?;
             out.insert("decision".into(), wire::decision_json(&decision));
         }
-        Some(text) => {
-            let upstream = wire::ResponseSpec::parse_json(text).context("--upstream")?;
+        Some(upstream) => {
             let trip = policy.round_trip(request.build(), upstream.build())?;
             out.insert("decision".into(), wire::decision_json(&trip.decision));
             out.insert("response".into(), wire::response_json(&trip.response));
@@ -318,6 +356,10 @@ pub fn call(
             })
             .collect(),
     );
+    let sent = harness.outbound_requests();
+    if !sent.is_empty() || !setup.allow_outbound.is_empty() {
+        out.insert("outbound_requests".into(), sent.into());
+    }
     Ok(serde_json::to_string_pretty(&out)?)
 }
 
