@@ -7,14 +7,15 @@
 // - The exported interface `handler` is the export `handler`: an object
 //   with the hooks as camelCase methods (`onRequest` for `on-request`).
 // - `result<hooks, string>`: return the value for `ok`; throw the string
-//   for `err` (the thrown value is the error).
+//   for `err` (a thrown string is the error; a thrown `Error` traps).
 // - `flags hooks`: an object of booleans, `{ onResponse, onComplete }`.
 // - A variant is `{ tag, val }`: `{ tag: 'continue' }`,
 //   `{ tag: 'respond', val: reply }`; an enum is its case's name (`'warn'`).
 // - `list<u8>` is a `Uint8Array` (header values and bodies are bytes).
 // - `borrow<request>` is an object with the resource's methods:
 //   `req.path()`, `req.header('x-api-key')` (a `Uint8Array[]`),
-//   `req.setHeader(name, bytes)`, which throws if the host refuses it.
+//   `req.setHeader(name, bytes)`, which throws if the host refuses it (the
+//   exception's `payload` is the `edit-error`, `{ tag: 'invalid', val }`).
 //   Valid only during the call: never keep it for later.
 // - `u64` and `s64` are `BigInt`s (`kv.increment`, `clock.nowMicros`).
 // - `Date.now()` reads the Unix epoch (the sandbox's WASI clock): the time
