@@ -82,8 +82,13 @@ version = sys.argv[4]
 h = hashlib.sha256(f"componentize-py {version}\n".encode())
 shutil.rmtree(stage, ignore_errors=True)
 stage.mkdir(parents=True)
-for f in sorted(p for p in src.rglob("*.py")
-                if "__pycache__" not in p.parts and not p.name.startswith("test_")):
+# Nor a venv or a build of the policy's own (plugins-py/template's README
+# makes `.venv` and `dist/` in it).
+def bundled(p):
+    parts = p.relative_to(src).parts
+    return (not p.name.startswith("test_") and "__pycache__" not in parts
+            and parts[0] != "dist" and not any(d.startswith(".") for d in parts[:-1]))
+for f in sorted(p for p in src.rglob("*.py") if bundled(p)):
     rel = f.relative_to(src)
     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(f, stage / rel)
@@ -109,9 +114,6 @@ for dir in "$PY_DIR"/*/; do
   dir="${dir%/}"
   name="$(basename "$dir")"
   [ -f "$dir/app.py" ] || continue
-  # The template of `sidecar policy new --lang python` builds itself in its
-  # own test (harness: new_python_project_passes_its_unittests).
-  [ "$name" = template ] && continue
   out="$TARGET/$name.wasm"
   stamp="$TARGET/$name.wasm.stamp"
   stage="$TARGET/build/$name"

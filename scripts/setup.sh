@@ -21,27 +21,8 @@ build_plugins() {
   env -u CARGO_TARGET_DIR cargo build --release --target wasm32-wasip2 --manifest-path "$ROOT/plugins/Cargo.toml"
 }
 
-# Installs Debian package $1 with apt-get (as root, or with sudo), for the
-# reason $2; $3 says what to do where there is no apt-get. The package lists
-# are updated once per run.
-apt_updated=""
-apt_install() {
-  local package="$1" why="$2" otherwise="$3"
-  echo "==> installing $package ($why)"
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-  fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: $package not found and no apt-get to install it; $otherwise" >&2
-    exit 1
-  fi
-  if [ -z "$apt_updated" ]; then
-    $sudo apt-get update -qq
-    apt_updated=1
-  fi
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package"
-}
+# apt_install PACKAGE WHY OTHERWISE: see scripts/apt.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 # The kv store's Redis backend is tested against a real redis-server, which
 # those tests start themselves on free ports; only the binary is needed.

@@ -4,9 +4,13 @@
 #      harness tests (each policy built for wasm32-wasip2, run on the
 #      sidecar's policy host, no server);
 #   2. the Python policy (plugins-py/): unit tests of its logic, then its build;
-#   3. the host, the harness, the services and the end-to-end tests (the
-#      Python policy through the harness and in the demo chain included);
-#   4. the Python policy's table-driven cases through `sidecar policy test`.
+#   3. the JavaScript policy (plugins-js/): its build (node and npm installed
+#      if missing), then the unit tests of its logic;
+#   4. the host, the harness, the services and the end-to-end tests (the
+#      Python and JavaScript policies through the harness and in a chain
+#      included);
+#   5. the Python and JavaScript policies' table-driven cases through
+#      `sidecar policy test`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,11 +26,16 @@ echo "==> Python policy: unit tests and build (plugins-py/)"
 python3 -m unittest discover -s plugins-py/acl
 bash scripts/build-python-policies.sh
 
-echo "==> host, harness, services and end-to-end tests (the Python policy's included)"
+echo "==> JavaScript policy: build and unit tests (plugins-js/)"
+# The build first: it installs node and npm when they are missing.
+bash scripts/build-js-policies.sh
+(cd plugins-js/ratelimit && node --test)
+
+echo "==> host, harness, services and end-to-end tests (the Python and JavaScript policies' included)"
 # Release: the same build as the demo, and wasm compiles fast in it. Every
 # cargo command here says --workspace: with `-p` cargo resolves features for
 # that package alone, and would rebuild tokio, hyper and all above them.
-# The ignored tests need the Python policy, built just above.
+# The ignored tests need the Python and JavaScript policies, built just above.
 #
 # Some tests race real timing (a Redis outage, 200 faulty upstream exchanges,
 # collectors going away) and can lose it when the whole suite shares two busy
@@ -53,3 +62,6 @@ cargo test --release --workspace --bench policy_calls
 
 echo "==> Python policy: table-driven cases"
 target/release/sidecar policy test plugins-py/target/acl.wasm plugins-py/acl/cases.toml
+
+echo "==> JavaScript policy: table-driven cases"
+target/release/sidecar policy test plugins-js/ratelimit/dist/ratelimit.wasm plugins-js/ratelimit/cases.toml

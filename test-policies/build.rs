@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Components the tests use: (constant name, file stem).
-const POLICIES: [(&str, &str); 7] = [
+const POLICIES: [(&str, &str); 8] = [
     ("AUTH", "auth"),
     ("LOGGING", "logging"),
     ("CACHE", "cache"),
@@ -14,6 +14,7 @@ const POLICIES: [(&str, &str); 7] = [
     ("HOSTILE", "hostile"),
     ("NOOP", "noop"),
     ("SANDBOX", "sandbox"),
+    ("TEMPLATE", "template"),
 ];
 
 /// Committed 0.2.0 components: (constant name, file stem in `v0.2.0/`).

@@ -10,6 +10,13 @@
 //! against 0.1.0 (the committed `test-policies/v0.1.0` builds), so before
 //! and after are measured in one run.
 //!
+//! The same policy in three languages: the template policy (a header check
+//! that refuses a request without it) in Rust (`plugins/template`), Python
+//! (`plugins-py/template`) and JavaScript (`plugins-js/template`), fresh and
+//! reused, for the per-language table. The Python and JavaScript builds are
+//! taken from where their build scripts put them (or `POLICY_CALLS_PYTHON`,
+//! `POLICY_CALLS_JS`); a language not built is left out, and said so.
+//!
 //! `cargo bench -p sidecar --bench policy_calls` runs criterion (mean and
 //! median with confidence intervals), then times single calls to print the
 //! median and p99 table that BENCHMARKS.md quotes. A filter argument
@@ -80,6 +87,8 @@ enum Path {
     CacheHit,
     /// Continued, and the response hook stored it: `x-cache: miss`.
     CacheMiss,
+    /// Answered by the request hook with this status.
+    Refused(u16),
 }
 
 struct Case {
@@ -325,6 +334,10 @@ async fn check(fixture: &Fixture, sink: &DiscardSink, case: &Case) {
             assert_eq!(o.status, 200, "{name}");
             assert_eq!(o.x_cache.as_deref(), Some("hit"), "{name}");
         }
+        Path::Refused(status) => {
+            assert!(o.answered, "{name}: not answered");
+            assert_eq!(o.status, status, "{name}");
+        }
         Path::CacheMiss => {
             assert!(!o.answered, "{name}: answered");
             assert!(o.response_hook, "{name}: no response hook");
@@ -347,7 +360,12 @@ async fn policy(
         name: name.into(),
         config_json: config.to_string(),
         failure: FailureMode::Closed,
-        limits: PolicyLimits::default(),
+        limits: PolicyLimits {
+            // An interpreter's heap (CPython, SpiderMonkey) needs more than
+            // the default; the Rust policies use a fraction of either.
+            memory_bytes: 64 * 1024 * 1024,
+            ..PolicyLimits::default()
+        },
         instances,
         outbound: Default::default(),
     };
@@ -522,7 +540,75 @@ fn specs(b: &Builds) -> Vec<Spec> {
     specs
 }
 
-/// Every case whose name contains `filter`, 0.2 first, then the same on 0.1.
+/// The template policy's build in each language: (language, file), or why
+/// a language is left out.
+fn template_builds() -> Vec<Result<(&'static str, String), String>> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let built = |lang: &'static str, var: &str, default: &str, how: &str| {
+        let path = std::env::var(var).unwrap_or_else(|_| format!("{root}/{default}"));
+        if std::path::Path::new(&path).exists() {
+            Ok((lang, path))
+        } else {
+            Err(format!(
+                "{lang} template left out: no {path} ({how}, or set {var})"
+            ))
+        }
+    };
+    vec![
+        Ok(("Rust", test_policies::TEMPLATE.to_owned())),
+        built(
+            "Python",
+            "POLICY_CALLS_PYTHON",
+            "plugins-py/target/template.wasm",
+            "scripts/build-python-policies.sh builds it",
+        ),
+        built(
+            "JS",
+            "POLICY_CALLS_JS",
+            "plugins-js/template/dist/template.wasm",
+            "`npm run build` in plugins-js/template builds it",
+        ),
+    ]
+}
+
+/// The template policy in each language built, fresh and reused: a request
+/// without the header it requires, refused with 401.
+async fn language_cases(runtime: &Arc<Runtime>, fixture: &Fixture, filter: &str) -> Vec<Case> {
+    let config = serde_json::json!({ "header": "x-api-key" });
+    let mut out = Vec::new();
+    for build in template_builds() {
+        let (lang, wasm) = match build {
+            Ok(build) => build,
+            Err(why) => {
+                eprintln!("{why}");
+                continue;
+            }
+        };
+        for (instances, how) in [
+            (Instances::Fresh, ""),
+            (Instances::Reuse, ", reused instance"),
+        ] {
+            let name = format!("template/request refused ({lang}{how})");
+            if !name.contains(filter) {
+                continue;
+            }
+            let policy_name = format!("template-{}", lang.to_ascii_lowercase());
+            out.push(Case {
+                name,
+                policy: policy(runtime, &wasm, &policy_name, &config, instances).await,
+                calls: Calls::Request,
+                unique_path: false,
+                path: Path::Refused(401),
+                token: fixture.token.clone(),
+                memo: true,
+            });
+        }
+    }
+    out
+}
+
+/// Every case whose name contains `filter`, 0.2 first, then the same on 0.1,
+/// then the template in each language.
 async fn cases(runtime: &Arc<Runtime>, fixture: &Fixture, filter: &str) -> Vec<Case> {
     let mut out = Vec::new();
     for b in &BUILDS {
@@ -547,6 +633,7 @@ async fn cases(runtime: &Arc<Runtime>, fixture: &Fixture, filter: &str) -> Vec<C
             });
         }
     }
+    out.extend(language_cases(runtime, fixture, filter).await);
     out
 }
 

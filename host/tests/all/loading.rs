@@ -403,7 +403,7 @@ async fn a_reused_instance_logs_with_the_current_request_id() {
 }
 
 #[tokio::test]
-async fn a_policy_gets_no_files_environment_network_or_wall_clock() {
+async fn a_policy_gets_no_files_environment_network_http_or_wall_clock() {
     // Something to connect to, so a refused connection is the sandbox's doing.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -426,6 +426,6 @@ async fn a_policy_gets_no_files_environment_network_or_wall_clock() {
     };
     assert_eq!(
         &resp.body.complete().unwrap()[..],
-        b"fs=denied;dir=denied;env=0;net=denied;clock=0",
+        b"fs=denied;dir=denied;env=0;net=denied;http=HttpRequestDenied;clock=0",
     );
 }

@@ -7,6 +7,7 @@ mod cache;
 mod chain;
 mod dashboard;
 mod idp;
+mod js_policy;
 mod large_policies;
 mod limits;
 mod loading;

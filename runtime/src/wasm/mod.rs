@@ -226,6 +226,9 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
         HostState::add_capabilities_to_linker(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking host capabilities")?;

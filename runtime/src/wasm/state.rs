@@ -10,6 +10,9 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 use super::policy::PolicySpec;
 use super::v02::MessageState;
@@ -23,6 +26,8 @@ use crate::capabilities::{Caller, Services};
 /// The data of one policy instance's `Store`.
 pub struct HostState {
     pub(crate) wasi: LazyWasi,
+    /// `wasi:http`'s types, for runtimes that import them; sends nothing.
+    http: NoHttp,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryCap,
     log: LogState,
@@ -45,6 +50,7 @@ impl HostState {
     ) -> Self {
         Self {
             wasi: LazyWasi::new(stderr),
+            http: NoHttp::default(),
             table: ResourceTable::new(),
             limiter: MemoryCap {
                 max_bytes: spec.limits.memory_bytes,
@@ -111,6 +117,55 @@ impl WasiView for HostState {
             ctx: self.wasi.get(),
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
+        }
+    }
+}
+
+/// `wasi:http` as a policy sees it: the types (headers, requests,
+/// responses, bodies) work, as a language runtime's `fetch` or `Headers`
+/// needs them to, but `outgoing-handler.handle` refuses every request with
+/// `HTTP-request-denied`. Default builds of some toolchains import these
+/// interfaces whether or not the policy calls out (componentize-js links
+/// its `fetch`); a policy that does call out uses the `outbound` capability,
+/// which the config grants per origin.
+#[derive(Default)]
+struct NoHttp {
+    ctx: WasiHttpCtx,
+    hooks: RefuseRequests,
+}
+
+#[derive(Default)]
+struct RefuseRequests;
+
+impl WasiHttpHooks for RefuseRequests {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(std::future::ready(Err(
+            wasmtime_wasi_http::Error::HttpRequestDenied,
+        )))
     }
 }
 

@@ -2,6 +2,7 @@
 //! kills when done). Without `redis-server` installed these tests fail: the
 //! test command (`scripts/test.sh`) installs it.
 
+use sidecar_testkit::eventually;
 use test_policies::redis_server::RedisServer;
 
 use super::*;
@@ -15,26 +16,6 @@ fn store(server: &RedisServer, prefix: &str, limits: KvLimits) -> RedisKv {
         key_prefix: prefix.to_owned(),
     };
     RedisKv::new(settings, limits).unwrap()
-}
-
-/// Polls `get` until it returns `want`, for at most `within`.
-async fn eventually(
-    kv: &RedisKv,
-    ns: &str,
-    key: &str,
-    want: Option<&[u8]>,
-    within: Duration,
-) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if kv.get(ns, key).await.as_deref() == want {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -62,10 +43,10 @@ async fn entry_expires_after_its_ttl() {
     if set_at.elapsed() < Duration::from_millis(150) {
         assert_eq!(first.as_deref(), Some(&b"v"[..]), "there before its TTL");
     }
-    assert!(
-        eventually(&kv, "p", "k", None, Duration::from_secs(3)).await,
-        "gone after its TTL"
-    );
+    eventually("gone after its TTL", Duration::from_secs(3), async || {
+        kv.get("p", "k").await.is_none()
+    })
+    .await;
     assert!(set_at.elapsed() >= Duration::from_millis(200));
     assert_eq!(kv.get("p", "forever").await.as_deref(), Some(&b"f"[..]));
 }
