@@ -12,7 +12,7 @@ mod wire;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::{Harness, PolicyLimits};
+use crate::PolicyLimits;
 use anyhow::{Context as _, anyhow, bail};
 use sidecar_runtime::bindings::{v01, v02};
 use sidecar_runtime::capabilities::{

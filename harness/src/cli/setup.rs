@@ -128,8 +128,7 @@ pub(super) fn parse_kv(text: &str) -> anyhow::Result<(&str, &str)> {
 /// (`1704067200`) or RFC 3339 (`2024-01-01T00:00:00Z`,
 /// `2024-01-01T01:00:00.5+01:00`).
 pub(super) fn parse_time(text: &str) -> anyhow::Result<u64> {
-    const HINT: &str =
-        "expected RFC 3339 (2024-01-01T00:00:00Z) or Unix seconds (1704067200)";
+    const HINT: &str = "expected RFC 3339 (2024-01-01T00:00:00Z) or Unix seconds (1704067200)";
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text
             .parse::<u64>()
@@ -188,10 +187,7 @@ fn rfc3339_micros(text: &str) -> Option<u64> {
         [b'Z' | b'z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
             let digit = |c: &u8| c.is_ascii_digit().then(|| i64::from(c - b'0'));
-            let (hours, minutes) = (
-                digit(h1)? * 10 + digit(h2)?,
-                digit(m1)? * 10 + digit(m2)?,
-            );
+            let (hours, minutes) = (digit(h1)? * 10 + digit(h2)?, digit(m1)? * 10 + digit(m2)?);
             if hours > 23 || minutes > 59 {
                 return None;
             }
@@ -229,7 +225,10 @@ mod tests {
         assert_eq!(parse_time("2024-01-01t00:00:00z").unwrap(), start);
         assert_eq!(parse_time("2024-01-01T01:00:00+01:00").unwrap(), start);
         assert_eq!(parse_time("2023-12-31T23:30:00-00:30").unwrap(), start);
-        assert_eq!(parse_time("2024-01-01T00:00:00.25Z").unwrap(), start + 250_000);
+        assert_eq!(
+            parse_time("2024-01-01T00:00:00.25Z").unwrap(),
+            start + 250_000
+        );
         assert_eq!(
             parse_time("2024-01-01T00:00:00.1234567Z").unwrap(),
             start + 123_456
@@ -271,7 +270,12 @@ mod tests {
         assert_eq!(parse_kv("a=b=c").unwrap(), ("a", "b=c"));
         assert_eq!(parse_kv("a=").unwrap(), ("a", ""));
         assert!(parse_kv("=b").is_err());
-        assert!(parse_kv("ab").unwrap_err().to_string().contains("KEY=VALUE"));
+        assert!(
+            parse_kv("ab")
+                .unwrap_err()
+                .to_string()
+                .contains("KEY=VALUE")
+        );
     }
 
     #[test]

@@ -370,7 +370,10 @@ fn call_with_a_preloaded_store_uses_what_is_in_it() {
     };
     let json = call_json(&config, &es256_request(), &down);
     assert_eq!(json["decision"]["respond"]["status"], 401, "{json}");
-    assert!(jwks_fetches(&json) >= 1, "the unknown key refreshes the set");
+    assert!(
+        jwks_fetches(&json) >= 1,
+        "the unknown key refreshes the set"
+    );
     let preloaded = CallSetup {
         kv: vec![
             format!("jwks:https://idp.example/jwks={JWKS}"),
@@ -397,7 +400,7 @@ fn call_with_a_stub_lets_the_policy_call_out_to_an_allowed_origin() {
         // A newer set in the store, without the token's key: the request
         // fetches the set again, from the stub (whatever the load fetched).
         kv: vec![
-            r#"jwks:https://idp.example/jwks={"keys":[]}"#.into(),
+            r#"jwks:https://idp.example/jwks={"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed25519","x":"bBtspDd9-L8I7bTHWsm32BNs2iTRAtSdfk4PW1V0s0s"}]}"#.into(),
             "jwks-at:https://idp.example/jwks=1704067200000000".into(),
         ],
         now: Some("1704067200".into()),
@@ -431,13 +434,13 @@ fn call_with_a_stub_lets_the_policy_call_out_to_an_allowed_origin() {
 
 #[test]
 fn call_now_sets_the_clock_tokens_are_checked_against() {
-    // Expired at 2024-01-01T00:00:00Z - 2 h (`exp` 1704060000).
+    // Expires at 2023-12-31T22:00:00Z (`exp` 1704060000).
     let expired = r#"{"path":"/profile","headers":{"authorization":"Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZG1pbiIsImlhdCI6MTcwMzk4MDgwMCwiZXhwIjoxNzA0MDYwMDAwfQ.y628E3zBbwLNgr78BJrGtxsfSH6e6RIRt4QdlNK9pAk"}}"#;
     let config = r#"{"secret":"Secreto"}"#;
     let json = call_json(config, expired, &CallSetup::default());
     assert_eq!(json["decision"]["respond"]["status"], 401, "{json}");
     let before = CallSetup {
-        now: Some("2023-12-31T23:00:00Z".into()),
+        now: Some("2023-12-31T21:00:00Z".into()),
         ..CallSetup::default()
     };
     let json = call_json(config, expired, &before);
@@ -555,7 +558,10 @@ fn templates_embed_every_file_of_their_folder() {
         assert_eq!(embedded, template_dir_files(&repo(dir)), "{dir}");
         // The contract they build against is the repository's.
         let wit = std::fs::read_to_string(repo(dir).join("wit/policy.wit")).unwrap();
-        assert_eq!(wit, std::fs::read_to_string(repo("wit/policy.wit")).unwrap());
+        assert_eq!(
+            wit,
+            std::fs::read_to_string(repo("wit/policy.wit")).unwrap()
+        );
     }
 }
 
@@ -576,7 +582,10 @@ fn new_writes_a_js_package_from_the_template() {
     let dir = scratch.join("my-policy");
     let sidecar = Path::new("/opt/sidecar/bin/sidecar");
     let next = new_policy("my-policy", &dir, Lang::Js, Some(sidecar)).unwrap();
-    assert!(next.contains("npm install") && next.contains("npm test"), "{next}");
+    assert!(
+        next.contains("npm install") && next.contains("npm test"),
+        "{next}"
+    );
     let files = generated(&dir);
     assert_eq!(
         files.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -610,8 +619,7 @@ fn new_writes_a_js_package_from_the_template() {
     assert!(!build.contains(" -d "), "default features: {build}");
     assert!(package["scripts"]["pretest"].is_string());
     assert!(
-        files["scripts/cases.js"]
-            .contains(r#"const GENERATED_BY = "/opt/sidecar/bin/sidecar";"#),
+        files["scripts/cases.js"].contains(r#"const GENERATED_BY = "/opt/sidecar/bin/sidecar";"#),
         "the sidecar that made it runs its cases"
     );
     assert!(files["scripts/cases.js"].contains("dist/my-policy.wasm"));
