@@ -13,7 +13,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup.sh
-command -v wrk >/dev/null 2>&1 || apt_install wrk
+command -v wrk >/dev/null 2>&1 || apt_install wrk "the benchmark drives the sidecar with it" "install wrk first"
 rustup target add wasm32-wasip2 >/dev/null
 
 cargo build --release --workspace --bin sidecar
